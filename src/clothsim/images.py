@@ -1,0 +1,108 @@
+"""Decoding catalogue and query images into RGB PIL images, the same way everywhere.
+
+EXIF orientation is applied, any mode becomes RGB, an optional bounding box is cropped, and only
+the narrow errors that mean "this file is not a usable image" are turned into :class:`ImageDecodeError`
+so a caller can skip the file, count it and report it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clothsim.errors import ClothsimError
+
+logger = logging.getLogger(__name__)
+
+#: Refuse images above this many pixels (decompression bombs); Pillow's own default is ~89 MP.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# What Pillow raises for files that are not images, are cut short or lie about their size.
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
+
+
+class ImageDecodeError(ClothsimError, ValueError):
+    """A file could not be decoded as an image; ``source`` names it and ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: cannot decode image ({reason})")
+        self.source = source
+        self.reason = reason
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow's convert("RGB") clips 16/32-bit values at 255; scale to 8 bits instead.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Transparent product cut-outs go on white, as catalogue pages show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _crop(img: Image.Image, bbox: tuple[int, int, int, int], source: str) -> Image.Image:
+    x1, y1, x2, y2 = (int(v) for v in bbox)
+    x1, y1 = max(0, x1), max(0, y1)
+    x2, y2 = min(img.width, x2), min(img.height, y2)
+    if x2 <= x1 or y2 <= y1:
+        logger.warning("%s: bounding box %s is empty inside a %dx%d image; using the whole image",
+                       source, bbox, img.width, img.height)
+        return img
+    return img.crop((x1, y1, x2, y2))
+
+
+def load_image(
+    source: str | Path | BinaryIO | bytes,
+    bbox: tuple[int, int, int, int] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Open an image file (or bytes / file object) as an upright RGB PIL image.
+
+    Args:
+        source: A path, raw bytes or a binary file object.
+        bbox: Optional ``(x1, y1, x2, y2)`` crop, applied after EXIF orientation, clipped to the image.
+        max_pixels: Refuse images with more pixels than this (``None``: no limit).
+
+    Raises:
+        ImageDecodeError: The data is not a decodable image, is truncated, or is too large.
+        FileNotFoundError: ``source`` is a path that does not exist.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "<upload>"
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between max_pixels and 2x max_pixels; make the limit a hard one.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageDecodeError(
+                        name, f"{img.width}x{img.height} pixels is over the limit of {max_pixels}")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombWarning as exc:
+        raise ImageDecodeError(name, f"image too large: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        if isinstance(exc, ImageDecodeError):
+            raise
+        raise ImageDecodeError(name, f"{type(exc).__name__}: {exc}") from exc
+    if bbox is not None:
+        rgb = _crop(rgb, bbox, name)
+    return rgb

@@ -1,0 +1,94 @@
+"""Exact cosine top-k straight over a feature store's memory-mapped segments."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from clothsim.data.records import CatalogRecord
+from clothsim.features.store import FeatureStore
+from clothsim.index.base import SearchHit
+from clothsim.index.topk import DEFAULT_CHUNK_ROWS, topk_over_blocks
+
+logger = logging.getLogger(__name__)
+
+
+class ExactIndex:
+    """Brute-force (exact) cosine search: a matrix product per chunk and a partial sort.
+
+    Memory stays bounded by ``chunk_rows x dim`` whatever the catalogue size, since segments are
+    memory-mapped and read a chunk at a time. Results are exact, with ties broken by lower id.
+    The store is the index: adding and deleting go straight to it, no rebuild.
+    """
+
+    name = "exact"
+
+    def __init__(self, store: FeatureStore, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        self.store = store
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def categories(self) -> dict[str, int]:
+        """Live item count per category."""
+        live = set(self.store.live_ids().tolist())
+        counts: dict[str, int] = {}
+        for item in self.store.items():
+            if item.id in live:
+                counts[item.record.category] = counts.get(item.record.category, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def _category_mask(self, category: str | Sequence[str] | None) -> np.ndarray | None:
+        if category is None:
+            return None
+        wanted = {category} if isinstance(category, str) else set(category)
+        known = {item.record.category for item in self.store.items()}
+        unknown = wanted - known
+        if unknown:
+            raise ValueError(f"unknown category {sorted(unknown)}; the index has {sorted(known)}")
+        return np.fromiter((item.record.category in wanted for item in self.store.items()),
+                           dtype=bool, count=len(self.store.items()))
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        category: str | Sequence[str] | None = None,
+        exclude_ids: Sequence[int] | None = None,
+    ) -> list[list[SearchHit]]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.store.dim:
+            raise ValueError(f"queries have dim {queries.shape[1]}, the index holds {self.store.dim}-d vectors")
+        exclude = None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
+        if exclude is not None and exclude.shape != (queries.shape[0],):
+            raise ValueError(f"exclude_ids needs one id per query ({queries.shape[0]}), got {exclude.shape}")
+        mask = self._category_mask(category)
+        ids, scores = topk_over_blocks(queries, self.store.iter_blocks(self.chunk_rows, mask), k, exclude=exclude)
+        return [
+            [SearchHit(rank + 1, int(i), float(s), self.store.get(int(i)).record)
+             for rank, (i, s) in enumerate(zip(row_ids, row_scores))]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
+
+    def add(self, vectors: np.ndarray, records: Sequence[CatalogRecord]) -> np.ndarray:
+        return self.store.append(vectors, records)
+
+    def delete(self, ids: Sequence[int]) -> int:
+        return self.store.delete(ids)
+
+
+INDEX_BACKENDS = {"exact": ExactIndex}
+
+
+def open_index(store: FeatureStore, backend: str = "exact", **options) -> ExactIndex:
+    """Build the named backend over ``store``; unknown names list the known ones."""
+    try:
+        cls = INDEX_BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown index backend {backend!r}; known: {sorted(INDEX_BACKENDS)}") from None
+    return cls(store, **options)
