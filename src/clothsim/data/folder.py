@@ -1,0 +1,129 @@
+"""Catalogue from a folder tree: one folder per category, optionally under split folders.
+
+Two layouts are understood::
+
+    root/<category>/<image>                 (split is None)
+    root/<split>/<category>/<image>         (split is train / validation / test)
+
+Split folder names are matched case-insensitively; ``val`` and ``valid`` mean ``validation``.
+Images may sit deeper inside a category folder; the category is always the top folder's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from clothsim.data.records import CatalogRecord
+from clothsim.errors import EmptyCatalogError
+
+logger = logging.getLogger(__name__)
+
+#: File extensions (lower case, with the dot) treated as images.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: Folder names (lower case) recognised as splits, and the split each one means.
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+}
+
+_SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names an image by its extension (case-insensitive), skipping hidden files.
+
+    Hidden files are skipped because macOS archives carry ``._name.jpg`` resource forks that are not
+    images.
+    """
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_folder_catalog(root: str | os.PathLike[str]) -> list[CatalogRecord]:
+    """Read a folder-per-category tree, with or without split folders above the categories.
+
+    Args:
+        root: The folder holding either the category folders or the split folders.
+
+    Returns:
+        One record per image with an absolute path, sorted by split (train, validation, test),
+        then category, then path. ``split`` is ``None`` when there are no split folders.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or is not a folder.
+        ValueError: Split folders and category folders are mixed at the top level.
+        EmptyCatalogError: No image was found under ``root``.
+    """
+    root_path = Path(os.path.abspath(Path(root).expanduser()))
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"catalogue folder {root_path} does not exist or is not a folder")
+
+    subdirs = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_FOLDER_NAMES]
+    _warn_loose_images(root_path)
+
+    records: list[CatalogRecord] = []
+    if split_dirs:
+        others = [p.name for p in subdirs if p not in split_dirs and _has_images(p)]
+        if others:
+            raise ValueError(
+                f"{root_path}: top-level folders mix splits {[p.name for p in split_dirs]} with "
+                f"other folders holding images {others}; use one layout or point at a split folder"
+            )
+        seen: dict[str, str] = {}
+        for split_dir in split_dirs:
+            split = SPLIT_FOLDER_NAMES[split_dir.name.lower()]
+            if split in seen:
+                raise ValueError(
+                    f"{root_path}: folders {seen[split]!r} and {split_dir.name!r} both mean split {split!r}"
+                )
+            seen[split] = split_dir.name
+            _warn_loose_images(split_dir)
+            records.extend(_read_categories(split_dir, split))
+    else:
+        records.extend(_read_categories(root_path, None))
+
+    if not records:
+        raise EmptyCatalogError(
+            f"no images under {root_path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} "
+            "in <category>/ or <split>/<category>/ folders)"
+        )
+    records.sort(key=lambda r: (_SPLIT_ORDER.get(r.split or "", -1), r.category, r.path))
+    logger.info(
+        "read %d images in %d categories from %s",
+        len(records),
+        len({r.category for r in records}),
+        root_path,
+    )
+    return records
+
+
+def _read_categories(folder: Path, split: str | None) -> list[CatalogRecord]:
+    records = []
+    for category_dir in sorted(folder.iterdir()):
+        if not category_dir.is_dir() or category_dir.name.startswith("."):
+            continue
+        for image in sorted(p for p in category_dir.rglob("*") if p.is_file() and is_image_file(p)):
+            records.append(CatalogRecord(path=str(image), category=category_dir.name, split=split))
+    return records
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
+
+
+def _warn_loose_images(folder: Path) -> None:
+    # Images outside any category folder have no label; say so instead of dropping them silently.
+    loose = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    if loose:
+        logger.warning(
+            "%s: skipped %d images that are not inside a category folder (e.g. %s)",
+            folder,
+            len(loose),
+            loose[0].name,
+        )
