@@ -1,0 +1,1 @@
+"""The ``clothsim`` command line: a thin dispatcher over the library's functions."""

@@ -1,0 +1,50 @@
+"""``clothsim search``: the top-k catalogue items for one or more photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clothsim.catalog import Catalog
+from clothsim.cli.options import positive_int
+from clothsim.viz.grid import QueryResult, save_result_grid
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "search", help="find the most similar catalogue items for a photo",
+        description="Rank the indexed catalogue by cosine similarity to each query photo.",
+        epilog="examples:\n  clothsim search photo.jpg --index catalog/ -k 5\n"
+               "  clothsim search a.jpg b.jpg --index catalog/ --json\n"
+               "  clothsim search photo.jpg --index catalog/ --category dress --grid result.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="query image file(s)")
+    parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
+    parser.add_argument("-k", type=positive_int, default=5, help="results per query (default 5)")
+    parser.add_argument("--category", action="append", default=None,
+                        help="only results of this category (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--grid", metavar="PNG", help="also draw the query beside its results")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="weights file, if it moved since the index was built")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    catalog = Catalog.open(args.index, weights=args.weights, device=args.device)
+    results = [(image, catalog.search(image, k=args.k, category=args.category)) for image in args.images]
+    if args.json:
+        print(json.dumps([{"query": str(image), "results": [h.to_dict() for h in hits]}
+                          for image, hits in results], indent=2))
+    else:
+        for image, hits in results:
+            print(f"query: {image}")
+            print(f"{'rank':>4}  {'score':>6}  {'category':<16} path")
+            for hit in hits:
+                print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.record.category:<16} {hit.record.path}")
+    if args.grid:
+        save_result_grid([QueryResult(image, hits) for image, hits in results], args.grid)
+        if not args.json:
+            print(f"grid written to {args.grid}")
+    return 0

@@ -1,0 +1,71 @@
+"""Entry point of the ``clothsim`` command.
+
+Each sub-command lives in its own ``cmd_<name>.py`` module exposing ``add_parser(subparsers)`` and
+``run(args) -> int``; this module only builds the parser, configures logging and maps errors to
+exit codes (0 success, 1 failure, 2 bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from clothsim import __version__
+from clothsim.errors import ClothsimError
+
+COMMANDS = ("encoders", "index", "search", "demo", "data", "serve", "train_siamese", "similarity", "evaluate", "fit_ensemble")
+
+EPILOG = """examples:
+  clothsim demo                                         # the whole pipeline on a bundled sample
+  clothsim index photos/train --encoder vgg16 --weights vgg16_features_imagenet.pth --out catalog/
+  clothsim search photo.jpg --index catalog/ -k 5 --grid result.png
+  clothsim encoders                                     # what can encode images
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clothsim",
+        description="Visual clothing similarity: the top-k most similar catalogue items for a photo.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clothsim {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"clothsim.cli.cmd_{name}")
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except (ClothsimError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"clothsim {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"clothsim {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
