@@ -1,0 +1,76 @@
+"""``clothsim serve``: the search page and REST API over an index, served by uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+
+from clothsim.cli.options import positive_int
+from clothsim.errors import ClothsimError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'clothsim[web]'"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve", help="serve a search page and REST API over an index",
+        description="Load the index and its encoder once, then answer searches over HTTP: a page at / "
+                    "(upload or drop a photo) and JSON at /api/search. Bound to 127.0.0.1 unless told "
+                    "otherwise.",
+        epilog="examples:\n  clothsim serve --index catalog/\n"
+               "  clothsim serve --index catalog/ --port 8080 --max-upload-mb 10\n"
+               "  curl -F image=@photo.jpg -F k=5 http://127.0.0.1:8000/api/search",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="weights file, if it moved since the index was built")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0,
+                        help="largest accepted upload in MiB (default 20)")
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="largest accepted image in pixels (default 64,000,000)")
+    parser.add_argument("--max-k", type=positive_int, default=50, help="largest k a query may ask for (default 50)")
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    try:
+        import uvicorn
+
+        from clothsim.web.app import create_app
+    except ImportError as exc:
+        raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
+    from clothsim.catalog import Catalog
+    from clothsim.images import DEFAULT_MAX_PIXELS
+
+    catalog = Catalog.open(args.index, weights=args.weights, device=args.device)
+    app = create_app(catalog, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k)
+    if not _is_loopback(args.host):
+        logger.warning("listening on %s: anyone who can reach this address can search the index and "
+                       "fetch its images", args.host)
+    print(f"clothsim: serving {len(catalog)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+          flush=True)
+    # One process: the model and index are loaded once and shared by the request threads.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                access_log=bool(args.verbose))
+    return 0

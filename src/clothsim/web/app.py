@@ -1,0 +1,167 @@
+"""The FastAPI application: a search page and a small REST API over one catalogue.
+
+Routes:
+
+* ``GET /``: the search page (plain HTML/CSS/JS from ``static/``; nothing is loaded from elsewhere).
+* ``POST /api/search``: multipart form with either ``image`` (a file) or ``id`` (a catalogue item),
+  plus ``k`` and ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
+* ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
+* ``GET /api/categories``, ``GET /health``, and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+  ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
+  JavaScript from a CDN, so they need a browser with internet access.
+
+Errors are JSON ``{"detail": ...}``: 413 for uploads over the byte or pixel limit, 415 for files that
+are not decodable images, 404 for unknown ids, 422 for missing, conflicting or out-of-range fields.
+"""
+
+# No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
+# and `Form(le=max_k)` refers to a variable local to create_app.
+import logging
+import mimetypes
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from clothsim import __version__
+from clothsim.catalog import Catalog
+from clothsim.images import DEFAULT_MAX_PIXELS
+from clothsim.index.base import SearchHit
+from clothsim.web.limits import BodySizeLimitMiddleware
+from clothsim.web.schemas import (
+    CategoriesResponse,
+    CategoryCount,
+    ErrorBody,
+    Health,
+    Hit,
+    QueryInfo,
+    SearchResponse,
+)
+from clothsim.web.service import QueryRejected, SearchService
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_K = 50
+# Room for multipart boundaries, part headers and the small text fields around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+_STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422}
+_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 415)}
+
+
+def _image_url(request: Request, item_id: int) -> str:
+    # A path, not an absolute URL: correct behind a proxy and under a root_path alike.
+    return request.url_for("item_image", item_id=str(item_id)).path
+
+
+def _hit(request: Request, hit: SearchHit) -> Hit:
+    return Hit(rank=hit.rank, id=hit.id, score=round(float(hit.score), 6), category=hit.record.category,
+               name=Path(hit.record.path).name, split=hit.record.split, item_id=hit.record.item_id,
+               image_url=_image_url(request, hit.id))
+
+
+def create_app(
+    catalog: Catalog,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_k: int = DEFAULT_MAX_K,
+    decode_slots: int = 4,
+) -> FastAPI:
+    """Build the web application around an open catalogue (loaded once, shared by all requests).
+
+    Args:
+        catalog: The catalogue to search; the application never modifies it.
+        max_upload_bytes: Largest accepted upload; bigger ones get 413 (the whole request body may be
+            this plus a small allowance for the multipart framing).
+        max_pixels: Largest accepted image in pixels; bigger ones get 413 before they are decoded.
+        max_k: Largest ``k`` a query may ask for.
+        decode_slots: Uploads decoded at full size at the same time (bounds memory).
+
+    Returns:
+        The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
+    """
+    service = SearchService(catalog, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                            max_k=max_k, decode_slots=decode_slots)
+    app = FastAPI(
+        title="clothsim",
+        version=__version__,
+        summary="Visual clothing similarity: the catalogue items most similar to a photo.",
+        description="Upload a photo (or name a catalogue item) and get the most similar items by cosine "
+                    "similarity of CNN features. The interactive /docs page loads Swagger UI from a CDN "
+                    "and needs internet access; /openapi.json is served locally.",
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+
+    @app.exception_handler(QueryRejected)
+    async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400))
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Liveness, index size and the limits the server applies."""
+        return Health(status="ok", items=len(service), categories=len(service.categories()),
+                      encoder=catalog.encoder.name, dim=int(catalog.encoder.dim), max_k=service.max_k,
+                      max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
+
+    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])
+    def categories() -> CategoriesResponse:
+        """The categories in the index, with their item counts (the values ``category`` accepts)."""
+        counts = service.categories()
+        return CategoriesResponse(categories=[CategoryCount(name=n, count=c) for n, c in counts.items()],
+                                  total=len(service))
+
+    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"],
+             response_class=FileResponse, responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}})
+    def item_image(item_id: int) -> FileResponse:
+        """The image file of an indexed item. Only files recorded in the index are ever served."""
+        path = service.item_path(item_id)
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=60"})
+
+    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS)
+    def search(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP, ...)")] = None,
+        item_id: Annotated[int | None, Form(alias="id", description="or: the id of a catalogue item")] = None,
+        k: Annotated[int, Form(ge=1, le=max_k, description="how many results")] = 5,
+        category: Annotated[str | None, Form(description="only this category; empty for all")] = None,
+    ) -> SearchResponse:
+        """The ``k`` catalogue items most similar to an uploaded photo or to a catalogue item.
+
+        Send exactly one of ``image`` and ``id``.
+        """
+        started = time.perf_counter()
+        category = category or None
+        if (image is None) == (item_id is None):
+            which = "both" if image is not None else "neither"
+            raise QueryRejected("bad_request", f"send exactly one of the form fields 'image' (a file) and "
+                                               f"'id' (a catalogue item); got {which}")
+        service.check_query(k, category)
+        if image is not None:
+            # Read one byte past the limit: enough to know it is over without holding more.
+            data = image.file.read(service.max_upload_bytes + 1)
+            upload = service.decode_upload(data)
+            hits = service.search_image(upload.image, k, category)
+            query = QueryInfo(kind="upload", filename=image.filename, size_bytes=upload.size_bytes,
+                              width=upload.width, height=upload.height)
+        else:
+            hits = service.search_item(item_id, k, category)
+            query = QueryInfo(kind="item", id=item_id, category=service.item_category(item_id),
+                              image_url=_image_url(request, item_id))
+        return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
+                              took_ms=round((time.perf_counter() - started) * 1000.0, 2))
+
+    return app

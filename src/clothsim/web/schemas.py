@@ -1,0 +1,66 @@
+"""JSON shapes of the REST API, declared once so the OpenAPI description matches what is sent."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Hit(BaseModel):
+    """One result of a search."""
+
+    rank: int = Field(description="1 for the most similar item")
+    id: int = Field(description="catalogue id; search from it with the form field `id`")
+    score: float = Field(description="cosine similarity, at most 1")
+    category: str
+    name: str = Field(description="file name of the item's image (the server's folders are not shown)")
+    split: str | None = None
+    item_id: str | None = Field(default=None, description="garment identity, where the catalogue has one")
+    image_url: str = Field(description="where to fetch the item's image")
+
+
+class QueryInfo(BaseModel):
+    """What was searched for: an uploaded photo or a catalogue item."""
+
+    kind: Literal["upload", "item"]
+    filename: str | None = Field(default=None, description="upload: the name the client gave")
+    size_bytes: int | None = Field(default=None, description="upload: its size")
+    width: int | None = None
+    height: int | None = None
+    id: int | None = Field(default=None, description="item: its catalogue id")
+    category: str | None = Field(default=None, description="item: its category")
+    image_url: str | None = Field(default=None, description="item: where to fetch its image")
+
+
+class SearchResponse(BaseModel):
+    query: QueryInfo
+    k: int
+    category: str | None = Field(description="the category filter, or null for all")
+    results: list[Hit]
+    took_ms: float = Field(description="server time for decoding, encoding and ranking")
+
+
+class CategoryCount(BaseModel):
+    name: str
+    count: int
+
+
+class CategoriesResponse(BaseModel):
+    categories: list[CategoryCount]
+    total: int = Field(description="items in the index")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    items: int
+    categories: int
+    encoder: str
+    dim: int
+    max_k: int
+    max_upload_bytes: int
+    max_pixels: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
