@@ -206,3 +206,4 @@ def _efficientnet_lite0(weights: str | Path | None, device: str) -> Encoder:
 
 # Registers the ``siamese:`` family (trained models); imported last, as it builds on the CNNs above.
 from clothsim.training import siamese_encoder  # noqa: E402,F401
+from clothsim.ensemble import encoder as _ensemble_encoder  # noqa: E402,F401  registers ``ensemble:``

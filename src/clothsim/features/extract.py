@@ -217,7 +217,11 @@ def extract_features(
         failures.extend(read_jsonl(bad_file))
         rows = int(np.load(vec_file, mmap_mode="r").shape[0])
         store.adopt_segment(vec_file, meta_file, rows)
-    store.commit(source_hash=source, failures=failures, n_source_records=len(records))
+    # Throughput of this run, kept so a report that reuses the store can still say how fast it was built.
+    speed = n_new / compute_seconds if n_new and compute_seconds > 0 else None
+    store.commit(source_hash=source, failures=failures, n_source_records=len(records),
+                 extraction={"seconds": round(compute_seconds, 3), "n_encoded": n_new,
+                             "resumed_shards": len(done), "images_per_second": speed})
     shutil.rmtree(work)
     if failures:
         logger.warning("%d of %d images could not be decoded and were skipped", len(failures), len(records))

@@ -1,0 +1,143 @@
+"""Writing a comparison out: ``report.md``, ``report.json`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from clothsim.evaluation.results import Comparison
+from clothsim.fileio import atomic_path, write_json
+
+RECALL_COLUMNS = (1, 10)
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (one row per evaluated encoder)."""
+    ks = comparison.settings.get("ks", [1, 5, 10])
+    header = ["encoder", "dim", *[f"P@{k}" for k in ks], f"mAP@{comparison.settings.get('map_k', 10)}"]
+    if comparison.has_recall:
+        header += [f"R@{k}" for k in RECALL_COLUMNS]
+    header.append("images/s")
+    rows = []
+    for r in comparison.results:
+        row = [r.label, str(r.dim), *[_number(r.report.precision.get(k)) for k in ks], _number(r.report.map_at_k)]
+        if comparison.has_recall:
+            recall = r.report.recall_at_k or {}
+            row += [_number(recall.get(k)) for k in RECALL_COLUMNS]
+        row.append(_number(r.images_per_second, 1))
+        rows.append(row)
+    return header, rows
+
+
+def render_markdown(comparison: Comparison) -> str:
+    """The report as Markdown: the table, notes, skipped encoders and links to the charts."""
+    header, rows = table_rows(comparison)
+    lines = [f"# Encoder comparison: {comparison.data}", "",
+             f"Protocol: {comparison.protocol}; precision counts same-category neighbours "
+             f"(chance P@k = {comparison.results[0].report.chance_precision:.3f})." if comparison.results
+             else f"Protocol: {comparison.protocol}.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append("")
+    for s in comparison.skipped:
+        lines.append(f"- **{s.name}** skipped: {s.reason}")
+    if comparison.skipped:
+        lines.append("")
+    for r in comparison.results:
+        note = f"- {r.label}: throughput {r.throughput_source}"
+        if r.n_failed:
+            note += f"; {r.n_failed} undecodable image(s) left out"
+        if r.details.get("parts"):
+            weights = ", ".join(f"{p}={w:.2f}" for p, w in zip(r.details["parts"], r.details["part_weights"]))
+            note += f"; {r.details['method']} of {weights} ({r.details.get('weights_chosen_by')})"
+        lines.append(note)
+    lines.append("")
+    for key, path in comparison.figures.items():
+        lines += [f"![{key}]({path})", ""]
+    for label, path in comparison.confusions.items():
+        lines += [f"![{label} confusion]({path})", ""]
+    for label, path in comparison.grids.items():
+        lines += [f"![{label} results]({path})", ""]
+    return "\n".join(lines)
+
+
+def _image(out_dir: Path, relative_path: str, alt: str) -> str:
+    data = base64.b64encode((out_dir / relative_path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f0f0f0}td.best{font-weight:bold;background:#e6f4ea}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}.skipped{color:#8a4b00}
+section{margin-bottom:2em}.pair{display:flex;flex-wrap:wrap;gap:1em}.pair figure{margin:0}
+"""
+
+
+def render_html(comparison: Comparison, out_dir: str | Path) -> str:
+    """The report as one HTML page with every chart embedded (base64 PNG), so it can be mailed as is."""
+    out_dir = Path(out_dir)
+    esc = html.escape
+    header, rows = table_rows(comparison)
+    best: dict[int, float] = {}
+    for col in range(2, len(header)):
+        values = [float(row[col]) for row in rows if row[col] != "n/a"]
+        if values:
+            best[col] = max(values)
+    body = [f"<h1>Encoder comparison: {esc(comparison.data)}</h1>", f"<p>Protocol: {esc(comparison.protocol)}.</p>",
+            "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = []
+        for col, value in enumerate(row):
+            mark = ' class="best"' if col in best and value != "n/a" and float(value) == best[col] else ""
+            cells.append(f"<td{mark}>{esc(value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    body.append("</table>")
+    for r in comparison.results:
+        body.append(f"<p><b>{esc(r.label)}</b>: throughput {esc(r.throughput_source)}"
+                    + (f"; parts {esc(', '.join(r.details['parts']))} with weights "
+                       f"{esc(', '.join(f'{w:.2f}' for w in r.details['part_weights']))} "
+                       f"({esc(str(r.details.get('weights_chosen_by')))})" if r.details.get("parts") else "")
+                    + "</p>")
+    if comparison.skipped:
+        body.append("<h2>Skipped encoders</h2><ul>")
+        body += [f'<li class="skipped"><b>{esc(s.name)}</b>: {esc(s.reason)}</li>' for s in comparison.skipped]
+        body.append("</ul>")
+    titles = {"precision": "Precision@k", "category_heatmap": "Per-category precision",
+              "tsne": "Embedding maps (t-SNE)", "category_distribution": "The data: images per category"}
+    for key in ("precision", "category_heatmap", "tsne", "category_distribution"):
+        if key in comparison.figures:
+            body.append(f"<section><h2>{titles[key]}</h2>{_image(out_dir, comparison.figures[key], key)}</section>")
+    if comparison.confusions:
+        body.append('<section><h2>Top-1 confusion</h2><div class="pair">')
+        body += [f"<figure>{_image(out_dir, p, label + ' confusion')}</figure>" for label, p in comparison.confusions.items()]
+        body.append("</div></section>")
+    if comparison.grids:
+        body.append("<section><h2>Results for the same queries (green frame: same category, red: other)</h2>")
+        body += [f"<h3>{esc(label)}</h3>{_image(out_dir, p, label + ' results')}" for label, p in comparison.grids.items()]
+        body.append("</section>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>clothsim: encoder comparison</title><style>{_STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.json`` and ``report.html`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = {"md": out_dir / "report.md", "json": out_dir / "report.json", "html": out_dir / "report.html"}
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(render_markdown(comparison), encoding="utf-8")
+    write_json(paths["json"], json.loads(json.dumps(comparison.to_dict(), default=float)))
+    with atomic_path(paths["html"]) as tmp:
+        tmp.write_text(render_html(comparison, out_dir), encoding="utf-8")
+    # Atomic writes go through mkstemp files (mode 0600); a report is meant to be shared and served.
+    for path in [*paths.values(), *(out_dir / "images").glob("*.png")]:
+        path.chmod(0o644)
+    return paths

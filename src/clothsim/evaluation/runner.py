@@ -1,0 +1,307 @@
+"""Compare encoders on one catalogue: extract (cached), evaluate, draw, and write the report folder."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clothsim.data.records import CatalogRecord
+from clothsim.encoders.base import Encoder
+from clothsim.encoders.registry import create_encoder
+from clothsim.errors import EmptyCatalogError, WeightsUnavailableError
+from clothsim.evaluation import plots
+from clothsim.evaluation.cache import (
+    encoder_slug,
+    extract_split,
+    records_of_split,
+    split_store_dir,
+)
+from clothsim.evaluation.results import (
+    Comparison,
+    EncoderResult,
+    SkippedEncoder,
+    relative,
+)
+from clothsim.features.store import FeatureStore, StoredItem
+from clothsim.index.base import SearchHit
+from clothsim.metrics import confusion_top1, evaluate_retrieval, rank
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODERS = ("vgg16", "resnet50", "inception_v3", "efficientnet_lite0")
+KS = (1, 5, 10)
+HEATMAP_K = 5
+# (query split, gallery split) pairs, most preferred first.
+PROTOCOLS = (("test", "train"), ("query", "gallery"), ("validation", "train"))
+
+
+def choose_protocol(records: Sequence[CatalogRecord]) -> tuple[str | None, str | None]:
+    """``(query split, gallery split)``, or ``(None, None)`` for leave-one-out over every record."""
+    present = {r.split for r in records}
+    for query, gallery in PROTOCOLS:
+        if query in present and gallery in present:
+            return query, gallery
+    return None, None
+
+
+class _Prepared:
+    """An encoder whose stores for the needed splits exist in the cache."""
+
+    def __init__(self, encoder: Encoder, label: str, dirs: dict[str | None, Path], reused: bool,
+                 details: dict[str, Any]) -> None:
+        self.encoder, self.label, self.dirs, self.reused, self.details = encoder, label, dirs, reused, details
+
+
+def _prepare_plain(name: str, records, splits, cache, part_weights, device, options) -> _Prepared:
+    encoder = create_encoder(name, weights=part_weights.get(name), device=device)
+    reused = True
+    for split in splits:
+        report = extract_split(records, split, encoder, cache, weights=part_weights.get(name), **options)
+        reused &= report.reused
+    dirs = {split: split_store_dir(cache, encoder.name, split) for split in splits}
+    details = {"weights_source": str(part_weights[name]) if part_weights.get(name) else None}
+    return _Prepared(encoder, encoder.name, dirs, reused, details)
+
+
+def _prepare_ensemble(name: str, records, splits, cache, part_weights, device, options) -> _Prepared:
+    from clothsim.ensemble import (
+        EnsembleModel,
+        build_store_from_parts,
+        fit_from_catalog,
+        load_ensemble_encoder,
+    )
+
+    spec = name.partition(":")[2]
+    details: dict[str, Any] = {}
+    if EnsembleModel.is_model_dir(spec):
+        folder = Path(spec)
+    elif "+" in spec:
+        # A parts list rather than a fitted folder: fit it here, on this catalogue's train/validation.
+        folder = Path(cache) / "ensembles" / encoder_slug(spec)
+        if not any(r.split == "train" for r in records):
+            raise ValueError(f"{name}: fitting an ensemble needs a train split; fit one elsewhere with "
+                             "`clothsim fit-ensemble` and pass ensemble:FOLDER")
+        model = fit_from_catalog(records, spec.split("+"), cache, part_weights=part_weights, device=device,
+                                 **options)
+        model.save(folder)
+        details["fitted_now_in"] = str(folder)
+    else:
+        raise ValueError(f"{name}: {spec} is neither a fitted ensemble folder nor a parts list like "
+                         "ensemble:vgg16+efficientnet_lite0")
+    model = EnsembleModel.load(folder)
+    overrides = ",".join(f"{p.name}={part_weights[p.name]}" for p in model.parts if part_weights.get(p.name))
+    encoder = load_ensemble_encoder(folder, weights=overrides or None, device=device)
+    dirs = {}
+    for split in splits:
+        part_dirs = []
+        for spec_part, part in zip(model.parts, encoder.parts):
+            weights = part_weights.get(spec_part.name, spec_part.weights_source)
+            extract_split(records, split, part, cache, weights=weights, **options)
+            part_dirs.append(split_store_dir(cache, part.name, split))
+        dirs[split] = split_store_dir(cache, encoder.name, split)
+        build_store_from_parts(encoder, records_of_split(records, split), part_dirs, dirs[split])
+    details.update({"folder": str(folder), "parts": [p.name for p in model.parts],
+                    "part_weights": list(model.weights), "method": model.method,
+                    "weights_chosen_by": model.info.get("weights_chosen_by"),
+                    "fit_sha256": model.fit_sha256()})
+    return _Prepared(encoder, model.label, dirs, True, details)
+
+
+def _throughput(stores: Sequence[FeatureStore], reused: bool, ensemble: bool) -> tuple[float | None, str]:
+    stats = [s.manifest.get("extraction") for s in stores]
+    if any(not st or not st.get("images_per_second") for st in stats):
+        return None, "not recorded (store built by an older clothsim)"
+    if ensemble:
+        rows = np.array([len(s) for s in stores], dtype=np.float64)
+        speeds = np.array([st["images_per_second"] for st in stats], dtype=np.float64)
+        return float((rows * speeds).sum() / rows.sum()), "parts' per-image times added up"
+    images = sum(st["n_encoded"] for st in stats)
+    seconds = sum(st["seconds"] for st in stats)
+    source = "recorded when the cached stores were built" if reused else "measured in this run"
+    return images / seconds, source
+
+
+def _labels(items: Sequence[StoredItem]) -> list[str]:
+    return [it.record.category for it in items]
+
+
+def _item_ids(items: Sequence[StoredItem]) -> list[str] | None:
+    ids = [it.record.item_id for it in items]
+    return None if any(i is None for i in ids) else ids
+
+
+def _pick_grid_queries(queries: Sequence[CatalogRecord], n: int, seed: int) -> list[str]:
+    """Paths of ``n`` seeded queries spread over categories (one per category while they last)."""
+    rng = random.Random(seed)
+    by_category: dict[str, list[CatalogRecord]] = {}
+    for record in queries:
+        by_category.setdefault(record.category, []).append(record)
+    categories = sorted(by_category)
+    rng.shuffle(categories)
+    picks: list[str] = []
+    while len(picks) < n and any(by_category.values()):
+        for category in categories:
+            pool = [r for r in by_category[category] if r.path not in picks]
+            if pool and len(picks) < n:
+                picks.append(rng.choice(pool).path)
+            by_category[category] = pool
+    return picks
+
+
+def compare_encoders(
+    records: Sequence[CatalogRecord],
+    encoders: Sequence[str],
+    out_dir: str | Path,
+    *,
+    cache: str | Path | None = None,
+    part_weights: dict[str, str] | None = None,
+    data_name: str = "catalogue",
+    device: str = "cpu",
+    grid_queries: int = 6,
+    grid_k: int = 5,
+    tsne_points: int = 1000,
+    seed: int = 0,
+    **extract_options: Any,
+) -> Comparison:
+    """Evaluate every encoder on the same queries and gallery and draw the comparison charts.
+
+    The protocol is the test split against the train split (else query/gallery, else validation
+    against train), or leave-one-out over all records when there are no such splits. Encoders whose
+    weights cannot be had are recorded as skipped with the reason, not dropped.
+
+    Args:
+        records: The catalogue.
+        encoders: Encoder names; ``ensemble:FOLDER`` for a fitted ensemble, or
+            ``ensemble:a+b`` to fit one here on the train/validation splits.
+        out_dir: Report folder (charts go to ``<out_dir>/images``).
+        cache: Feature store cache (default ``<out_dir>/stores``); complete stores are reused.
+        part_weights: ``{encoder name: weights}`` as for :func:`~clothsim.encoders.create_encoder`.
+        data_name: How the report names the catalogue.
+        device: Torch device.
+        grid_queries: Queries shown in each encoder's result grid (the same for every encoder).
+        grid_k: Hits per query in the grids.
+        tsne_points: Points in the t-SNE maps (seeded subsample); 0 leaves the maps out.
+        seed: Seed of every sample.
+        extract_options: For :func:`~clothsim.features.extract_features` (batch_size, num_workers, ...).
+
+    Returns:
+        The :class:`~clothsim.evaluation.results.Comparison` (the report files are written by
+        :func:`clothsim.evaluation.report.write_report`).
+
+    Raises:
+        EmptyCatalogError: ``records`` is empty.
+        ValueError: No encoders, or repeated names.
+    """
+    if not records:
+        raise EmptyCatalogError("the catalogue has no images to evaluate")
+    if not encoders:
+        raise ValueError("give at least one encoder to compare")
+    if len(set(encoders)) != len(encoders):
+        raise ValueError(f"encoders are repeated: {list(encoders)}")
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache) if cache is not None else out_dir / "stores"
+    part_weights = dict(part_weights or {})
+    query_split, gallery_split = choose_protocol(records)
+    loo = query_split is None
+    splits: list[str | None] = [None] if loo else [query_split, gallery_split]
+    queries = records_of_split(records, query_split)
+    gallery = records_of_split(records, gallery_split)
+    protocol = (f"leave-one-out over all {len(records)} images" if loo else
+                f"{query_split} split ({len(queries)} images) against {gallery_split} split ({len(gallery)} images)")
+    comparison = Comparison(data_name, protocol, loo, query_split, gallery_split,
+                            settings={"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed,
+                                      "grid_queries": grid_queries, "grid_k": grid_k, "tsne_points": tsne_points,
+                                      "cache": str(cache)})
+
+    from clothsim.data.plots import plot_category_distribution
+
+    comparison.figures["category_distribution"] = relative(
+        plot_category_distribution(records, images_dir / "category_distribution.png"), out_dir)
+    grid_paths = _pick_grid_queries(queries, grid_queries, seed)
+    pool = sorted({r.path for r in records_of_split(records, None) if loo or r.split in splits})
+    tsne_paths = set(random.Random(seed).sample(pool, min(tsne_points, len(pool)))) if tsne_points > 0 else set()
+    maps: list[tuple[str, np.ndarray, list[str]]] = []
+    all_categories = sorted({r.category for r in queries} | {r.category for r in gallery})
+
+    for name in encoders:
+        try:
+            prepare = _prepare_ensemble if name.startswith("ensemble:") else _prepare_plain
+            prepared = prepare(name, records, splits, cache, part_weights, device, extract_options)
+        except WeightsUnavailableError as exc:
+            logger.warning("skipping %s: %s", name, exc)
+            comparison.skipped.append(SkippedEncoder(name, str(exc)))
+            continue
+        result, tsne = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
+                                     tsne_paths, out_dir, comparison)
+        comparison.results.append(result)
+        if tsne is not None:
+            maps.append(tsne)
+
+    if comparison.results:
+        labels = [r.label for r in comparison.results]
+        comparison.figures["precision"] = relative(plots.plot_precision_bars(
+            labels, [r.report.precision for r in comparison.results], images_dir / "precision.png",
+            chance=comparison.results[0].report.chance_precision), out_dir)
+        heat = np.array([[r.report.per_category_precision.get(c, {}).get(HEATMAP_K, np.nan) for c in all_categories]
+                         for r in comparison.results])
+        comparison.figures["category_heatmap"] = relative(plots.plot_category_heatmap(
+            labels, all_categories, heat, images_dir / "category_heatmap.png", k=HEATMAP_K), out_dir)
+        if maps:
+            comparison.figures["tsne"] = relative(plots.plot_embedding_maps(maps, images_dir / "tsne.png"), out_dir)
+    return comparison
+
+
+def _evaluate_one(name, prepared: _Prepared, loo, splits, categories, grid_paths, grid_k, tsne_paths,
+                  out_dir: Path, comparison: Comparison):
+    stores = {split: FeatureStore.open(prepared.dirs[split]) for split in splits}
+    if loo:
+        q_vec, q_items = stores[None].load_vectors()
+        g_vec, g_items = q_vec, q_items
+    else:
+        q_vec, q_items = stores[splits[0]].load_vectors()
+        g_vec, g_items = stores[splits[1]].load_vectors()
+    q_ids, g_ids = _item_ids(q_items), _item_ids(g_items)
+    with_ids = q_ids is not None and g_ids is not None
+    report = evaluate_retrieval(q_vec, _labels(q_items), None if loo else g_vec, None if loo else _labels(g_items),
+                                ks=KS, map_k=10, query_item_ids=q_ids if with_ids else None,
+                                gallery_item_ids=None if loo or not with_ids else g_ids, leave_one_out=loo)
+    rows, scores = rank(q_vec, None if loo else g_vec, grid_k, leave_one_out=loo)
+    top1 = [g_items[int(r)].record.category for r in rows[:, 0]]
+    matrix, order = confusion_top1(_labels(q_items), top1, categories=categories)
+    speed, source = _throughput(list(stores.values()), prepared.reused, name.startswith("ensemble:"))
+    n_failed = len({f["path"] for s in stores.values() for f in s.failures})
+
+    slug = encoder_slug(prepared.label)
+    images = out_dir / "images"
+    comparison.confusions[prepared.label] = relative(plots.plot_confusion(
+        matrix, order, f"{prepared.label}: top-1 category confusion", images / f"confusion-{slug}.png"), out_dir)
+    row_of = {it.record.path: i for i, it in enumerate(q_items)}
+    picked = [row_of[p] for p in grid_paths if p in row_of]
+    if picked:
+        from clothsim.viz.grid import QueryResult, save_result_grid
+
+        results = [QueryResult(q_items[i].record.path,
+                               [SearchHit(j + 1, g_items[int(r)].id, float(s), g_items[int(r)].record)
+                                for j, (r, s) in enumerate(zip(rows[i], scores[i]))],
+                               category=q_items[i].record.category)
+                   for i in picked]
+        comparison.grids[prepared.label] = relative(save_result_grid(results, images / f"grid-{slug}.png"), out_dir)
+
+    tsne = None
+    if tsne_paths:
+        pairs = [(v, it.record.category) for v, it in zip(q_vec, q_items) if it.record.path in tsne_paths]
+        if not loo:
+            pairs += [(v, it.record.category) for v, it in zip(g_vec, g_items) if it.record.path in tsne_paths]
+        if len(pairs) >= 5:
+            xy = plots.embedding_map(np.stack([v for v, _ in pairs]), seed=int(comparison.settings["seed"]))
+            tsne = (prepared.label, xy, [c for _, c in pairs])
+    result = EncoderResult(name, prepared.label, prepared.encoder.dim, report, matrix, list(order), speed, source,
+                           n_failed, {str(k or "all"): str(v) for k, v in prepared.dirs.items()}, prepared.details)
+    return result, tsne
