@@ -1,9 +1,42 @@
-"""clothsim: visual clothing similarity (top-k similar garments from pretrained CNN features)."""
+"""clothsim: visual clothing similarity (top-k similar garments from pretrained CNN features).
+
+The public API, importable from here::
+
+    from clothsim import Catalog, CatalogRecord, create_encoder, list_encoders, read_catalog
+
+Names are resolved on first use, so ``import clothsim`` does not load torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Any
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "Catalog": "clothsim.catalog",
+    "CatalogRecord": "clothsim.data.records",
+    "read_catalog": "clothsim.data",
+    "balanced_split": "clothsim.data",
+    "filter_min_count": "clothsim.data",
+    "create_encoder": "clothsim.encoders",
+    "list_encoders": "clothsim.encoders",
+    "register_encoder": "clothsim.encoders",
+    "extract_features": "clothsim.features",
+    "FeatureStore": "clothsim.features",
+    "evaluate_retrieval": "clothsim.metrics",
+    "load_image": "clothsim.images",
+    "run_demo": "clothsim.demo",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clothsim' has no attribute {name!r}")
