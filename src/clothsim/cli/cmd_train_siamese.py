@@ -1,0 +1,91 @@
+"""``clothsim train-siamese``: train a Siamese head over cached CNN feature maps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from clothsim.cli.options import add_data_options, positive_int
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train-siamese", help="train a Siamese network (contrastive loss) on a catalogue",
+        description="Cache the base CNN's feature maps of every image (once; resumable), then train a "
+                    "Siamese head on pairs of the train split, validated on the validation split (or a "
+                    "seeded share of train), with early stopping. Writes siamese.pt, config.json, "
+                    "history.json, loss.png and accuracy.png to --out. Use the result as the encoder "
+                    "siamese:OUT with index/search/evaluate.",
+        epilog="example:\n  clothsim train-siamese --data ../shared/data/clothing-dataset-small --out model/ \\\n"
+               "      --weights ../shared/weights/vgg16_features_imagenet.pth\n"
+               "  clothsim index photos/train --encoder siamese:model/ --out catalog/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="catalogue: folder per category, CSV, or DeepFashion root")
+    parser.add_argument("--out", required=True, help="model folder to write")
+    add_data_options(parser)
+    parser.add_argument("--encoder", default="vgg16", help="base CNN with feature maps (default vgg16)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="base CNN weights file (default: the official pretrained weights)")
+    parser.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="where feature maps are cached (default $CLOTHSIM_CACHE/feature_maps)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--workers", type=int, default=1, help="image-decoding processes (default 1)")
+    group = parser.add_argument_group("model and training")
+    group.add_argument("--embedding-dim", type=positive_int, default=128, help="embedding size (default 128)")
+    group.add_argument("--dropout", type=float, default=0.2, help="dropout before the dense layer (default 0.2)")
+    group.add_argument("--norm", choices=["none", "batchnorm", "layernorm"], default="none",
+                       help="normalisation after the dense layer (default none)")
+    group.add_argument("--activation", choices=["none", "relu", "tanh"], default="none",
+                       help="activation after the dense layer (default none)")
+    group.add_argument("--margin", type=float, default=1.0,
+                       help="contrastive margin; embeddings are unit vectors, distances lie in [0, 2] (default 1.0)")
+    group.add_argument("--negative-ratio", type=float, default=1.0,
+                       help="dissimilar pairs per similar pair (default 1.0)")
+    group.add_argument("--pairs", choices=["category", "category+attributes"], default="category",
+                       help="what makes a similar pair (default: same category)")
+    group.add_argument("--epochs", type=positive_int, default=100, help="most epochs (default 100)")
+    group.add_argument("--pair-batch", type=positive_int, default=256, help="pairs per step (default 256)")
+    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    group.add_argument("--patience", type=int, default=10,
+                       help="early stopping: epochs without a lower validation loss (0: off; default 10)")
+    group.add_argument("--val-fraction", type=float, default=0.1,
+                       help="share of train held out when the data has no validation split (default 0.1)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clothsim.data import read_catalog
+    from clothsim.training.fit import ACCURACY_PLOT, LOSS_PLOT, fit_siamese_on_catalog
+    from clothsim.training.trainer import TrainConfig
+
+    # Keep CPU training polite on shared machines unless the user configured torch otherwise.
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    config = TrainConfig(
+        embedding_dim=args.embedding_dim, dropout=args.dropout, norm=args.norm, activation=args.activation,
+        margin=args.margin, negative_ratio=args.negative_ratio, pair_rule=args.pairs, epochs=args.epochs,
+        batch_size=args.pair_batch, learning_rate=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
+    )
+    records = read_catalog(args.data, format=args.format)
+    result, cache = fit_siamese_on_catalog(
+        records, args.out, config=config, encoder=args.encoder, weights=args.weights, device=args.device,
+        cache_root=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet,
+    )
+    best = result.history[result.best_epoch - 1]
+    out = Path(args.out)
+    print(f"trained {len(result.history)} epoch(s) in {result.seconds:.1f} s; best epoch {result.best_epoch}: "
+          f"val loss {best['val_loss']:.4f}, val pair accuracy {best['val_accuracy']:.3f} "
+          f"(distance < {result.threshold:.3f}, similarity > {best['threshold_similarity']:.3f})")
+    print(f"model written to {out}/ (plots {out / LOSS_PLOT}, {out / ACCURACY_PLOT}); feature maps cached in "
+          f"{cache.root}")
+    if cache.failures:
+        print(f"{len(cache.failures)} file(s) could not be decoded and were skipped: "
+              + json.dumps([f['path'] for f in cache.failures]))
+    print(f"use it with: clothsim index DATA --encoder siamese:{out} --out catalog/")
+    return 0

@@ -1,0 +1,1 @@
+"""Siamese training over cached CNN feature maps."""
