@@ -95,3 +95,14 @@ def test_create_refuses_existing_store(tmp_path):
     FeatureStore.create(tmp_path / "s", FP)
     with pytest.raises(FileExistsError):
         FeatureStore.create(tmp_path / "s", FP)
+
+
+def test_written_files_get_the_ordinary_umask_mode(tmp_path):
+    import os
+
+    from clothsim.fileio import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -11,6 +11,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -20,6 +24,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 less the umask).
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:

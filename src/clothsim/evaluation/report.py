@@ -137,7 +137,4 @@ def write_report(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]
     write_json(paths["json"], json.loads(json.dumps(comparison.to_dict(), default=float)))
     with atomic_path(paths["html"]) as tmp:
         tmp.write_text(render_html(comparison, out_dir), encoding="utf-8")
-    # Atomic writes go through mkstemp files (mode 0600); a report is meant to be shared and served.
-    for path in [*paths.values(), *(out_dir / "images").glob("*.png")]:
-        path.chmod(0o644)
     return paths
