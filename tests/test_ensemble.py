@@ -253,3 +253,12 @@ def test_unknown_ensemble_folder_explains_how_to_fit(tmp_path: Path):
 
     with pytest.raises(UnknownEncoderError, match="clothsim fit-ensemble"):
         create_encoder(f"ensemble:{tmp_path / 'missing'}")
+
+
+def test_label_tells_fits_with_other_weights_or_methods_apart():
+    parts = (PartSpec("a", None, {"encoder": "a", "dim": 4}), PartSpec("b", None, {"encoder": "b", "dim": 4}))
+    cols = (np.arange(3), np.arange(3))
+    labels = {EnsembleModel(parts, cols, (0.5, 0.5)).label, EnsembleModel(parts, cols, (0.0, 1.0)).label,
+              EnsembleModel(parts, cols, (0.5, 0.5), method="concat").label}
+    assert labels == {"ensemble:a+b (weights 0.5/0.5)", "ensemble:a+b (weights 0/1)",
+                      "ensemble:a+b (concat, weights 0.5/0.5)"}

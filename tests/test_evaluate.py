@@ -56,7 +56,10 @@ def test_evaluate_command_end_to_end(colour_catalog, tmp_path: Path, capsys):
     assert "| test-thumb8 | 192 |" in printed
 
     report = json.loads((out / "report.json").read_text())
-    assert [r["label"] for r in report["results"]] == ["test-thumb8", "test-thumb4", "ensemble:test-thumb8+test-thumb4"]
+    labels = [r["label"] for r in report["results"]]
+    w = report["results"][2]["details"]["part_weights"]
+    # The fitted weights are part of the label, so two fits of the same parts never share a row or a file.
+    assert labels == ["test-thumb8", "test-thumb4", f"ensemble:test-thumb8+test-thumb4 (weights {w[0]:g}/{w[1]:g})"]
     assert report["skipped"] == [{"name": "test-unavailable", "reason": _tiny_encoders.UNAVAILABLE_MESSAGE}]
     assert report["protocol"].startswith("test split (6 images) against train split (12 images)")
     ensemble = report["results"][2]

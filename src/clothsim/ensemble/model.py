@@ -94,8 +94,10 @@ class EnsembleModel:
 
     @property
     def label(self) -> str:
-        """A short readable name, e.g. ``ensemble:vgg16+efficientnet_lite0``."""
-        return "ensemble:" + "+".join(p.name for p in self.parts)
+        """A short readable name that tells fits apart, e.g. ``ensemble:vgg16+resnet50 (weights 0.3/0.7)``."""
+        weights = "/".join(f"{float(w):g}" for w in self.weights)
+        method = "" if self.method == "average" else f"{self.method}, "
+        return "ensemble:" + "+".join(p.name for p in self.parts) + f" ({method}weights {weights})"
 
     def fit_sha256(self) -> str:
         """Digest of everything that determines the output vectors."""
