@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -85,20 +84,17 @@ def load_image(
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between max_pixels and 2x max_pixels; make the limit a hard one.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                if max_pixels is not None and img.width * img.height > max_pixels:
-                    raise ImageDecodeError(
-                        name, f"{img.width}x{img.height} pixels is over the limit of {max_pixels}")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+        # Image.open reads only the header, so the size check below runs before any pixel is decoded.
+        # (No warnings filter here: warnings.catch_warnings is process-wide and request threads share it.)
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageDecodeError(
+                    name, f"{img.width}x{img.height} pixels is over the limit of {max_pixels}")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
     except FileNotFoundError:
         raise
-    except Image.DecompressionBombWarning as exc:
-        raise ImageDecodeError(name, f"image too large: {exc}") from exc
     except _DECODE_ERRORS as exc:
         if isinstance(exc, ImageDecodeError):
             raise

@@ -170,7 +170,7 @@ class SearchService:
     def _probe_size(data: bytes) -> tuple[int, int]:
         # Only the header is read here, so a decompression bomb is measured, not expanded. No
         # warnings.catch_warnings(): it swaps process-wide state and request threads would race on it;
-        # Pillow's bomb warning is caught in case another thread's filter turned it into an error.
+        # Pillow's bomb warning is caught in case the application's warning filters made it an error.
         try:
             with Image.open(io.BytesIO(data)) as img:
                 return img.size
