@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,59 @@ def catalog_hash(records: Sequence[CatalogRecord]) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass
+class EncodedShard:
+    """One finished shard of :func:`iter_encoded_shards`: its number, the records that decoded (by
+    catalogue index, in order), their outputs stacked, and ``{"path", "reason"}`` for those that did not."""
+
+    shard: int
+    indices: list[int]
+    outputs: np.ndarray | None
+    failures: list[dict[str, str]]
+
+
+def iter_encoded_shards(
+    records: Sequence[CatalogRecord],
+    shards: Sequence[int],
+    shard_size: int,
+    transform: Callable[[Any], Any],
+    compute: Callable[[Any], np.ndarray],
+    *,
+    batch_size: int,
+    num_workers: int,
+    use_bbox: bool = True,
+    progress: bool = True,
+    desc: str = "encoding",
+) -> Iterator[EncodedShard]:
+    """Decode (in worker processes) and run ``compute`` over the given shards, yielding each when done.
+
+    The one loop behind every resumable extraction (feature stores, the Siamese feature-map cache): the
+    caller decides which shards are missing and how a finished shard is written.
+    """
+    # Batches never straddle two shards, so each shard is complete when its last batch arrives.
+    batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
+               for s in shards for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
+    loader = DataLoader(_ImageDataset(records, transform, use_bbox), batch_sampler=batches,
+                        collate_fn=_collate, num_workers=num_workers)
+    pending: dict[int, dict[str, list]] = {}
+    with tqdm(total=sum(len(b) for b in batches), unit="img", desc=desc, disable=not progress) as bar:
+        for good, batch, bad in loader:
+            indices = good + [i for i, _ in bad]
+            shard = indices[0] // shard_size
+            acc = pending.setdefault(shard, {"idx": [], "out": [], "bad": []})
+            if batch is not None:
+                acc["out"].append(compute(batch))
+                acc["idx"].extend(good)
+            for i, reason in bad:
+                logger.warning("skipping %s", reason)
+                acc["bad"].append({"path": records[i].path, "reason": reason})
+            bar.update(len(indices))
+            if max(indices) == min((shard + 1) * shard_size, len(records)) - 1:
+                del pending[shard]
+                outputs = np.concatenate(acc["out"]) if acc["out"] else None
+                yield EncodedShard(shard, acc["idx"], outputs, acc["bad"])
+
+
 def _shard_files(work: Path, shard: int) -> tuple[Path, Path, Path]:
     base = work / f"shard-{shard:06d}"
     return base.with_suffix(".npy"), base.with_suffix(".jsonl"), base.with_suffix(".failed.jsonl")
@@ -177,37 +230,16 @@ def extract_features(
         logger.info("resuming: %d of %d shards already done", len(done), n_shards)
     todo = [s for s in range(n_shards) if s not in done]
 
-    # Batches never straddle two shards, so each shard is complete when its last batch arrives.
-    batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
-               for s in todo for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
-    dataset = _ImageDataset(records, encoder.transform, use_bbox)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers)
     n_new = 0
-    pending: dict[int, dict[str, list]] = {}
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc=f"encoding ({encoder.name})",
-               disable=not progress)
-    for good, batch, bad in loader:
-        indices = good + [i for i, _ in bad]
-        shard = indices[0] // shard_size
-        acc = pending.setdefault(shard, {"idx": [], "vec": [], "bad": []})
-        if batch is not None:
-            acc["vec"].append(encoder.embed(batch))
-            acc["idx"].extend(good)
-        for i, reason in bad:
-            logger.warning("skipping %s", reason)
-            acc["bad"].append({"path": records[i].path, "reason": reason})
-        bar.update(len(indices))
-        shard_end = min((shard + 1) * shard_size, len(records))
-        if max(indices) == shard_end - 1:
-            vec_file, meta_file, bad_file = _shard_files(work, shard)
-            vectors = (np.concatenate(acc["vec"]) if acc["vec"]
-                       else np.zeros((0, encoder.dim), dtype=np.float32)).astype(dtype)
-            write_jsonl(bad_file, acc["bad"])
-            write_jsonl(meta_file, (records[i].to_dict() for i in acc["idx"]))
-            write_npy(vec_file, vectors)  # last: its presence marks the shard done
-            n_new += len(acc["idx"])
-            del pending[shard]
-    bar.close()
+    for done_shard in iter_encoded_shards(records, todo, shard_size, encoder.transform, encoder.embed,
+                                          batch_size=batch_size, num_workers=num_workers, use_bbox=use_bbox,
+                                          progress=progress, desc=f"encoding ({encoder.name})"):
+        vec_file, meta_file, bad_file = _shard_files(work, done_shard.shard)
+        vectors = done_shard.outputs if done_shard.outputs is not None else np.zeros((0, encoder.dim))
+        write_jsonl(bad_file, done_shard.failures)
+        write_jsonl(meta_file, (records[i].to_dict() for i in done_shard.indices))
+        write_npy(vec_file, vectors.astype(dtype))  # last: its presence marks the shard done
+        n_new += len(done_shard.indices)
     compute_seconds = time.perf_counter() - started
 
     store = FeatureStore.create(store_dir, fingerprint, dtype=dtype, extra=extra_manifest)

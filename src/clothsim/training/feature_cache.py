@@ -29,12 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import EmptyCatalogError
-from clothsim.features.extract import _collate, _ImageDataset, catalog_hash
+from clothsim.features.extract import catalog_hash, iter_encoded_shards
 from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)
@@ -167,31 +165,17 @@ def build_feature_map_cache(
     todo = [s for s in range(n_shards) if not _shard_paths(work, s)[0].is_file()]
     if len(todo) < n_shards:
         logger.info("resuming the feature-map cache: %d of %d shards done", n_shards - len(todo), n_shards)
-    batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
-               for s in todo for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
-    dataset = _ImageDataset(records, encoder.transform, use_bbox)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=num_workers)
-    pending: dict[int, dict[str, list]] = {}
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc=f"feature maps ({encoder.name})",
-               disable=not progress)
-    for good, batch, bad in loader:
-        indices = good + [i for i, _ in bad]
-        shard = indices[0] // shard_size
-        acc = pending.setdefault(shard, {"idx": [], "maps": [], "bad": []})
-        if batch is not None:
-            acc["maps"].append(encoder.feature_maps(batch).cpu().numpy().astype(np.float16))
-            acc["idx"].extend(good)
-        for i, reason in bad:
-            logger.warning("skipping %s", reason)
-            acc["bad"].append({"path": records[i].path, "reason": reason})
-        bar.update(len(indices))
-        if max(indices) == min((shard + 1) * shard_size, len(records)) - 1:
-            maps_file, meta_file = _shard_paths(work, shard)
-            write_json(meta_file, {"index": acc["idx"], "failures": acc["bad"]})
-            maps = np.concatenate(acc["maps"]) if acc["maps"] else np.zeros((0, 0, 0, 0), np.float16)
-            write_npy(maps_file, maps)  # last: its presence marks the shard done
-            del pending[shard]
-    bar.close()
+
+    def maps_of(batch: Any) -> np.ndarray:
+        return encoder.feature_maps(batch).cpu().numpy().astype(np.float16)
+
+    for done in iter_encoded_shards(records, todo, shard_size, encoder.transform, maps_of,
+                                    batch_size=batch_size, num_workers=num_workers, use_bbox=use_bbox,
+                                    progress=progress, desc=f"feature maps ({encoder.name})"):
+        maps_file, meta_file = _shard_paths(work, done.shard)
+        write_json(meta_file, {"index": done.indices, "failures": done.failures})
+        maps = done.outputs if done.outputs is not None else np.zeros((0, 0, 0, 0), np.float16)
+        write_npy(maps_file, maps)  # last: its presence marks the shard done
 
     index: list[int] = []
     failures: list[dict[str, str]] = []
