@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
 from clothsim.encoders.registry import create_encoder
@@ -36,17 +37,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODERS = ("vgg16", "resnet50", "inception_v3", "efficientnet_lite0")
 KS = (1, 5, 10)
 HEATMAP_K = 5
-# (query split, gallery split) pairs, most preferred first.
-PROTOCOLS = (("test", "train"), ("query", "gallery"), ("validation", "train"))
-
-
-def choose_protocol(records: Sequence[CatalogRecord]) -> tuple[str | None, str | None]:
-    """``(query split, gallery split)``, or ``(None, None)`` for leave-one-out over every record."""
-    present = {r.split for r in records}
-    for query, gallery in PROTOCOLS:
-        if query in present and gallery in present:
-            return query, gallery
-    return None, None
 
 
 class _Prepared:
@@ -136,21 +126,8 @@ def _item_ids(items: Sequence[StoredItem]) -> list[str] | None:
 
 
 def _pick_grid_queries(queries: Sequence[CatalogRecord], n: int, seed: int) -> list[str]:
-    """Paths of ``n`` seeded queries spread over categories (one per category while they last)."""
-    rng = random.Random(seed)
-    by_category: dict[str, list[CatalogRecord]] = {}
-    for record in queries:
-        by_category.setdefault(record.category, []).append(record)
-    categories = sorted(by_category)
-    rng.shuffle(categories)
-    picks: list[str] = []
-    while len(picks) < n and any(by_category.values()):
-        for category in categories:
-            pool = [r for r in by_category[category] if r.path not in picks]
-            if pool and len(picks) < n:
-                picks.append(rng.choice(pool).path)
-            by_category[category] = pool
-    return picks
+    """Paths of ``n`` seeded queries spread over categories (the rule shared with the demo)."""
+    return [queries[i].path for i in pick_grid_queries(queries, n, seed)]
 
 
 def compare_encoders(
