@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from clothsim.encoders.base import Encoder, Preprocessing, l2_normalize
-from clothsim.encoders.registry import _FACTORIES, register_encoder
+from clothsim.encoders.registry import encoder_registry, register_encoder
 from clothsim.errors import WeightsUnavailableError
 
 
@@ -28,7 +28,7 @@ UNAVAILABLE_MESSAGE = "test weights are not here: put them at /nowhere/weights.p
 
 
 def _register() -> None:
-    if "test-thumb8" in _FACTORIES:
+    if "test-thumb8" in encoder_registry:
         return
 
     @register_encoder("test-thumb8", dim=192, input_size=8, description="test: 8x8 thumbnail")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -87,7 +88,7 @@ def test_errors_have_messages_and_exit_codes(folder_catalog, built_index, capsys
     assert code == 1 and "not a clothsim feature store" in err and str(tmp_path / "none") in err
 
     code, _, err = run(capsys, "index", str(folder_catalog), "--out", str(tmp_path / "x"), "--encoder", "alexnet")
-    assert code == 1 and "unknown encoder 'alexnet'" in err and "vgg16" in err
+    assert code == 2 and "unknown encoder 'alexnet'" in err and "vgg16" in err  # bad usage
 
     code, _, err = run(capsys, "search", str(tmp_path / "missing.jpg"), "--index", str(built_index))
     assert code == 1 and "missing.jpg" in err
@@ -97,11 +98,54 @@ def test_errors_have_messages_and_exit_codes(folder_catalog, built_index, capsys
 
     code, _, err = run(capsys, "search", str(folder_catalog / "red" / "1.jpg"), "--index", str(built_index),
                        "--category", "purple")
-    assert code == 1 and "unknown category" in err
+    assert code == 2 and "unknown category" in err
+
+    for option, value in (("--format", "parquet"), ("--backend", "annoy"), ("--runtime", "tvm")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["index", str(folder_catalog), "--out", str(tmp_path / "y"), option, value])
+        assert exit_info.value.code == 2
+        assert f"invalid choice: '{value}'" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "x.jpg", "--index", str(built_index), "-k", "0"])
     assert exit_info.value.code == 2
+
+
+def test_a_programming_error_keeps_its_traceback(monkeypatch, folder_catalog, tmp_path):
+    import clothsim.cli.cmd_index as cmd_index
+
+    def buggy(args):
+        return {}["no such key"]
+
+    monkeypatch.setattr(cmd_index, "run", buggy)
+    with pytest.raises(KeyError, match="no such key"):
+        main(["index", str(folder_catalog), "--out", str(tmp_path / "z")])
+
+
+def test_no_bbox_over_a_cropped_index_is_refused_then_re_encoded(tmp_path, capsys):
+    # Boxes around the left half of photos whose halves differ: cropping changes every vector.
+    rows = ["path,category,bbox"]
+    for i, (left, right) in enumerate([((200, 20, 20), (20, 20, 200)), ((20, 180, 30), (240, 240, 240))]):
+        img = Image.new("RGB", (128, 64), right)
+        img.paste(left, (0, 0, 64, 64))
+        img.save(tmp_path / f"{i}.jpg")
+        rows.append(f"{tmp_path / f'{i}.jpg'},c{i},0 0 64 64")
+    catalogue = tmp_path / "boxes.csv"
+    catalogue.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "idx"
+    assert run(capsys, "-q", "index", str(catalogue), "--out", str(out), "--workers", "0")[0] == 0
+    cropped = np.load(out / "segments" / "000000.npy")
+
+    code, _, err = run(capsys, "-q", "index", str(catalogue), "--out", str(out), "--workers", "0", "--no-bbox")
+    assert code == 1 and "cropped to bounding boxes" in err and "--no-bbox" in err and "--overwrite" in err
+    code, stdout, _ = run(capsys, "-q", "index", str(catalogue), "--out", str(out), "--workers", "0", "--no-bbox",
+                          "--overwrite")
+    assert code == 0 and "indexed 2 images" in stdout
+    whole = np.load(out / "segments" / "000000.npy")
+    assert json.loads((out / "manifest.json").read_text())["crop_to_bbox"] is False
+    assert (np.sum(cropped * whole, axis=1) < 0.99).all()  # really re-encoded, not relabelled
+    code, stdout, _ = run(capsys, "-q", "index", str(catalogue), "--out", str(out), "--workers", "0", "--no-bbox")
+    assert code == 0 and "already up to date" in stdout
 
 
 def test_other_encoder_into_same_folder_is_refused_unless_overwrite(folder_catalog, built_index, capsys, tmp_path):
@@ -145,9 +189,11 @@ def test_console_script_help_has_examples():
 
 
 @pytest.mark.slow
-def test_demo_runs_on_the_bundled_sample(capsys, tmp_path):
-    code, out, _ = run(capsys, "-q", "demo", "--out", str(tmp_path / "demo"))
+def test_demo_runs_on_the_bundled_fashion_mnist_sample(capsys, tmp_path):
+    # The default data is the bundled clothing photos (tests/test_demo.py); this is the offline MNIST one.
+    code, out, _ = run(capsys, "-q", "demo", "--data", "fashion-mnist", "--out", str(tmp_path / "demo"))
     assert code == 0
+    assert "data:     Fashion-MNIST sample (bundled)" in out
     values = {line.split()[0]: (float(line.split()[1]), float(line.split()[2]))
               for line in out.splitlines() if line.startswith("precision@")}
     assert set(values) == {"precision@1", "precision@5", "precision@10"}

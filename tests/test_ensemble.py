@@ -231,7 +231,7 @@ def test_refit_with_other_weights_makes_old_stores_stale(split_catalog, tmp_path
     encoder = create_encoder(f"ensemble:{tmp_path / 'ens'}")
     tests = [r for r in split_catalog if r.split == "test"]
     extract_features(tests, encoder, tmp_path / "store", num_workers=0, progress=False)
-    fit_from_catalog(split_catalog, ["test-thumb8", "test-thumb4"], tmp_path / "cache", weights=(0.9, 0.1),
+    fit_from_catalog(split_catalog, ["test-thumb8", "test-thumb4"], tmp_path / "cache", mix=(0.9, 0.1),
                      num_workers=0, progress=False).save(tmp_path / "ens")
     refitted = create_encoder(f"ensemble:{tmp_path / 'ens'}")
     assert refitted.fingerprint()["weights"] != encoder.fingerprint()["weights"]

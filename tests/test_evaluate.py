@@ -109,7 +109,7 @@ def test_leave_one_out_without_splits_and_all_skipped(colour_catalog, tmp_path: 
 
 
 def test_bad_weights_option_is_a_usage_error(tmp_path: Path, capsys):
-    assert main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", "vgg16"]) == 1
+    assert main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", "vgg16"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
 
 

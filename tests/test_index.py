@@ -7,7 +7,7 @@ from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import l2_normalize
 from clothsim.features.store import FeatureStore
 from clothsim.index.base import IndexBackend
-from clothsim.index.exact import ExactIndex, open_index
+from clothsim.index import ExactIndex, open_index
 
 DIM = 16
 CATS = ["dress", "hat", "shoes"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from clothsim.catalog import Catalog
+from clothsim.similarity_index import SimilarityIndex
 from clothsim.encoders.base import Preprocessing
 from clothsim.encoders.registry import create_encoder
 from clothsim.encoders.torch_cnn import TorchCNNEncoder
@@ -99,10 +99,10 @@ def test_wrong_base_weights_refused(tmp_path: Path) -> None:
 def test_index_and_search_rank_by_trained_distance(tmp_path: Path, colour_catalog) -> None:
     folder = make_model_dir(tmp_path / "m")
     gallery = [r for r in colour_catalog if r.split == "train"]
-    catalog, report = Catalog.build(gallery, tmp_path / "index", encoder=f"siamese:{folder}", num_workers=0,
+    catalog, report = SimilarityIndex.build(gallery, tmp_path / "index", encoder=f"siamese:{folder}", num_workers=0,
                                     progress=False)
     assert report.n_encoded == len(gallery)
-    reopened = Catalog.open(tmp_path / "index")  # rebuilt from the store's stamp via the registry
+    reopened = SimilarityIndex.open(tmp_path / "index")  # rebuilt from the store's stamp via the registry
     query = colour_catalog[-1].path
     hits = reopened.search(query, k=len(gallery))
     encoder = catalog.encoder

@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from clothsim.catalog import Catalog
+from clothsim.similarity_index import SimilarityIndex
 from clothsim.cli.main import main
 from clothsim.web.app import MULTIPART_OVERHEAD_BYTES, create_app
 from clothsim.web.limits import BodySizeLimitMiddleware
@@ -45,8 +45,8 @@ def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), st
 
 
 @pytest.fixture()
-def catalog(colour_catalog, tiny_encoder, tmp_path) -> Catalog:
-    built, _ = Catalog.build(colour_catalog, tmp_path / "index", encoder=tiny_encoder, num_workers=0,
+def catalog(colour_catalog, tiny_encoder, tmp_path) -> SimilarityIndex:
+    built, _ = SimilarityIndex.build(colour_catalog, tmp_path / "index", encoder=tiny_encoder, num_workers=0,
                              progress=False)
     return built
 
@@ -63,7 +63,7 @@ def upload(client: TestClient, data: bytes, name: str = "query.png", **fields):
                        data={key: str(value) for key, value in fields.items()})
 
 
-def ids_of(item_category: str, catalog: Catalog) -> set[int]:
+def ids_of(item_category: str, catalog: SimilarityIndex) -> set[int]:
     return {it.id for it in catalog.store.items() if it.record.category == item_category}
 
 
@@ -407,7 +407,7 @@ def test_serve_command_binds_to_loopback_by_default(catalog, monkeypatch, capsys
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    monkeypatch.setattr(Catalog, "open", classmethod(lambda cls, *args, **kwargs: catalog))
+    monkeypatch.setattr(SimilarityIndex, "open", classmethod(lambda cls, *args, **kwargs: catalog))
     assert main(["serve", "--index", "unused", "--max-k", "7"]) == 0
     (app, kwargs), = calls
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8000
@@ -420,5 +420,5 @@ def test_serve_command_refuses_bad_options(catalog, monkeypatch, argv):
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("must not start"))
-    monkeypatch.setattr(Catalog, "open", classmethod(lambda cls, *args, **kwargs: catalog))
-    assert main(["serve", "--index", "unused", *argv]) == 1
+    monkeypatch.setattr(SimilarityIndex, "open", classmethod(lambda cls, *args, **kwargs: catalog))
+    assert main(["serve", "--index", "unused", *argv]) == 2

@@ -59,7 +59,7 @@ def server_url(browser_parts, real_subset, tmp_path_factory):
     """A uvicorn server on a free 127.0.0.1 port, in a thread, over an index of real photos."""
     import uvicorn
 
-    from clothsim.catalog import Catalog
+    from clothsim.similarity_index import SimilarityIndex
     from clothsim.encoders.registry import create_encoder
     from clothsim.errors import UnknownEncoderError, WeightsUnavailableError
     from clothsim.web.app import create_app
@@ -69,7 +69,7 @@ def server_url(browser_parts, real_subset, tmp_path_factory):
     except (UnknownEncoderError, WeightsUnavailableError, ImportError, OSError) as exc:
         pytest.skip(f"the default encoder efficientnet_lite0 is not available: {exc}")
     records, _ = real_subset
-    catalog, _ = Catalog.build(records, tmp_path_factory.mktemp("web_index"), encoder=encoder,
+    catalog, _ = SimilarityIndex.build(records, tmp_path_factory.mktemp("web_index"), encoder=encoder,
                                     num_workers=0, progress=False)
     assert len(catalog) == len(records)
     with socket.socket() as sock:

@@ -2,7 +2,7 @@
 
 The public API, importable from here::
 
-    from clothsim import Catalog, CatalogRecord, create_encoder, list_encoders, read_catalog
+    from clothsim import SimilarityIndex, CatalogRecord, create_encoder, list_encoders, read_catalog
 
 Names are resolved on first use, so ``import clothsim`` does not load torch.
 """
@@ -18,12 +18,15 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
-    "Catalog": "clothsim.catalog",
+    "SimilarityIndex": "clothsim.similarity_index",
+    "Catalog": "clothsim.catalog",  # deprecated name of SimilarityIndex
     "CatalogRecord": "clothsim.data.records",
     "read_catalog": "clothsim.data",
     "balanced_split": "clothsim.data",
     "filter_min_count": "clothsim.data",
     "create_encoder": "clothsim.encoders",
+    "list_runtimes": "clothsim.runtimes",
+    "list_backends": "clothsim.index",
     "list_encoders": "clothsim.encoders",
     "register_encoder": "clothsim.encoders",
     "extract_features": "clothsim.features",

@@ -15,7 +15,16 @@ class AnnotationFormatError(ClothsimError, ValueError):
         self.line = line
 
 
-class UnknownEncoderError(ClothsimError, KeyError):
+class UsageError(ClothsimError, ValueError):
+    """The command or call was asked for something that does not exist (an unknown encoder, backend,
+    runtime or format, an option out of range); the CLI exits with 2, as for any bad usage."""
+
+
+class DataError(ClothsimError, ValueError):
+    """The input data cannot be used as asked (an empty split, a catalogue with no images of a kind)."""
+
+
+class UnknownEncoderError(UsageError, KeyError):
     """An encoder name is not registered; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message

@@ -35,6 +35,11 @@ class ImageDecodeError(ClothsimError, ValueError):
         self.reason = reason
 
 
+# Everything load_image raises for a file that cannot serve as an image: callers that skip and report
+# bad files (extraction, adding to an index) catch exactly this, and let programming errors through.
+UNUSABLE_IMAGE_ERRORS = (ImageDecodeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img

@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import clothsim.ensemble  # noqa: F401  (registers the ensemble: encoder family)
 from clothsim.cli.options import add_data_options, add_extraction_options, positive_int
-from clothsim.evaluation.runner import DEFAULT_ENCODERS
-
-
-def parse_weight_options(values: list[str] | None) -> dict[str, str]:
-    """``["vgg16=PATH", "a=P1,b=P2"]`` -> ``{"vgg16": "PATH", "a": "P1", "b": "P2"}``.
-
-    Raises:
-        ValueError: An entry is not ``NAME=PATH``.
-    """
-    mapping: dict[str, str] = {}
-    for value in values or []:
-        for entry in value.split(","):
-            name, sep, path = entry.strip().partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise ValueError(f"--weights must be NAME=PATH (e.g. vgg16=weights/vgg16.pth), got {entry!r}")
-            mapping[name.strip()] = path.strip()
-    return mapping
-
-
-def split_names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS
+from clothsim.specs import split_names
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,8 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="catalogue: a folder per category, a CSV file, ...")
     add_data_options(parser)
-    parser.add_argument("--encoders", type=split_names, default=list(DEFAULT_ENCODERS),
-                        help=f"comma-separated encoder names (default {','.join(DEFAULT_ENCODERS)})")
+    parser.add_argument("--encoders", type=split_names, default=list(DEFAULT_EVALUATE_ENCODERS),
+                        help=f"comma-separated encoder names (default {','.join(DEFAULT_EVALUATE_ENCODERS)})")
     parser.add_argument("--weights", action="append", metavar="NAME=PATH",
                         help="local weights file for an encoder (repeatable), e.g. vgg16=vgg16.pth")
     parser.add_argument("--out", required=True, help="report folder to write")
@@ -63,8 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.evaluation import compare_encoders, write_report
+    from clothsim.specs import parse_name_paths
 
-    part_weights = parse_weight_options(args.weights)  # before the slow part, so a typo fails fast
+    part_weights = parse_name_paths(args.weights)  # before the slow part, so a typo fails fast
     records = read_catalog(args.data, format=args.format)
     comparison = compare_encoders(
         records, args.encoders, args.out, cache=args.cache, part_weights=part_weights,

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-import clothsim.ensemble  # noqa: F401  (registers the ensemble: encoder family)
-from clothsim.cli.cmd_evaluate import parse_weight_options, split_names
 from clothsim.cli.options import add_data_options, add_extraction_options
+from clothsim.specs import split_names
 
 
-def _weights(text: str) -> list[float]:
+def _mix(text: str) -> list[float]:
     try:
         return [float(w) for w in text.split(",")]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--part-weights must be comma-separated numbers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"--mix must be comma-separated numbers, got {text!r}") from exc
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,8 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "fit-ensemble", help="fit a weighted ensemble of encoders (use it as ensemble:FOLDER)",
         description="Encode the train and validation splits with each part (cached), keep each larger part's "
                     "most category-discriminative columns (ANOVA F on train) down to the smallest part's size, "
-                    "choose the part weights by a grid search maximising validation P@5 against train (unless "
-                    "--part-weights), and save the ensemble to --out. The test split is never read.",
+                    "choose the parts' mixing weights by a grid search maximising validation P@5 against train "
+                    "(unless --mix), and save the ensemble to --out. The test split is never read.",
         epilog="example:\n  clothsim fit-ensemble --data ../shared/data/clothing-dataset-small \\\n"
                "      --parts vgg16,efficientnet_lite0 --weights vgg16=vgg16_features_imagenet.pth --out ens/\n"
                "  clothsim index photos/ --encoder ensemble:ens/ --out catalog/",
@@ -36,8 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache", default=None, help="feature store cache (default <out>/stores)")
     parser.add_argument("--method", choices=["average", "concat"], default="average",
                         help="weighted average (default) or weighted concatenation")
-    parser.add_argument("--part-weights", type=_weights, default=None, metavar="W1,W2",
-                        help="fixed part weights instead of the validation search")
+    parser.add_argument("--mix", type=_mix, default=None, metavar="W1,W2",
+                        help="fixed mixing weights of the parts instead of the validation search")
+    # The old spelling, kept for scripts: it read like --weights (files) but meant the mix.
+    parser.add_argument("--part-weights", dest="part_weights_deprecated", type=_mix, default=None,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--grid-step", type=float, default=0.1, help="weight search grid step (default 0.1)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_extraction_options(parser)
@@ -50,10 +53,17 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.ensemble import fit_from_catalog
 
+    from clothsim.specs import parse_name_paths
+
+    mix = args.mix
+    if args.part_weights_deprecated is not None:
+        print("clothsim fit-ensemble: --part-weights is deprecated; use --mix", file=sys.stderr)
+        mix = mix or args.part_weights_deprecated
+    weight_files = parse_name_paths(args.weights)
     records = read_catalog(args.data, format=args.format)
     cache = args.cache or str(Path(args.out) / "stores")
     model = fit_from_catalog(
-        records, args.parts, cache, part_weights=parse_weight_options(args.weights), weights=args.part_weights,
+        records, args.parts, cache, weight_files=weight_files, mix=mix,
         method=args.method, grid_step=args.grid_step, device=args.device, batch_size=args.batch_size,
         num_workers=args.workers, progress=not args.quiet)
     folder = model.save(args.out)

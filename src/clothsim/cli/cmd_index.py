@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.catalog import Catalog
-from clothsim.cli.options import add_data_options, add_encoder_options, add_extraction_options
+from clothsim.cli.options import add_backend_option, add_data_options, add_encoder_options, add_extraction_options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "index", help="build a searchable index from a catalogue",
-        description="Encode every image of a catalogue and write a feature store + exact index to --out. "
+        description="Encode every image of a catalogue and write an index folder (vectors, metadata, backend) to --out. "
                     "Run the same command again after an interruption to resume.",
-        epilog="example:\n  clothsim index ../shared/data/clothing-dataset-small/train --out catalog/\n"
+        epilog="example:\n  clothsim index ../shared/data/clothing-dataset-small/train --out index/\n"
                "  clothsim index DeepFashion/ --format deepfashion-category --split train --out df-index/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="catalogue: a folder per category, a CSV file, or a DeepFashion root")
@@ -24,6 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--min-count", type=int, default=0,
                         help="drop categories with fewer images than this (the study used 100)")
     add_encoder_options(parser)
+    add_backend_option(parser)
     add_extraction_options(parser)
     parser.add_argument("--float16", action="store_true", help="store vectors as float16 (half the disk)")
     parser.add_argument("--no-bbox", action="store_true", help="ignore bounding boxes in the annotations")
@@ -33,12 +33,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_records(args: argparse.Namespace):
     from clothsim.data import filter_min_count, read_catalog
+    from clothsim.errors import DataError
 
     records = read_catalog(args.data, format=args.format)
     if args.split:
         records = [r for r in records if r.split in set(args.split)]
         if not records:
-            raise ValueError(f"{args.data}: no images in split(s) {args.split}")
+            raise DataError(f"{args.data}: no images in split(s) {args.split}")
     if args.min_count:
         result = filter_min_count(records, args.min_count)
         records = result.records
@@ -46,16 +47,19 @@ def load_records(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.similarity_index import SimilarityIndex
+
     records = load_records(args)
-    catalog, report = Catalog.build(
+    index, report = SimilarityIndex.build(
         records, args.out, encoder=args.encoder, weights=args.weights, device=args.device,
+        runtime=args.runtime, backend=args.backend,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
         use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
     )
     if report.reused:
-        print(f"{args.out} is already up to date: {len(catalog)} images, encoder {catalog.encoder.name}")
+        print(f"{args.out} is already up to date: {len(index)} images, encoder {index.encoder.name}")
     else:
-        print(f"indexed {report.n_encoded} images with {catalog.encoder.name} ({catalog.encoder.dim}-d) "
+        print(f"indexed {report.n_encoded} images with {index.encoder.name} ({index.encoder.dim}-d) "
               f"into {args.out}; {report.n_new} encoded now at {report.images_per_second:.1f} images/s")
     for failure in report.failures:
         print(f"skipped {failure['path']}: {failure['reason']}")

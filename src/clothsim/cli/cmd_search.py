@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clothsim.catalog import Catalog
-from clothsim.cli.options import positive_int
-from clothsim.viz.grid import QueryResult, save_result_grid
+from clothsim.cli.options import add_runtime_option, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,13 +25,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--grid", metavar="PNG", help="also draw the query beside its results")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="weights file, if it moved since the index was built")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    catalog = Catalog.open(args.index, weights=args.weights, device=args.device)
-    results = [(image, catalog.search(image, k=args.k, category=args.category)) for image in args.images]
+    from clothsim.similarity_index import SimilarityIndex
+
+    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime)
+    results = [(image, index.search(image, k=args.k, category=args.category)) for image in args.images]
     if args.json:
         print(json.dumps([{"query": str(image), "results": [h.to_dict() for h in hits]}
                           for image, hits in results], indent=2))
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
             for hit in hits:
                 print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.record.category:<16} {hit.record.path}")
     if args.grid:
+        from clothsim.viz.grid import QueryResult, save_result_grid
+
         save_result_grid([QueryResult(image, hits) for image, hits in results], args.grid)
         if not args.json:
             print(f"grid written to {args.grid}")

@@ -6,8 +6,8 @@ import argparse
 import ipaddress
 import logging
 
-from clothsim.cli.options import positive_int
-from clothsim.errors import ClothsimError
+from clothsim.cli.options import add_runtime_option, positive_int
+from clothsim.errors import ClothsimError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="weights file, if it moved since the index was built")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_option(parser)
     parser.add_argument("--max-upload-mb", type=float, default=20.0,
                         help="largest accepted upload in MiB (default 20)")
     parser.add_argument("--max-pixels", type=positive_int, default=None,
@@ -50,25 +51,25 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+        raise UsageError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     try:
         import uvicorn
 
         from clothsim.web.app import create_app
     except ImportError as exc:
         raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
-    from clothsim.catalog import Catalog
     from clothsim.images import DEFAULT_MAX_PIXELS
+    from clothsim.similarity_index import SimilarityIndex
 
-    catalog = Catalog.open(args.index, weights=args.weights, device=args.device)
-    app = create_app(catalog, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime)
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k)
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
                        "fetch its images", args.host)
-    print(f"clothsim: serving {len(catalog)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+    print(f"clothsim: serving {len(index)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
           flush=True)
     # One process: the model and index are loaded once and shared by the request threads.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",

@@ -2,7 +2,13 @@
 
 Each sub-command lives in its own ``cmd_<name>.py`` module exposing ``add_parser(subparsers)`` and
 ``run(args) -> int``; this module only builds the parser, configures logging and maps errors to
-exit codes (0 success, 1 failure, 2 bad usage).
+exit codes (0 success, 1 failure, 2 bad usage, 130 interrupted). Command modules import nothing heavy
+at the top (torch, matplotlib, a plug-in): their ``run`` imports its work, so parsing, ``--help`` and
+usage errors are instant.
+
+Only errors raised on purpose become a one-line message: :class:`~clothsim.errors.UsageError` (exit 2),
+any other :class:`~clothsim.errors.ClothsimError` and file-system errors naming a path (exit 1).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import sys
 from typing import Sequence
 
 from clothsim import __version__
-from clothsim.errors import ClothsimError
+from clothsim.errors import ClothsimError, UsageError
 
-COMMANDS = ("encoders", "index", "search", "demo", "data", "serve", "train_siamese", "similarity", "evaluate", "fit_ensemble")
+COMMANDS = ("encoders", "plugins", "index", "search", "demo", "data", "serve", "train_siamese", "similarity",
+            "evaluate", "fit_ensemble")
+# What a user's mistake about files looks like; a message naming the path is enough.
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 EPILOG = """examples:
   clothsim demo                                         # the whole pipeline on a bundled sample
@@ -58,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     try:
         return int(args.handler(args) or 0)
-    except (ClothsimError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"clothsim {args.command}: error: {message}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"clothsim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ClothsimError, *_FILE_ERRORS) as exc:
+        print(f"clothsim {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"clothsim {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,10 +1,14 @@
-"""Options shared by several sub-commands, declared once."""
+"""Options shared by several sub-commands, declared once.
+
+Nothing here imports torch or a plug-in: choices come from the entry-point names, which are read
+without importing anything, so ``--help`` and usage errors stay instant.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from clothsim.encoders.registry import DEFAULT_ENCODER
+from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
 
 
 def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_ENCODER) -> None:
@@ -14,18 +18,34 @@ def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = D
                         help="local state-dict file instead of the official pretrained weights; "
                              "'random' for random initialisation")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_option(parser)
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    from clothsim.runtimes import AUTO, runtime_registry
+
+    parser.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=[AUTO, *runtime_registry.declared_names()],
+                        help=f"what runs the network (default {DEFAULT_RUNTIME}: the fastest available; "
+                             "every runtime gives the same vectors)")
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    from clothsim.index.registry import backend_registry
+
+    parser.add_argument("--backend", default=DEFAULT_INDEX_BACKEND, choices=backend_registry.declared_names(),
+                        help=f"index backend (default {DEFAULT_INDEX_BACKEND}); recorded in the index folder")
 
 
 def add_extraction_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes decoding images in parallel with inference (default 2)")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", default="auto",
-                        choices=["auto", "folder", "csv", "deepfashion-category", "deepfashion-inshop",
-                                 "fashion-mnist", "demo"],
+    from clothsim.data.registry import reader_registry
+
+    parser.add_argument("--format", default="auto", choices=["auto", *reader_registry.declared_names()],
                         help="catalogue format (default: detected)")
 
 

@@ -1,60 +1,47 @@
 """Catalogue readers, splits and plots; every reader returns a list of :class:`CatalogRecord`.
 
-``plot_category_distribution`` is imported on first use so that reading a catalogue does not load
-matplotlib.
+Names are resolved on first use, so importing this package (as the CLI's parser does) loads no reader,
+numpy or matplotlib until one is asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from clothsim.data.csv_catalog import read_csv_catalog, write_csv_catalog
-from clothsim.data.deepfashion import read_deepfashion_category, read_deepfashion_inshop
-from clothsim.data.fashion_mnist import (
-    FASHION_MNIST_CLASSES,
-    FashionMnistSplit,
-    load_demo_sample,
-    load_fashion_mnist,
-    materialize_demo_sample,
-    materialize_fashion_mnist,
-    read_idx,
-)
-from clothsim.data.folder import IMAGE_EXTENSIONS, read_folder_catalog
-from clothsim.data.readers import FORMATS, detect_format, read_catalog
-from clothsim.data.records import SPLITS, CatalogRecord
-from clothsim.data.splits import FilterResult, SplitResult, balanced_split, category_counts, filter_min_count
+_EXPORTS = {
+    "CatalogRecord": "clothsim.data.records",
+    "SPLITS": "clothsim.data.records",
+    "CatalogReader": "clothsim.data.registry",
+    "list_formats": "clothsim.data.registry",
+    "reader_registry": "clothsim.data.registry",
+    "detect_format": "clothsim.data.readers",
+    "read_catalog": "clothsim.data.readers",
+    "read_csv_catalog": "clothsim.data.csv_catalog",
+    "write_csv_catalog": "clothsim.data.csv_catalog",
+    "read_deepfashion_category": "clothsim.data.deepfashion",
+    "read_deepfashion_inshop": "clothsim.data.deepfashion",
+    "FASHION_MNIST_CLASSES": "clothsim.data.fashion_mnist",
+    "FashionMnistSplit": "clothsim.data.fashion_mnist",
+    "load_demo_sample": "clothsim.data.fashion_mnist",
+    "load_fashion_mnist": "clothsim.data.fashion_mnist",
+    "materialize_demo_sample": "clothsim.data.fashion_mnist",
+    "materialize_fashion_mnist": "clothsim.data.fashion_mnist",
+    "read_idx": "clothsim.data.fashion_mnist",
+    "IMAGE_EXTENSIONS": "clothsim.data.folder",
+    "read_folder_catalog": "clothsim.data.folder",
+    "FilterResult": "clothsim.data.splits",
+    "SplitResult": "clothsim.data.splits",
+    "balanced_split": "clothsim.data.splits",
+    "category_counts": "clothsim.data.splits",
+    "filter_min_count": "clothsim.data.splits",
+    "plot_category_distribution": "clothsim.data.plots",
+}
 
-__all__ = [
-    "CatalogRecord",
-    "FASHION_MNIST_CLASSES",
-    "FORMATS",
-    "FashionMnistSplit",
-    "FilterResult",
-    "IMAGE_EXTENSIONS",
-    "SPLITS",
-    "SplitResult",
-    "balanced_split",
-    "category_counts",
-    "detect_format",
-    "filter_min_count",
-    "load_demo_sample",
-    "load_fashion_mnist",
-    "materialize_demo_sample",
-    "materialize_fashion_mnist",
-    "plot_category_distribution",
-    "read_catalog",
-    "read_csv_catalog",
-    "read_deepfashion_category",
-    "read_deepfashion_inshop",
-    "read_folder_catalog",
-    "read_idx",
-    "write_csv_catalog",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "plot_category_distribution":
-        from clothsim.data.plots import plot_category_distribution
-
-        return plot_category_distribution
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'clothsim.data' has no attribute {name!r}")

@@ -10,12 +10,12 @@ import csv
 import logging
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from clothsim.data.records import SPLITS, CatalogRecord
-from clothsim.errors import AnnotationFormatError, EmptyCatalogError
+from clothsim.errors import AnnotationFormatError, DataError, EmptyCatalogError
+from clothsim.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
     for number, record in enumerate(records, start=1):
         bad = [a for a in record.attributes if _ATTRIBUTE_SEPARATORS.search(a)]
         if bad:
-            raise ValueError(f"record {number} ({record.path}): attribute {bad[0]!r} contains '|' or ';'")
+            raise DataError(f"record {number} ({record.path}): attribute {bad[0]!r} contains '|' or ';'")
         rows.append(
             [
                 record.path,
@@ -138,17 +138,10 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
                 " ".join(str(v) for v in record.bbox) if record.bbox is not None else "",
             ]
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(rows)
     logger.info("wrote %d records to %s", len(rows), out)
     return out
 
@@ -207,3 +200,17 @@ def _parse_bbox(text: str, path: Path, line: int) -> tuple[int, int, int, int] |
     if x2 < x1 or y2 < y1 or min(values) < 0:
         raise AnnotationFormatError(str(path), line, f"bbox {text!r} needs 0 <= x1 <= x2 and 0 <= y1 <= y2")
     return (x1, y1, x2, y2)
+
+
+class CsvReader:
+    """The ``csv`` format: one row per image (see :func:`read_csv_catalog` for the columns)."""
+
+    description = "a .csv file with path and category columns (split, item_id, bbox optional)"
+    detect_priority = 50
+
+    def detect(self, source: str) -> bool:
+        path = Path(source).expanduser()
+        return path.is_file() and path.suffix.lower() == ".csv"
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        return read_csv_catalog(source, **options)  # type: ignore[arg-type]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path, PurePosixPath
 
 from clothsim.data._listfile import iter_entries, parse_bbox, parse_int, read_header, split_fields
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import AnnotationFormatError, EmptyCatalogError
+from clothsim.errors import AnnotationFormatError, DataError, EmptyCatalogError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def locate_deepfashion(root: str | os.PathLike[str]) -> DeepFashionLayout:
     candidates = [given, given.parent] if given.name.lower() == "img" else [given]
     dataset = next((c for c in candidates if any((c / m).is_dir() for m in markers)), None)
     if dataset is None:
-        raise ValueError(f"{given} is not a DeepFashion folder: expected one of {list(markers)} inside it")
+        raise DataError(f"{given} is not a DeepFashion folder: expected one of {list(markers)} inside it")
     for base in (dataset / "Img", dataset, given):
         if (base / "img").is_dir():
             return DeepFashionLayout(dataset, base)
@@ -158,7 +159,7 @@ def read_deepfashion_inshop(
         AnnotationFormatError: A list file is malformed (the message names the file and line).
     """
     if category_level not in CATEGORY_LEVELS:
-        raise ValueError(f"category_level must be one of {CATEGORY_LEVELS}, got {category_level!r}")
+        raise UsageError(f"category_level must be one of {CATEGORY_LEVELS}, got {category_level!r}")
     layout = locate_deepfashion(root)
     partition = _require(layout.root / "Eval" / "list_eval_partition.txt")
 
@@ -175,7 +176,8 @@ def read_deepfashion_inshop(
     if not entries:
         raise EmptyCatalogError(f"{partition} lists no images")
 
-    boxes = _read_inshop_boxes(layout.root / "Anno" / "list_bbox_inshop.txt", entries)
+    boxes = _read_boxes(layout.root / "Anno" / "list_bbox_inshop.txt", entries,
+                        int_fields=("clothes_type", "pose_type"))
     records = [
         CatalogRecord(
             path=layout.image_path(name), category=category, split=split, item_id=item_id, bbox=boxes.get(name)
@@ -260,16 +262,26 @@ def _read_attributes(anno: Path, labels: dict[str, str]) -> dict[str, tuple[str,
     return found
 
 
-def _read_boxes(path: Path, labels: dict[str, str]) -> dict[str, tuple[int, int, int, int]]:
+def _read_boxes(
+    path: Path, known: Container[str], int_fields: tuple[str, ...] = ()
+) -> dict[str, tuple[int, int, int, int]]:
+    """Boxes of a ``list_bbox*.txt``: ``image_name [int fields...] x_1 y_1 x_2 y_2`` per line.
+
+    Category and Attribute Prediction's file has no extra fields; In-shop's has ``clothes_type
+    pose_type``, checked as integers and otherwise unused.
+    """
     if not path.is_file():
         return {}
+    columns = " ".join(("image_name", *int_fields, "x_1 y_1 x_2 y_2"))
     boxes: dict[str, tuple[int, int, int, int]] = {}
     unknown = 0
     for number, text in iter_entries(path, "image_name"):
-        name, *coords = split_fields(path, number, text, 4, "image_name x_1 y_1 x_2 y_2")
+        name, *rest = split_fields(path, number, text, len(int_fields) + 4, columns)
+        for field_name, value in zip(int_fields, rest):
+            parse_int(path, number, value, field_name)
         _check_new(boxes, name, path, number)
-        box = parse_bbox(path, number, coords)
-        if name in labels:
+        box = parse_bbox(path, number, rest[len(int_fields):])
+        if name in known:
             boxes[name] = box
         else:
             unknown += 1
@@ -318,27 +330,43 @@ def _inshop_category(name: str, level: str, path: Path, number: int) -> str:
     return f"{gender}/{category}" if level == "gender_category" else category
 
 
-def _read_inshop_boxes(path: Path, entries: dict[str, tuple[str, str, str]]) -> dict[str, tuple[int, int, int, int]]:
-    if not path.is_file():
-        return {}
-    boxes: dict[str, tuple[int, int, int, int]] = {}
-    unknown = 0
-    for number, text in iter_entries(path, "image_name"):
-        name, clothes_type, pose_type, *coords = split_fields(
-            path, number, text, 6, "image_name clothes_type pose_type x_1 y_1 x_2 y_2"
-        )
-        parse_int(path, number, clothes_type, "clothes_type")
-        parse_int(path, number, pose_type, "pose_type")
-        _check_new(boxes, name, path, number)
-        box = parse_bbox(path, number, coords)
-        if name in entries:
-            boxes[name] = box
-        else:
-            unknown += 1
-    _warn_unknown(unknown, path)
-    return boxes
-
-
 def _warn_unknown(count: int, path: Path) -> None:
     if count:
         logger.warning("%s: ignored %d images that the main list does not have", path, count)
+
+
+def _deepfashion_roots(source: str) -> tuple[Path, ...]:
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return ()
+    return (path, path.parent) if path.name.lower() == "img" else (path,)
+
+
+class DeepFashionInshopReader:
+    """The ``deepfashion-inshop`` format: the In-shop Clothes Retrieval benchmark's folder."""
+
+    description = "DeepFashion In-shop Clothes Retrieval (Anno/list_bbox_inshop.txt, Eval/list_eval_partition.txt)"
+    # Asked before the Category reader: an In-shop folder may carry Category files as well.
+    detect_priority = 40
+
+    def detect(self, source: str) -> bool:
+        return any((root / "Anno" / "list_bbox_inshop.txt").is_file()
+                   or is_inshop_partition(root / "Eval" / "list_eval_partition.txt")
+                   for root in _deepfashion_roots(source))
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        return read_deepfashion_inshop(source, **options)  # type: ignore[arg-type]
+
+
+class DeepFashionCategoryReader:
+    """The ``deepfashion-category`` format: Category and Attribute Prediction's folder."""
+
+    description = "DeepFashion Category and Attribute Prediction (Anno/ or Anno_coarse/list_category_img.txt)"
+    detect_priority = 30
+
+    def detect(self, source: str) -> bool:
+        return any((root / anno / "list_category_img.txt").is_file()
+                   for root in _deepfashion_roots(source) for anno in ("Anno", "Anno_coarse"))
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        return read_deepfashion_category(source, **options)  # type: ignore[arg-type]

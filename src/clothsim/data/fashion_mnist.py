@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 from clothsim.data.records import CatalogRecord
+from clothsim.errors import DataError, UsageError
+from clothsim.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +98,23 @@ def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarra
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: damaged gzip data: {exc}") from exc
+            raise DataError(f"{path}: damaged gzip data: {exc}") from exc
     if len(raw) < 4:
-        raise ValueError(f"{path}: too short for an idx header ({len(raw)} bytes)")
+        raise DataError(f"{path}: too short for an idx header ({len(raw)} bytes)")
     zero, dtype, dims = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
     if zero != 0 or dtype != _IDX_UBYTE:
         raise ValueError(
             f"{path}: bad idx magic number 0x{raw[:4].hex()}; expected 0x000008NN (unsigned bytes, NN dimensions)"
         )
     if ndim is not None and dims != ndim:
-        raise ValueError(f"{path}: idx file has {dims} dimensions, expected {ndim} (magic 0x{raw[:4].hex()})")
+        raise DataError(f"{path}: idx file has {dims} dimensions, expected {ndim} (magic 0x{raw[:4].hex()})")
     header_end = 4 + 4 * dims
     if len(raw) < header_end:
-        raise ValueError(f"{path}: truncated idx header")
+        raise DataError(f"{path}: truncated idx header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     expected = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header_end != expected:
-        raise ValueError(f"{path}: header shape {shape} needs {expected} bytes of data, found {len(raw) - header_end}")
+        raise DataError(f"{path}: header shape {shape} needs {expected} bytes of data, found {len(raw) - header_end}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header_end).reshape(shape).copy()
 
 
@@ -135,17 +137,17 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
         FileNotFoundError: The idx files are not in the folder.
     """
     if split not in _FILES:
-        raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+        raise UsageError(f"split must be one of {sorted(_FILES)}, got {split!r}")
     folder = fashion_mnist_dir(root)
     images_file, labels_file = (_find(folder, stem) for stem in _FILES[split])
     images = read_idx(images_file, ndim=3)
     labels = read_idx(labels_file, ndim=1).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images_file} has {images.shape[0]} images but {labels_file} has {labels.shape[0]} labels")
+        raise DataError(f"{images_file} has {images.shape[0]} images but {labels_file} has {labels.shape[0]} labels")
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_file}: images are {images.shape[1:]}, expected (28, 28)")
+        raise DataError(f"{images_file}: images are {images.shape[1:]}, expected (28, 28)")
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{labels_file}: label {labels.max()} is outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+        raise DataError(f"{labels_file}: label {labels.max()} is outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
     return FashionMnistSplit(images=images, labels=labels)
 
 
@@ -172,7 +174,7 @@ def materialize_fashion_mnist(
         One record per written image (category = class name, split = ``train``/``test``).
     """
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+        raise UsageError(f"per_class must be at least 1, got {per_class}")
     out = Path(os.path.abspath(Path(out_dir).expanduser()))
     records: list[CatalogRecord] = []
     for split in splits:
@@ -242,8 +244,45 @@ def _write_png(out: Path, split: str, label: int, pixels: np.ndarray, stem: str)
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
     data = buffer.getvalue()
     if not (path.is_file() and path.read_bytes() == data):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
     return CatalogRecord(path=str(path), category=FASHION_MNIST_CLASSES[label], split=split)
+
+
+def _is_name(source: str, name: str) -> bool:
+    # A folder that happens to be called like the name is read as a folder.
+    return source.lower() == name and not Path(source).exists()
+
+
+class FashionMnistReader:
+    """The ``fashion-mnist`` source: Debian's idx files (``dataset-fashion-mnist``) written out as PNG."""
+
+    description = "the name 'fashion-mnist': Debian's Fashion-MNIST idx files, written out as PNG files"
+    detect_priority = 100
+
+    def detect(self, source: str) -> bool:
+        return _is_name(source, "fashion-mnist")
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        from clothsim.data.readers import default_cache_dir
+
+        out_dir = options.pop("out_dir", None) or default_cache_dir() / "fashion-mnist"
+        return materialize_fashion_mnist(out_dir, **options)  # type: ignore[arg-type]
+
+
+class DemoSampleReader:
+    """The ``demo`` source: the 500-image Fashion-MNIST sample bundled with clothsim."""
+
+    description = "the name 'demo': the Fashion-MNIST sample bundled with clothsim (500 images)"
+    detect_priority = 100
+
+    def detect(self, source: str) -> bool:
+        return _is_name(source, "demo")
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        from clothsim.data.readers import default_cache_dir
+
+        out_dir = options.pop("out_dir", None) or default_cache_dir() / "demo-sample"
+        if options:
+            raise UsageError(f"the demo sample takes only out_dir, got {sorted(options)}")
+        return materialize_demo_sample(out_dir)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import EmptyCatalogError
+from clothsim.errors import EmptyCatalogError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,18 @@ def _warn_loose_images(folder: Path) -> None:
             len(loose),
             loose[0].name,
         )
+
+
+class FolderReader:
+    """The ``folder`` format: one folder per category, optionally under split folders."""
+
+    description = "a folder per category, optionally under train/validation/test folders"
+    detect_priority = 0  # any folder qualifies, so it is asked last
+
+    def detect(self, source: str) -> bool:
+        return Path(source).expanduser().is_dir()
+
+    def read(self, source: str, **options: object) -> list[CatalogRecord]:
+        if options:
+            raise UsageError(f"the folder reader takes no options, got {sorted(options)}")
+        return read_folder_catalog(source)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from clothsim.data.records import SPLITS, CatalogRecord
 from clothsim.errors import EmptyCatalogError
+from clothsim.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +107,7 @@ def plot_category_distribution(
     ax.set_title(title or f"{len(records):,} images in {len(categories)} categories")
 
     out = Path(out_path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would survive the rename; a plain open honours the umask.
-    tmp_path = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp_path, "xb") as tmp:
-            fig.savefig(tmp, format="png")
-        os.replace(tmp_path, out)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
     logger.info("wrote category distribution of %d images to %s", len(records), out)
     return out

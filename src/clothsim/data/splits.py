@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from clothsim.data.records import CatalogRecord
+from clothsim.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def filter_min_count(records: Sequence[CatalogRecord], min_count: int = 100) -> 
         ValueError: ``min_count`` is below 1.
     """
     if min_count < 1:
-        raise ValueError(f"min_count must be at least 1, got {min_count}")
+        raise UsageError(f"min_count must be at least 1, got {min_count}")
     counts = category_counts(records)
     dropped = {c: n for c, n in counts.items() if n < min_count}
     if dropped:
@@ -90,7 +91,7 @@ def balanced_split(records: Sequence[CatalogRecord], test_fraction: float = 0.2,
         ValueError: ``test_fraction`` is not strictly between 0 and 1.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise UsageError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
     by_category: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         by_category.setdefault(record.category, []).append(index)

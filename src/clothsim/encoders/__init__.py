@@ -1,20 +1,30 @@
-"""Image encoders: ``create_encoder(name, weights=...)`` and the registry behind it."""
+"""Image encoders: ``create_encoder(name, weights=...)`` and the plug-in registry behind it.
 
-from clothsim.encoders.base import Encoder, Preprocessing
-from clothsim.encoders.registry import (
-    DEFAULT_ENCODER,
-    create_encoder,
-    list_encoders,
-    register_encoder,
-    register_encoder_family,
-)
+Names are resolved on first use, so importing this package loads neither torch nor any encoder.
+"""
 
-__all__ = [
-    "DEFAULT_ENCODER",
-    "Encoder",
-    "Preprocessing",
-    "create_encoder",
-    "list_encoders",
-    "register_encoder",
-    "register_encoder_family",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_ENCODER": "clothsim.defaults",
+    "Encoder": "clothsim.encoders.base",
+    "Preprocessing": "clothsim.encoders.base",
+    "EncoderPlugin": "clothsim.encoders.registry",
+    "EncoderFamilyPlugin": "clothsim.encoders.registry",
+    "EncoderInfo": "clothsim.encoders.registry",
+    "create_encoder": "clothsim.encoders.registry",
+    "list_encoders": "clothsim.encoders.registry",
+    "register_encoder": "clothsim.encoders.registry",
+    "register_encoder_family": "clothsim.encoders.registry",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clothsim.encoders' has no attribute {name!r}")

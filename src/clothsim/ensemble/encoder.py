@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from clothsim.encoders.base import Encoder
-from clothsim.encoders.registry import create_encoder, register_encoder_family
+from clothsim.encoders.registry import create_encoder
 from clothsim.ensemble.model import EnsembleModel
-from clothsim.errors import StaleStoreError, UnknownEncoderError
+from clothsim.errors import StaleStoreError, UnknownEncoderError, UsageError
+from clothsim.specs import parse_name_paths
 from clothsim.features.store import fingerprint_mismatch
 
 logger = logging.getLogger(__name__)
@@ -92,17 +93,11 @@ def parse_part_weights(weights: str | Path | None) -> dict[str, str]:
     """``"vgg16=PATH,resnet50=PATH"`` -> ``{"vgg16": "PATH", ...}``; ``None`` -> ``{}``.
 
     Raises:
-        ValueError: An entry without ``NAME=``.
+        UsageError: An entry without ``NAME=``.
     """
     if weights is None:
         return {}
-    mapping = {}
-    for entry in str(weights).split(","):
-        name, sep, path = entry.strip().partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"ensemble weights must look like 'vgg16=PATH[,other=PATH]', got {entry!r}")
-        mapping[name.strip()] = path.strip()
-    return mapping
+    return parse_name_paths(str(weights).split(","), option="ensemble weights")
 
 
 def load_ensemble_encoder(folder: str | Path, weights: str | Path | None = None, device: str = "cpu") -> EnsembleEncoder:
@@ -112,17 +107,20 @@ def load_ensemble_encoder(folder: str | Path, weights: str | Path | None = None,
     overrides = parse_part_weights(weights)
     unknown = set(overrides) - {p.name for p in model.parts}
     if unknown:
-        raise ValueError(f"weights given for {sorted(unknown)}, which are not parts of {model.label}")
+        raise UsageError(f"weights given for {sorted(unknown)}, which are not parts of {model.label}")
     parts = [create_encoder(p.name, weights=overrides.get(p.name, p.weights_source), device=device)
              for p in model.parts]
     return EnsembleEncoder(f"{PREFIX}:{folder}", model, parts)
 
 
-@register_encoder_family(PREFIX, description="fitted weighted ensemble of encoders: ensemble:<folder from "
-                                              "`clothsim fit-ensemble`>")
-def _ensemble_family(spec: str, weights: str | Path | None, device: str) -> Encoder:
-    if not EnsembleModel.is_model_dir(spec):
-        raise UnknownEncoderError(
-            f"ensemble:{spec}: {spec} is not a fitted ensemble folder; fit one with `clothsim fit-ensemble "
-            f"--data DIR --parts vgg16,efficientnet_lite0 --out FOLDER`, then use ensemble:FOLDER")
-    return load_ensemble_encoder(spec, weights, device)
+class EnsembleFamily:
+    """The ``ensemble:`` encoder family (a plug-in of ``clothsim.encoder_families``)."""
+
+    description = "fitted weighted ensemble of encoders: ensemble:<folder from `clothsim fit-ensemble`>"
+
+    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
+        if not EnsembleModel.is_model_dir(spec):
+            raise UnknownEncoderError(
+                f"ensemble:{spec}: {spec} is not a fitted ensemble folder; fit one with `clothsim fit-ensemble "
+                f"--data DIR --parts vgg16,efficientnet_lite0 --out FOLDER`, then use ensemble:FOLDER")
+        return load_ensemble_encoder(spec, weights, device)

@@ -23,6 +23,7 @@ from clothsim.ensemble.combine import (
 )
 from clothsim.ensemble.model import EnsembleModel, PartSpec
 from clothsim.metrics import precision_at_k_per_query, rank
+from clothsim.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def fit_ensemble(
         ValueError: A record outside train/validation, misaligned vectors, no train rows, or bad weights.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise UsageError(f"method must be one of {METHODS}, got {method!r}")
     if len(parts) < 2:
-        raise ValueError(f"an ensemble needs at least two parts, got {len(parts)}")
+        raise UsageError(f"an ensemble needs at least two parts, got {len(parts)}")
     if len(part_vectors) != len(parts):
         raise ValueError(f"{len(parts)} parts but vectors for {len(part_vectors)}")
     for i, record in enumerate(records):
@@ -123,7 +124,7 @@ def fit_ensemble(
     labels = np.array([r.category for r in records])
     train, val = splits == "train", splits == "validation"
     if not train.any():
-        raise ValueError("no train records: the column selection is fitted on the train split")
+        raise DataError("no train records: the column selection is fitted on the train split")
 
     k = min(p.dim for p in parts)
     columns = tuple(select_columns(a[train], labels[train], k) for a in arrays)

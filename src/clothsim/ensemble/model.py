@@ -24,6 +24,7 @@ import numpy as np
 
 from clothsim.ensemble.combine import METHODS, check_weights, combine
 from clothsim.fileio import write_json, write_npy
+from clothsim.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +170,14 @@ class EnsembleModel:
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
             if meta.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+                raise DataError(f"format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
             parts = tuple(PartSpec(p["name"], p["weights_source"], p["fingerprint"]) for p in meta["parts"])
             columns = tuple(np.load(folder / p["columns_file"]).astype(np.int64) for p in meta["parts"])
             model = cls(parts, columns, tuple(meta["weights"]), meta["method"], meta.get("info", {}))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: malformed ensemble file ({exc!r})") from exc
+            raise DataError(f"{path}: malformed ensemble file ({exc!r})") from exc
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise DataError(f"{path}: {exc}") from exc
         if model.fit_sha256() != meta.get("fit_sha256"):
-            raise ValueError(f"{path}: fit_sha256 does not match the saved columns and weights; refit the ensemble")
+            raise DataError(f"{path}: fit_sha256 does not match the saved columns and weights; refit the ensemble")
         return model

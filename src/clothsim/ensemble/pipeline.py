@@ -7,6 +7,7 @@ each image goes through each CNN once however many ensembles and reports use it.
 from __future__ import annotations
 
 import logging
+import warnings
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +20,11 @@ from clothsim.encoders.registry import create_encoder
 from clothsim.ensemble.encoder import EnsembleEncoder
 from clothsim.ensemble.fit import FIT_SPLITS, aligned_vectors, fit_ensemble
 from clothsim.ensemble.model import EnsembleModel, PartSpec
-from clothsim.evaluation.cache import extract_split, split_store_dir, weights_source
+from clothsim.encoders.weights import weights_source
+from clothsim.evaluation.cache import extract_split, split_store_dir
 from clothsim.features.extract import catalog_hash
 from clothsim.features.store import FeatureStore, fingerprint_mismatch
+from clothsim.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +34,13 @@ def fit_from_catalog(
     parts: Sequence[str],
     cache: str | Path,
     *,
-    part_weights: dict[str, str | None] | None = None,
-    weights: Sequence[float] | None = None,
+    weight_files: dict[str, str | None] | None = None,
+    mix: Sequence[float] | None = None,
     method: str = "average",
     grid_step: float = 0.1,
     device: str = "cpu",
+    part_weights: dict[str, str | None] | None = None,
+    weights: Sequence[float] | None = None,
     **extract_options: Any,
 ) -> EnsembleModel:
     """Encode the train (and validation) split with each part, cached, and fit an ensemble on them.
@@ -46,8 +51,11 @@ def fit_from_catalog(
         records: The catalogue (with splits).
         parts: Part encoder names, e.g. ``["vgg16", "efficientnet_lite0"]``.
         cache: Folder of cached stores.
-        part_weights: ``{part name: weights}`` as for :func:`~clothsim.encoders.create_encoder`.
-        weights, method, grid_step: As for :func:`~clothsim.ensemble.fit.fit_ensemble`.
+        weight_files: ``{part name: weights}`` as for :func:`~clothsim.encoders.create_encoder` (the
+            CLI's ``--weights NAME=PATH``).
+        mix: Fixed mixing weights of the parts instead of the validation search (``--mix``).
+        method, grid_step: As for :func:`~clothsim.ensemble.fit.fit_ensemble`.
+        part_weights, weights: Deprecated spellings of ``weight_files`` and ``mix``.
         device: Torch device.
         extract_options: For :func:`~clothsim.features.extract_features` (batch_size, num_workers, ...).
 
@@ -56,11 +64,16 @@ def fit_from_catalog(
         WeightsUnavailableError: A part's weights cannot be had.
     """
     if len(parts) < 2 or len(set(parts)) != len(parts):
-        raise ValueError(f"an ensemble needs two or more different parts, got {list(parts)}")
-    part_weights = dict(part_weights or {})
+        raise UsageError(f"an ensemble needs two or more different parts, got {list(parts)}")
+    if part_weights is not None or weights is not None:
+        warnings.warn("fit_from_catalog(part_weights=, weights=) are now weight_files= and mix=",
+                      DeprecationWarning, stacklevel=2)
+        weight_files = weight_files if weight_files is not None else part_weights
+        mix = mix if mix is not None else weights
+    part_weights = dict(weight_files or {})
     splits = [s for s in FIT_SPLITS if any(r.split == s for r in records)]
     if "train" not in splits:
-        raise ValueError("the catalogue has no train split to fit the ensemble on")
+        raise DataError("the catalogue has no train split to fit the ensemble on")
     specs, dirs = [], []
     for name in parts:
         encoder = create_encoder(name, weights=part_weights.get(name), device=device)
@@ -76,7 +89,7 @@ def fit_from_catalog(
         for i, v in enumerate(part_vectors):
             vectors[i].append(v)
     stacked = [np.concatenate(v) for v in vectors]
-    return fit_ensemble(specs, fit_records, stacked, weights=weights, method=method, grid_step=grid_step)
+    return fit_ensemble(specs, fit_records, stacked, weights=mix, method=method, grid_step=grid_step)
 
 
 def _extraction_speed(stores: Sequence[FeatureStore]) -> float | None:
@@ -116,11 +129,11 @@ def build_store_from_parts(
     for part, store in zip(encoder.parts, opened):
         store.check_fingerprint(part.fingerprint())
         if store.manifest.get("source_hash") != source:
-            raise ValueError(f"{store.root} holds other records than the ones asked for; extract them first")
+            raise DataError(f"{store.root} holds other records than the ones asked for; extract them first")
     rows, part_vectors = aligned_vectors(part_stores)
     combined = encoder.model.combine(part_vectors)
     store = FeatureStore.create(store_dir, fingerprint, dtype=dtype,
-                                extra={"weights_source": None, "index_backend": "exact",
+                                extra={"weights_source": None,
                                        "built_from_parts": [str(p.root) for p in opened]})
     failures = {f["path"]: f for s in opened for f in s.failures}
     store.append(combined, rows)

@@ -14,16 +14,11 @@ from typing import Any
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
+from clothsim.encoders.weights import weights_source
 from clothsim.features.extract import ExtractionReport, extract_features
+from clothsim.errors import DataError
 
 ALL_RECORDS = "all"
-
-
-def weights_source(weights: str | Path | None) -> str | None:
-    """What to record so the encoder can be rebuilt: an absolute path, ``"random"`` or ``None``."""
-    if weights is None or str(weights) == "random":
-        return None if weights is None else "random"
-    return str(Path(weights).resolve())
 
 
 def encoder_slug(name: str) -> str:
@@ -62,8 +57,8 @@ def extract_split(
     """
     subset = records_of_split(records, split)
     if not subset:
-        raise ValueError(f"the catalogue has no records in split {split!r}")
+        raise DataError(f"the catalogue has no records in split {split!r}")
     store_dir = split_store_dir(cache, encoder.name, split)
     options.setdefault("overwrite", True)
-    extra = {"weights_source": weights_source(weights), "index_backend": "exact"}
+    extra = {"weights_source": weights_source(weights)}
     return extract_features(subset, encoder, store_dir, extra_manifest=extra, **options)

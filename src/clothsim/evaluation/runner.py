@@ -14,7 +14,7 @@ from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
 from clothsim.encoders.registry import create_encoder
-from clothsim.errors import EmptyCatalogError, WeightsUnavailableError
+from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUnavailableError
 from clothsim.evaluation import plots
 from clothsim.evaluation.cache import (
     encoder_slug,
@@ -74,14 +74,14 @@ def _prepare_ensemble(name: str, records, splits, cache, part_weights, device, o
         # A parts list rather than a fitted folder: fit it here, on this catalogue's train/validation.
         folder = Path(cache) / "ensembles" / encoder_slug(spec)
         if not any(r.split == "train" for r in records):
-            raise ValueError(f"{name}: fitting an ensemble needs a train split; fit one elsewhere with "
+            raise DataError(f"{name}: fitting an ensemble needs a train split; fit one elsewhere with "
                              "`clothsim fit-ensemble` and pass ensemble:FOLDER")
-        model = fit_from_catalog(records, spec.split("+"), cache, part_weights=part_weights, device=device,
+        model = fit_from_catalog(records, spec.split("+"), cache, weight_files=part_weights, device=device,
                                  **options)
         model.save(folder)
         details["fitted_now_in"] = str(folder)
     else:
-        raise ValueError(f"{name}: {spec} is neither a fitted ensemble folder nor a parts list like "
+        raise UsageError(f"{name}: {spec} is neither a fitted ensemble folder nor a parts list like "
                          "ensemble:vgg16+efficientnet_lite0")
     model = EnsembleModel.load(folder)
     overrides = ",".join(f"{p.name}={part_weights[p.name]}" for p in model.parts if part_weights.get(p.name))
@@ -177,9 +177,9 @@ def compare_encoders(
     if not records:
         raise EmptyCatalogError("the catalogue has no images to evaluate")
     if not encoders:
-        raise ValueError("give at least one encoder to compare")
+        raise UsageError("give at least one encoder to compare")
     if len(set(encoders)) != len(encoders):
-        raise ValueError(f"encoders are repeated: {list(encoders)}")
+        raise UsageError(f"encoders are repeated: {list(encoders)}")
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
-from clothsim.errors import EmptyCatalogError, StaleStoreError
+from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
 from clothsim.features.store import FeatureStore, fingerprint_mismatch
 from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
-from clothsim.images import ImageDecodeError, load_image
+from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class _ImageDataset(Dataset):
         record = self.records[index]
         try:
             image = load_image(record.path, bbox=record.bbox if self.use_bbox else None)
-        except (ImageDecodeError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except UNUSABLE_IMAGE_ERRORS as exc:
             return index, None, str(exc)
         return index, self.transform(image), None
 
@@ -193,23 +193,38 @@ def extract_features(
     if not records:
         raise EmptyCatalogError("the catalogue has no images to encode")
     if batch_size < 1 or shard_size < 1:
-        raise ValueError("batch_size and shard_size must be at least 1")
+        raise UsageError("batch_size and shard_size must be at least 1")
     store_dir = Path(store_dir)
     fingerprint = encoder.fingerprint()
     source = catalog_hash(records)
     started = time.perf_counter()
 
+    # Cropping changes the vectors, so it is part of what a store is checked against; it only has an
+    # effect when some record has a box.
+    crops = use_bbox and any(r.bbox is not None for r in records)
     if FeatureStore.exists(store_dir):
         store = FeatureStore.open(store_dir)
         same_encoder = not fingerprint_mismatch(fingerprint, store.fingerprint)
-        if same_encoder and store.manifest.get("source_hash") == source and store.dtype == dtype:
+        same_source = store.manifest.get("source_hash") == source and store.dtype == dtype
+        stored_crops = store.manifest.get("crop_to_bbox")
+        if stored_crops is None and not any(r.bbox is not None for r in records):
+            stored_crops = False  # an older store over records without boxes: nothing was cropped
+        same_crops = stored_crops == crops
+        if same_encoder and same_source and same_crops:
             logger.info("%s already holds these %d images encoded by %s; reusing it",
                         store_dir, len(records), encoder.name)
             return ExtractionReport(store_dir, len(records), store.total_rows, store.failures, reused=True)
         if not overwrite:
-            what = "another encoder setup" if not same_encoder else "another catalogue or dtype"
+            if not same_encoder:
+                what = "another encoder setup"
+            elif not same_source:
+                what = "another catalogue or dtype"
+            else:
+                had = {True: "cropped to bounding boxes", False: "not cropped", None: "an unrecorded crop setting"}
+                what = (f"images {had[stored_crops]}, and this run asks for them "
+                        f"{had[crops]} ({'use_bbox' if use_bbox else '--no-bbox'})")
             raise StaleStoreError(f"{store_dir} holds a store made with {what}; pass overwrite=True "
-                                  "(--overwrite) or choose another folder")
+                                  "(--overwrite) to re-encode it, or choose another folder")
         logger.warning("replacing the store at %s", store_dir)
         shutil.rmtree(store_dir)
 
@@ -252,6 +267,7 @@ def extract_features(
     # Throughput of this run, kept so a report that reuses the store can still say how fast it was built.
     speed = n_new / compute_seconds if n_new and compute_seconds > 0 else None
     store.commit(source_hash=source, failures=failures, n_source_records=len(records),
+                 use_bbox=use_bbox, crop_to_bbox=crops, runtime=getattr(encoder, "runtime", "torch"),
                  extraction={"seconds": round(compute_seconds, 3), "n_encoded": n_new,
                              "resumed_shards": len(done), "images_per_second": speed})
     shutil.rmtree(work)

@@ -27,7 +27,7 @@ import numpy as np
 
 from clothsim import __version__
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import StaleStoreError
+from clothsim.errors import StaleStoreError, UsageError
 from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class FeatureStore:
     ) -> "FeatureStore":
         """Start an empty store at ``root`` (which must not hold a store already)."""
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise UsageError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         root = Path(root)
         if cls.exists(root):
             raise FileExistsError(f"{root} already holds a feature store; open it or choose another folder")

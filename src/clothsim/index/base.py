@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from clothsim.data.records import CatalogRecord
+
+if TYPE_CHECKING:
+    from clothsim.features.store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,21 @@ class SearchHit:
 
 @runtime_checkable
 class IndexBackend(Protocol):
-    """Top-k by cosine similarity over stored vectors, with add and delete by id."""
+    """An open index: top-k by cosine similarity over a store's vectors, with add and delete by id.
+
+    Everything :class:`clothsim.SimilarityIndex`, the CLI and the web service do with an index goes
+    through these methods; they never hold a concrete backend class.
+    """
 
     name: str
 
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Live (not deleted) items."""
+        ...
+
+    def categories(self) -> dict[str, int]:
+        """Live item count per category, sorted by category."""
+        ...
 
     def search(
         self,
@@ -45,10 +58,37 @@ class IndexBackend(Protocol):
         """
         ...
 
-    def add(self, vectors: np.ndarray, records: Sequence[CatalogRecord]) -> np.ndarray:
-        """Add items without a rebuild; returns their new ids."""
+    def add(
+        self, vectors: np.ndarray, records: Sequence[CatalogRecord], failures: Sequence[dict[str, str]] = ()
+    ) -> np.ndarray:
+        """Add items without a rebuild; returns their new ids. ``failures`` (``{"path", "reason"}``
+        of files that could not be encoded) join the index's failure list in the same commit."""
         ...
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove items by id; returns how many were present."""
+        ...
+
+    def save(self) -> None:
+        """Make every change so far durable beside the store (a no-op where changes are written at once)."""
+        ...
+
+
+@runtime_checkable
+class IndexBackendPlugin(Protocol):
+    """A plug-in of the ``clothsim.index_backends`` group: builds and reopens one kind of index.
+
+    A backend keeps whatever it needs beyond the store's vectors (a graph, a database file) under
+    ``store.root / "backends" / <its name>``, and the store's manifest records which backend was built,
+    with its options, so :func:`clothsim.index.open_index` reopens it without being told.
+    """
+
+    description: str
+
+    def build(self, store: "FeatureStore", **options: Any) -> IndexBackend:
+        """Build the index over every vector in ``store`` and save it; returns it open."""
+        ...
+
+    def open(self, store: "FeatureStore", **options: Any) -> IndexBackend:
+        """Reopen an index built earlier by :meth:`build` over ``store``."""
         ...

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from clothsim.data.records import CatalogRecord
+from clothsim.errors import UsageError
 from clothsim.features.store import FeatureStore
 from clothsim.index.base import SearchHit
 from clothsim.index.topk import DEFAULT_CHUNK_ROWS, topk_over_blocks
@@ -50,7 +51,7 @@ class ExactIndex:
         known = {item.record.category for item in self.store.items()}
         unknown = wanted - known
         if unknown:
-            raise ValueError(f"unknown category {sorted(unknown)}; the index has {sorted(known)}")
+            raise UsageError(f"unknown category {sorted(unknown)}; the index has {sorted(known)}")
         return np.fromiter((item.record.category in wanted for item in self.store.items()),
                            dtype=bool, count=len(self.store.items()))
 
@@ -75,20 +76,25 @@ class ExactIndex:
             for row_ids, row_scores in zip(ids, scores)
         ]
 
-    def add(self, vectors: np.ndarray, records: Sequence[CatalogRecord]) -> np.ndarray:
-        return self.store.append(vectors, records)
+    def add(
+        self, vectors: np.ndarray, records: Sequence[CatalogRecord], failures: Sequence[dict[str, str]] = ()
+    ) -> np.ndarray:
+        return self.store.append(vectors, records, failures=failures)
 
     def delete(self, ids: Sequence[int]) -> int:
         return self.store.delete(ids)
 
+    def save(self) -> None:
+        """Nothing to do: the store is the index, and every add or delete is committed at once."""
 
-INDEX_BACKENDS = {"exact": ExactIndex}
 
+class ExactBackend:
+    """The ``exact`` plug-in: nothing to build beyond the store, so build and open are the same."""
 
-def open_index(store: FeatureStore, backend: str = "exact", **options) -> ExactIndex:
-    """Build the named backend over ``store``; unknown names list the known ones."""
-    try:
-        cls = INDEX_BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown index backend {backend!r}; known: {sorted(INDEX_BACKENDS)}") from None
-    return cls(store, **options)
+    description = "exact cosine top-k over the memory-mapped store (no extra files; add/delete at once)"
+
+    def build(self, store: FeatureStore, **options: Any) -> ExactIndex:
+        return ExactIndex(store, **options)
+
+    def open(self, store: FeatureStore, **options: Any) -> ExactIndex:
+        return ExactIndex(store, **options)

@@ -12,6 +12,7 @@ from clothsim.metrics._checks import as_label_vector, check_comparable, check_k
 from clothsim.metrics.average_precision import average_precision_at_k
 from clothsim.metrics.precision import hits_at_k, precision_at_k_per_query
 from clothsim.metrics.ranking import DEFAULT_CHUNK_ROWS, rank
+from clothsim.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def evaluate_retrieval(
     if len(gallery_vectors) != n_gallery:
         raise ValueError(f"gallery_vectors has {len(gallery_vectors)} rows but gallery_labels has {n_gallery} labels")
     if n_queries == 0:
-        raise ValueError("query_labels is empty: there are no queries to score")
+        raise DataError("query_labels is empty: there are no queries to score")
 
     with_items = query_item_ids is not None or gallery_item_ids is not None
     if with_items:
@@ -165,7 +166,7 @@ def evaluate_retrieval(
     rows, _ = rank(query_vectors, gallery_vectors, k_max, leave_one_out=leave_one_out, chunk_rows=chunk_rows)
     n_retrieved = rows.shape[1]
     if n_retrieved == 0:
-        raise ValueError(f"the gallery ({n_gallery} items, leave_one_out={leave_one_out}) has nothing to retrieve")
+        raise DataError(f"the gallery ({n_gallery} items, leave_one_out={leave_one_out}) has nothing to retrieve")
     if n_retrieved < k_max:
         logger.warning("only %d neighbours per query exist; larger cut-offs are clipped to it", n_retrieved)
 

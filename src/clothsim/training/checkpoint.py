@@ -20,6 +20,7 @@ import torch
 
 from clothsim.fileio import atomic_path, write_json
 from clothsim.training.model import BranchConfig, SiameseNetwork
+from clothsim.errors import DataError
 
 CHECKPOINT = "siamese.pt"
 CONFIG = "config.json"
@@ -71,11 +72,11 @@ def load_model(model_dir: str | Path) -> tuple[SiameseNetwork, dict[str, Any]]:
     meta = json.loads(config_path.read_text(encoding="utf-8"))
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a clothsim Siamese checkpoint of format {FORMAT}")
+        raise DataError(f"{path}: not a clothsim Siamese checkpoint of format {FORMAT}")
     model = SiameseNetwork(BranchConfig(**saved["branch"]))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the saved branch shape: {exc}") from exc
+        raise DataError(f"{path}: weights do not fit the saved branch shape: {exc}") from exc
     meta["checkpoint_sha256"] = file_sha256(path)  # the file as it is now, whatever config.json says
     return model.eval(), meta

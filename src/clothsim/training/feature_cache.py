@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import EmptyCatalogError
+from clothsim.errors import DataError, EmptyCatalogError, UsageError
 from clothsim.features.extract import catalog_hash, iter_encoded_shards
 from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
 
@@ -111,7 +111,7 @@ def open_feature_map_cache(root: str | Path) -> FeatureMapCache:
         raise FileNotFoundError(f"{root} holds no complete feature-map cache (no {MANIFEST})")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: cache format {manifest.get('format')} is not {CACHE_FORMAT}; delete it")
+        raise DataError(f"{path}: cache format {manifest.get('format')} is not {CACHE_FORMAT}; delete it")
     records = [CatalogRecord.from_dict(row) for row in read_jsonl(root / "records.jsonl")]
     return FeatureMapCache(root, records, np.asarray(manifest["record_index"], dtype=np.int64),
                            list(manifest.get("failures", [])), manifest)
@@ -151,9 +151,9 @@ def build_feature_map_cache(
     if not records:
         raise EmptyCatalogError("the catalogue has no images to encode")
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be at least 1, got {batch_size}, {shard_size}")
+        raise UsageError(f"batch_size and shard_size must be at least 1, got {batch_size}, {shard_size}")
     if not hasattr(encoder, "feature_maps"):
-        raise ValueError(f"encoder {encoder.name!r} has no feature_maps(); use a CNN encoder such as vgg16")
+        raise UsageError(f"encoder {encoder.name!r} has no feature_maps(); use a CNN encoder such as vgg16")
     root = cache_dir_for(cache_root, encoder, records, use_bbox)
     if (root / MANIFEST).is_file():
         logger.info("reusing the feature-map cache at %s", root)

@@ -12,7 +12,7 @@ import numpy as np
 from clothsim.data.records import CatalogRecord
 from clothsim.data.splits import balanced_split
 from clothsim.encoders.registry import create_encoder
-from clothsim.errors import EmptyCatalogError
+from clothsim.errors import DataError, EmptyCatalogError
 from clothsim.training.checkpoint import HISTORY, save_model
 from clothsim.training.feature_cache import FeatureMapCache, build_feature_map_cache
 from clothsim.training.plots import save_training_curves
@@ -110,7 +110,7 @@ def fit_siamese_on_catalog(
     attributes = [tuple(r.attributes) for r in cache.records]
     use_attributes = config.pair_rule == "category+attributes"
     if use_attributes and not any(attributes):
-        raise ValueError("pair_rule 'category+attributes' needs attributes, but the catalogue has none")
+        raise DataError("pair_rule 'category+attributes' needs attributes, but the catalogue has none")
     logger.info("training on %d images, validating on %d (%s)", len(rows.train), len(rows.validation),
                 rows.validation_source)
     result = train_siamese(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from clothsim.training.distance import euclidean_distance
+from clothsim.errors import UsageError
 
 NORMS = ("none", "batchnorm", "layernorm")
 ACTIVATIONS = ("none", "relu", "tanh")
@@ -44,14 +45,14 @@ class BranchConfig:
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.embedding_dim < 1:
-            raise ValueError(f"in_channels and embedding_dim must be >= 1, got {self.in_channels}, "
+            raise UsageError(f"in_channels and embedding_dim must be >= 1, got {self.in_channels}, "
                              f"{self.embedding_dim}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise UsageError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise UsageError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clothsim.errors import DataError, UsageError
+
 RULES = ("category", "category+attributes")
 
 
@@ -70,9 +72,9 @@ def make_pairs(
         ValueError: bad ratio or rule, attributes missing or misaligned, fewer than two categories.
     """
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        raise UsageError(f"rule must be one of {RULES}, got {rule!r}")
     if not negative_ratio >= 0:
-        raise ValueError(f"negative_ratio must be >= 0, got {negative_ratio}")
+        raise UsageError(f"negative_ratio must be >= 0, got {negative_ratio}")
     n = len(labels)
     if rule == "category+attributes":
         if attributes is None:
@@ -82,7 +84,7 @@ def make_pairs(
     rng = _as_generator(seed)
     codes = _encode(labels)
     if len(np.unique(codes)) < 2:
-        raise ValueError("pairs need at least two categories (negatives come from other categories)")
+        raise DataError("pairs need at least two categories (negatives come from other categories)")
 
     groups = _positive_groups(codes, attributes if rule == "category+attributes" else None)
     left: list[int] = []

@@ -10,9 +10,7 @@ from clothsim.fileio import atomic_path
 
 def _plot(history: Sequence[dict[str, float]], key: str, ylabel: str, title: str, path: Path,
           best_epoch: int | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; a library never opens a window
+    # A bare Figure renders to files without pyplot or a backend switch (no global state).
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]

@@ -23,10 +23,11 @@ import torch
 from PIL import Image
 
 from clothsim.encoders.base import Encoder, l2_normalize
-from clothsim.encoders.registry import create_encoder, register_encoder_family
+from clothsim.encoders.registry import create_encoder
 from clothsim.training.checkpoint import load_model
 from clothsim.training.distance import euclidean_distance, similarity_from_distance
 from clothsim.training.model import SiameseNetwork
+from clothsim.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SiameseEncoder(Encoder):
     def __init__(self, name: str, base: Encoder, model: SiameseNetwork, meta: dict[str, Any],
                  device: str | torch.device = "cpu") -> None:
         if not hasattr(base, "feature_maps"):
-            raise ValueError(f"base encoder {base.name!r} has no feature_maps(); a Siamese model needs a CNN "
+            raise UsageError(f"base encoder {base.name!r} has no feature_maps(); a Siamese model needs a CNN "
                              "encoder such as vgg16")
         self.name = name
         self.base = base
@@ -109,17 +110,19 @@ def load_siamese_encoder(model_dir: str | Path, weights: str | Path | None = Non
     base = create_encoder(meta["base_encoder"], weights=base_weights, device=device)
     trained_on = meta.get("base_fingerprint", {}).get("weights")
     if trained_on is not None and trained_on != base.weights_id:
-        raise ValueError(f"{folder / 'config.json'}: the model was trained on {meta['base_encoder']} weights "
+        raise UsageError(f"{folder / 'config.json'}: the model was trained on {meta['base_encoder']} weights "
                          f"{trained_on}, but the weights given are {base.weights_id}; pass --weights with the "
                          "original file")
     return SiameseEncoder(f"siamese:{folder}", base, model, meta, device)
 
 
-@register_encoder_family(
-    "siamese", description="a trained Siamese model folder (clothsim train-siamese), e.g. siamese:model/"
-)
-def _siamese_family(spec: str, weights: str | Path | None, device: str) -> Encoder:
-    return load_siamese_encoder(spec, weights=weights, device=device)
+class SiameseFamily:
+    """The ``siamese:`` encoder family (a plug-in of ``clothsim.encoder_families``)."""
+
+    description = "a trained Siamese model folder (clothsim train-siamese), e.g. siamese:model/"
+
+    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
+        return load_siamese_encoder(spec, weights=weights, device=device)
 
 
 def read_model_summary(model_dir: str | Path) -> dict[str, Any]:

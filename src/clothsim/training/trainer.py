@@ -35,6 +35,7 @@ from clothsim.training.distance import similarity_from_distance
 from clothsim.training.losses import ContrastiveLoss
 from clothsim.training.model import BranchConfig, SiameseNetwork
 from clothsim.training.pairs import PairSet, make_pairs
+from clothsim.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +83,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
+            raise UsageError(f"patience must be >= 0, got {self.patience}")
         if not self.learning_rate > 0 or self.weight_decay < 0:
-            raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
+            raise UsageError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
                              f"{self.weight_decay}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
+            raise UsageError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
 
     def branch(self, in_channels: int) -> BranchConfig:
         return BranchConfig(in_channels=in_channels, embedding_dim=self.embedding_dim, dropout=self.dropout,

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+# A bare Figure (no pyplot): no global backend switch, no window, nothing to close, thread-safe.
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")  # files only: the library never opens a window
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from clothsim.fileio import atomic_path  # noqa: E402
-from clothsim.images import ImageDecodeError, load_image  # noqa: E402
-from clothsim.index.base import SearchHit  # noqa: E402
+from clothsim.errors import UsageError
+from clothsim.fileio import atomic_path
+from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
+from clothsim.index.base import SearchHit
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class QueryResult:
 def _thumbnail(source: str | Path | Image.Image, size: int) -> Image.Image:
     try:
         img = source.convert("RGB") if isinstance(source, Image.Image) else load_image(source)
-    except (ImageDecodeError, OSError) as exc:
+    except UNUSABLE_IMAGE_ERRORS as exc:
         logger.warning("grid: %s", exc)
         return Image.new("RGB", (size, size), (200, 200, 200))
     img = img.copy()
@@ -57,11 +56,11 @@ def save_result_grid(
     Returns ``out_path`` (PNG, written atomically).
     """
     if not results:
-        raise ValueError("save_result_grid needs at least one query")
+        raise UsageError("save_result_grid needs at least one query")
     n_cols = 1 + max(len(r.hits) for r in results)
     cell = thumb_size / 80  # inches per cell at 80 dpi, plus room for the caption
-    fig, axes = plt.subplots(len(results), n_cols, figsize=(n_cols * cell, len(results) * cell * 1.25),
-                             squeeze=False, dpi=80)
+    fig = Figure(figsize=(n_cols * cell, len(results) * cell * 1.25), dpi=80)
+    axes = fig.subplots(len(results), n_cols, squeeze=False)
     for row, result in enumerate(results):
         for col in range(n_cols):
             axes[row][col].axis("off")
@@ -85,5 +84,4 @@ def save_result_grid(
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return out_path

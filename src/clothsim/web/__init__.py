@@ -1,6 +1,6 @@
 """A web page and REST API for similarity search (needs the ``web`` extra: FastAPI and uvicorn).
 
-``create_app(catalog)`` builds the application; ``clothsim serve --index DIR`` runs it.
+``create_app(index)`` builds the application; ``clothsim serve --index DIR`` runs it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from clothsim import __version__
-from clothsim.catalog import Catalog
+from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.base import SearchHit
 from clothsim.web.limits import BodySizeLimitMiddleware
@@ -66,17 +66,17 @@ def _hit(request: Request, hit: SearchHit) -> Hit:
 
 
 def create_app(
-    catalog: Catalog,
+    index: SimilarityIndex,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_k: int = DEFAULT_MAX_K,
     decode_slots: int = 4,
 ) -> FastAPI:
-    """Build the web application around an open catalogue (loaded once, shared by all requests).
+    """Build the web application around an open index (loaded once, shared by all requests).
 
     Args:
-        catalog: The catalogue to search; the application never modifies it.
+        index: The index to search; the application never modifies it.
         max_upload_bytes: Largest accepted upload; bigger ones get 413 (the whole request body may be
             this plus a small allowance for the multipart framing).
         max_pixels: Largest accepted image in pixels; bigger ones get 413 before they are decoded.
@@ -86,7 +86,7 @@ def create_app(
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
     """
-    service = SearchService(catalog, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+    service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                             max_k=max_k, decode_slots=decode_slots)
     app = FastAPI(
         title="clothsim",
@@ -113,7 +113,7 @@ def create_app(
     def health() -> Health:
         """Liveness, index size and the limits the server applies."""
         return Health(status="ok", items=len(service), categories=len(service.categories()),
-                      encoder=catalog.encoder.name, dim=int(catalog.encoder.dim), max_k=service.max_k,
+                      encoder=service.index.encoder.name, dim=int(service.index.encoder.dim), max_k=service.max_k,
                       max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
 
     @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])

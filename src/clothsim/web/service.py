@@ -1,6 +1,6 @@
 """What the web application does with a catalogue, kept apart from HTTP so it can be tested alone.
 
-One :class:`SearchService` is built at start-up around an open :class:`clothsim.catalog.Catalog`;
+One :class:`SearchService` is built at start-up around an open :class:`clothsim.SimilarityIndex`;
 request threads share it. Thread safety, decided here once:
 
 * the store's lazily built caches (items, id map, tombstones, categories) are filled in
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from clothsim.catalog import Catalog
+from clothsim.similarity_index import SimilarityIndex
 from clothsim.errors import ClothsimError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
@@ -57,7 +57,7 @@ class SearchService:
     """Similarity search over one catalogue, safe to call from many request threads.
 
     Args:
-        catalog: An open catalogue; it is not modified.
+        index: An open index; it is not modified.
         max_upload_bytes: Largest accepted upload, in bytes.
         max_pixels: Largest accepted image, in pixels (width x height), checked before decoding.
         max_k: Largest number of results one query may ask for.
@@ -66,7 +66,7 @@ class SearchService:
 
     def __init__(
         self,
-        catalog: Catalog,
+        index: SimilarityIndex,
         *,
         max_upload_bytes: int,
         max_pixels: int,
@@ -77,7 +77,7 @@ class SearchService:
                             ("max_k", max_k), ("decode_slots", decode_slots)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self.catalog = catalog
+        self.index = index
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.max_k = max_k
@@ -90,7 +90,7 @@ class SearchService:
     def warm_up(self) -> None:
         """Fill every lazy cache and run the encoder once, so requests never race to build them."""
         started = time.perf_counter()
-        store = self.catalog.store
+        store = self.index.store
         items = store.items()
         store.deleted_ids  # noqa: B018 - a cached property read for its side effect
         if items:
@@ -98,11 +98,11 @@ class SearchService:
                 store.get(items[0].id)  # builds the id -> item map
             except KeyError:
                 pass  # the first item was deleted; the map is built all the same
-        self._categories = self.catalog.categories()
+        self._categories = self.index.categories()
         with self._encoder_lock:
-            self.catalog.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+            self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
         logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)",
-                    len(self.catalog), len(self._categories), self.catalog.encoder.name,
+                    len(self.index), len(self._categories), self.index.encoder.name,
                     time.perf_counter() - started)
 
     # ----- read-only facts ------------------------------------------------------------------
@@ -111,7 +111,7 @@ class SearchService:
         return dict(self._categories)
 
     def __len__(self) -> int:
-        return len(self.catalog)
+        return len(self.index)
 
     def item_path(self, item_id: int) -> Path:
         """The image file of a catalogue item, looked up in the store (never taken from a request).
@@ -131,7 +131,7 @@ class SearchService:
 
     def _record(self, item_id: int):
         try:
-            return self.catalog.store.get(item_id).record
+            return self.index.store.get(item_id).record
         except KeyError:
             raise QueryRejected("unknown_item", f"no item with id {item_id} in the index") from None
 
@@ -184,11 +184,11 @@ class SearchService:
         """The ``k`` items most similar to a decoded image."""
         self.check_query(k, category)
         with self._encoder_lock:
-            vector = self.catalog.encoder.encode_images([image])
-        return self.catalog.index.search(vector, k, category=category)[0]
+            vector = self.index.encoder.encode_images([image])
+        return self.index.backend.search(vector, k, category=category)[0]
 
     def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to catalogue item ``item_id``, the item itself left out."""
         self.check_query(k, category)
         self._record(item_id)  # 404 before any work
-        return self.catalog.search_by_id(item_id, k, category=category)
+        return self.index.search_by_id(item_id, k, category=category)

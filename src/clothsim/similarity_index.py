@@ -1,0 +1,177 @@
+"""The Python API in one object: build a searchable index folder from a catalogue, open it, search it.
+
+Words, used the same way in the CLI, this API and the README: a *catalogue* is the photos and their
+labels that go in (``read_catalog``); an *index* is the folder that ``clothsim index`` /
+:meth:`SimilarityIndex.build` writes and ``clothsim search --index`` / :meth:`SimilarityIndex.open`
+reads. Inside it, the vectors and their metadata are a :class:`~clothsim.features.FeatureStore`, and
+an index backend (a plug-in) searches them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from clothsim.data.records import CatalogRecord
+from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
+from clothsim.encoders.base import Encoder
+from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.weights import weights_source
+from clothsim.features.extract import ExtractionReport, extract_features
+from clothsim.features.store import FeatureStore
+from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
+from clothsim.index.base import IndexBackend, SearchHit
+from clothsim.index.registry import backend_registry, build_index, open_index
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | Path | bytes | Image.Image
+
+
+class SimilarityIndex:
+    """A searchable index folder: an encoder, the feature store it filled, and a backend over it.
+
+    Build one with :meth:`build`, reopen it later with :meth:`open`::
+
+        index, report = SimilarityIndex.build(records, "index/", encoder="vgg16", weights="vgg16.pth")
+        hits = SimilarityIndex.open("index/").search("query.jpg", k=5)
+    """
+
+    def __init__(self, store: FeatureStore, encoder: Encoder, backend: IndexBackend) -> None:
+        store.check_fingerprint(encoder.fingerprint())
+        self.store = store
+        self.encoder = encoder
+        self.backend = backend
+
+    @classmethod
+    def build(
+        cls,
+        records: Sequence[CatalogRecord],
+        out_dir: str | Path,
+        encoder: str | Encoder = DEFAULT_ENCODER,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        *,
+        runtime: str = DEFAULT_RUNTIME,
+        backend: str = DEFAULT_INDEX_BACKEND,
+        backend_options: dict[str, Any] | None = None,
+        **extract_options: Any,
+    ) -> tuple["SimilarityIndex", ExtractionReport]:
+        """Encode ``records`` into an index folder at ``out_dir`` and open it for search.
+
+        Args:
+            records: The catalogue, e.g. from :func:`clothsim.read_catalog`.
+            out_dir: The index folder (resumed when a run was interrupted, reused when up to date).
+            encoder: An encoder name (see ``clothsim encoders``) or a built :class:`Encoder`.
+            weights, device, runtime: As for :func:`clothsim.create_encoder`.
+            backend: Index backend plug-in (see ``clothsim.index.list_backends()``); recorded in the
+                folder, so :meth:`open` uses it again.
+            backend_options: Options of the backend, recorded with it.
+            extract_options: For :func:`clothsim.features.extract_features` (batch_size, num_workers,
+                dtype, use_bbox, overwrite, progress, ...).
+
+        Returns:
+            The open index and the extraction report (what was encoded, what was skipped and why).
+        """
+        backend_registry.get(backend)  # an unknown backend fails before hours of encoding
+        enc = encoder if isinstance(encoder, Encoder) else create_encoder(
+            encoder, weights=weights, device=device, runtime=runtime)
+        extra = {"weights_source": weights_source(weights)}
+        report = extract_features(records, enc, out_dir, extra_manifest=extra, **extract_options)
+        store = FeatureStore.open(out_dir)
+        options = dict(backend_options or {})
+        recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
+        if report.reused and recorded == (backend, options):
+            index = open_index(store)
+        else:
+            index = build_index(store, backend, **options)
+        return cls(store, enc, index), report
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        encoder: Encoder | None = None,
+        *,
+        runtime: str = DEFAULT_RUNTIME,
+    ) -> "SimilarityIndex":
+        """Open an index folder built earlier; its encoder is rebuilt from the store's stamp.
+
+        The weights file recorded at build time is used unless ``weights`` names another; either way
+        the weights' hash must match the store's, or :class:`clothsim.errors.StaleStoreError` is raised.
+        Any runtime may search an index built by another: they give the same vectors.
+        """
+        store = FeatureStore.open(path)
+        if encoder is None:
+            if weights is None:
+                weights = store.manifest.get("weights_source")
+            encoder = create_encoder(store.encoder_name, weights=weights, device=device, runtime=runtime)
+        return cls(store, encoder, open_index(store))
+
+    def __len__(self) -> int:
+        return len(self.backend)
+
+    @property
+    def index(self) -> IndexBackend:
+        """The backend; the old name of :attr:`backend`."""
+        return self.backend
+
+    def categories(self) -> dict[str, int]:
+        """Live item count per category."""
+        return self.backend.categories()
+
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Encode query images (paths, bytes or PIL images) with the index's encoder."""
+        pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
+        return self.encoder.encode_images(pil)
+
+    def search(
+        self, image: ImageLike, k: int = 5, category: str | Sequence[str] | None = None
+    ) -> list[SearchHit]:
+        """The ``k`` indexed items most similar to one image, best first."""
+        return self.backend.search(self.embed([image]), k, category=category)[0]
+
+    def search_by_id(
+        self, item_id: int, k: int = 5, category: str | Sequence[str] | None = None
+    ) -> list[SearchHit]:
+        """The ``k`` items most similar to an indexed item, the item itself left out."""
+        vector = self.store.vector(item_id)[None, :]
+        return self.backend.search(vector, k, category=category, exclude_ids=[item_id])[0]
+
+    def add(self, records: Sequence[CatalogRecord]) -> np.ndarray:
+        """Encode and add images without rebuilding; returns their new ids.
+
+        Images are cropped to their boxes exactly when the index was built that way. Files that cannot
+        be decoded are skipped, logged and recorded in the index's failure list, as at build time.
+        """
+        crop = bool(self.store.manifest.get("use_bbox", True))
+        images, kept, failures = [], [], []
+        for record in records:
+            try:
+                images.append(load_image(record.path, bbox=record.bbox if crop else None))
+                kept.append(record)
+            except UNUSABLE_IMAGE_ERRORS as exc:
+                logger.warning("not added: %s", exc)
+                failures.append({"path": record.path, "reason": str(exc)})
+        vectors = self.encoder.encode_images(images) if kept else np.zeros((0, self.encoder.dim), np.float32)
+        if not kept and not failures:
+            return np.zeros(0, dtype=np.int64)
+        ids = self.backend.add(vectors, kept, failures=failures) if kept else self._record_failures(failures)
+        self.backend.save()
+        return ids
+
+    def _record_failures(self, failures: list[dict[str, str]]) -> np.ndarray:
+        self.store.commit(failures=self.store.failures + failures)
+        return np.zeros(0, dtype=np.int64)
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Remove items by id; returns how many were present."""
+        removed = self.backend.delete(ids)
+        self.backend.save()
+        return removed
