@@ -187,6 +187,18 @@ class FeatureStore:
             self._items = items
         return self._items
 
+    def category_codes(self) -> tuple[np.ndarray, list[str]]:
+        """``(codes, categories)``: for every row of :meth:`all_ids` (deleted included) the index of its
+        category in the sorted ``categories`` list, as int32. What backends filter and count with."""
+        names = [item.record.category for item in self.items()]
+        categories = sorted(set(names))
+        lookup = {name: code for code, name in enumerate(categories)}
+        return np.fromiter((lookup[n] for n in names), dtype=np.int32, count=len(names)), categories
+
+    def records_for(self, ids: Sequence[int] | np.ndarray) -> list[CatalogRecord]:
+        """The records of live ``ids``, in the order given (for the hits a search returns)."""
+        return [self.get(int(i)).record for i in ids]
+
     def all_ids(self) -> np.ndarray:
         """Ids of every row, deleted ones included, ascending."""
         parts = [np.arange(s["id_start"], s["id_start"] + s["rows"], dtype=np.int64)

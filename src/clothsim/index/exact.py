@@ -37,23 +37,20 @@ class ExactIndex:
 
     def categories(self) -> dict[str, int]:
         """Live item count per category."""
-        live = set(self.store.live_ids().tolist())
-        counts: dict[str, int] = {}
-        for item in self.store.items():
-            if item.id in live:
-                counts[item.record.category] = counts.get(item.record.category, 0) + 1
-        return dict(sorted(counts.items()))
+        codes, names = self.store.category_codes()
+        live = np.isin(self.store.all_ids(), self.store.live_ids())
+        counts = np.bincount(codes[live], minlength=len(names))
+        return {name: int(n) for name, n in zip(names, counts) if n}
 
     def _category_mask(self, category: str | Sequence[str] | None) -> np.ndarray | None:
         if category is None:
             return None
         wanted = {category} if isinstance(category, str) else set(category)
-        known = {item.record.category for item in self.store.items()}
-        unknown = wanted - known
+        codes, names = self.store.category_codes()
+        unknown = wanted - set(names)
         if unknown:
-            raise UsageError(f"unknown category {sorted(unknown)}; the index has {sorted(known)}")
-        return np.fromiter((item.record.category in wanted for item in self.store.items()),
-                           dtype=bool, count=len(self.store.items()))
+            raise UsageError(f"unknown category {sorted(unknown)}; the index has {names}")
+        return np.isin(codes, [names.index(name) for name in wanted])
 
     def search(
         self,
@@ -71,8 +68,8 @@ class ExactIndex:
         mask = self._category_mask(category)
         ids, scores = topk_over_blocks(queries, self.store.iter_blocks(self.chunk_rows, mask), k, exclude=exclude)
         return [
-            [SearchHit(rank + 1, int(i), float(s), self.store.get(int(i)).record)
-             for rank, (i, s) in enumerate(zip(row_ids, row_scores))]
+            [SearchHit(rank + 1, int(i), float(s), record)
+             for rank, (i, s, record) in enumerate(zip(row_ids, row_scores, self.store.records_for(row_ids)))]
             for row_ids, row_scores in zip(ids, scores)
         ]
 
