@@ -73,6 +73,11 @@ class IndexBackend(Protocol):
         """Make every change so far durable beside the store (a no-op where changes are written at once)."""
         ...
 
+    def refresh(self) -> None:
+        """Catch up with a store that changed outside this backend (rows appended, ids tombstoned, e.g.
+        by an incremental ``clothsim index`` sync), without a rebuild where the engine allows it."""
+        ...
+
 
 @runtime_checkable
 class IndexBackendPlugin(Protocol):

@@ -84,6 +84,9 @@ class ExactIndex:
     def save(self) -> None:
         """Nothing to do: the store is the index, and every add or delete is committed at once."""
 
+    def refresh(self) -> None:
+        """Nothing to do: every search reads the store's current segments and tombstones."""
+
 
 class ExactBackend:
     """The ``exact`` plug-in: nothing to build beyond the store, so build and open are the same."""
