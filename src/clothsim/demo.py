@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: The bundled real-photo sample (package data): ``train/<category>/*.jpg`` and ``test/<category>/*.jpg``.
 CLOTHING_SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "clothing_sample"
 
-#: ``--data`` names that mean a bundled sample rather than a path (when no such path exists).
+#: The ``--data`` name of the bundled Fashion-MNIST sample (unless a path of that name exists).
 FASHION_MNIST_NAME = "fashion-mnist"
 
 #: The steps :attr:`DemoResult.timings` holds, in the order they run.
