@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,20 @@ from PIL import Image
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder, Preprocessing, l2_normalize
+
+# The user cache (exported ONNX models, converted datasets) goes to a folder of this test session, so
+# tests neither read a developer's cache nor leave files in it; subprocesses inherit the variable.
+_SESSION_CACHE = None
+if "CLOTHSIM_CACHE" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="clothsim-test-cache-")
+    os.environ["CLOTHSIM_CACHE"] = _SESSION_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_cache():
+    yield
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLOTHSIM_SHARED", REPO.parent / "shared"))

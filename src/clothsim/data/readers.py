@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clothsim.data.records import CatalogRecord
+from clothsim.cache import default_cache_dir
 from clothsim.data.registry import reader_registry
 from clothsim.errors import DataError, UsageError
 
@@ -15,13 +16,7 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
-
-def default_cache_dir() -> Path:
-    """``$CLOTHSIM_CACHE``, else ``$XDG_CACHE_HOME/clothsim``, else ``~/.cache/clothsim``."""
-    if os.environ.get("CLOTHSIM_CACHE"):
-        return Path(os.environ["CLOTHSIM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "clothsim"
+__all__ = ["AUTO", "default_cache_dir", "detect_format", "read_catalog"]
 
 
 def detect_format(source: str | os.PathLike[str]) -> str:

@@ -98,6 +98,19 @@ class Encoder(ABC):
             ``(batch_size, dim)`` float32 array, each row L2-normalised.
         """
 
+    def export_module(self) -> torch.nn.Module | None:
+        """The whole network as one module for other runtimes (ONNX), or ``None`` if it has none.
+
+        The module maps a float32 ``(N, 3, H, W)`` batch of :attr:`transform` outputs to ``(N, dim)``
+        vectors whose L2-normalised rows are exactly what :meth:`embed` returns.
+        """
+        return None
+
+    def with_parts(self, convert: Callable[["Encoder"], "Encoder"]) -> "Encoder | None":
+        """For an encoder made of other encoders (an ensemble): the same encoder with each part replaced
+        by ``convert(part)``, so a runtime can run the parts; ``None`` for a plain encoder."""
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
         """What makes two encoders' vectors comparable; stamped on every feature store."""
         return {

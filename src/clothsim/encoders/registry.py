@@ -138,6 +138,7 @@ def create_encoder(
     weights: str | Path | None = None,
     device: str = "cpu",
     runtime: str = DEFAULT_RUNTIME,
+    threads: int | None = None,
 ) -> "Encoder":
     """Build a registered encoder and hand it to a runtime.
 
@@ -148,16 +149,20 @@ def create_encoder(
             state-dict file.
         device: Torch device string; CPU by default.
         runtime: What runs the network: a name from ``clothsim.runtimes.list_runtimes()`` or
-            ``"auto"`` (the fastest one available here). Every runtime gives the same vectors.
+            ``"auto"`` (the fastest one that can run this encoder here: ONNX Runtime on a CPU, else
+            torch). Every runtime gives the same vectors.
+        threads: Compute threads of the runtime (default: every core this process may use).
 
     Raises:
         UnknownEncoderError: ``name`` is not registered; the message lists the known names.
         WeightsUnavailableError: no weights could be had; the message says what to download and where.
         UsageError: unknown or unavailable runtime.
     """
-    from clothsim.runtimes import resolve_runtime
+    from clothsim.runtimes import AUTO, resolve_runtime, run_with
 
-    chosen = resolve_runtime(runtime)  # before building: a bad runtime name should fail at once
+    resolve_runtime(runtime)  # before building: a bad or missing runtime should fail at once
+    if runtime == AUTO and str(device) != "cpu":
+        runtime = "torch"  # the other runtimes here run on the CPU
     if name in encoder_registry:
         encoder = encoder_registry.get(name).create(weights, device)
     else:
@@ -173,4 +178,4 @@ def create_encoder(
                                  f"{broken.get(name) or broken.get(prefix)}")
             known = encoder_registry.names() + [f"{p}:<spec>" for p in family_registry.names()]
             raise UnknownEncoderError(f"unknown encoder {name!r}; known encoders: {', '.join(known)}")
-    return chosen.prepare(encoder)
+    return run_with(encoder, runtime, threads)

@@ -76,6 +76,10 @@ class TorchCNNEncoder(Encoder):
         with torch.no_grad():
             return self._feature_maps(batch).contiguous()
 
+    def export_module(self) -> nn.Module:
+        """Trunk plus global average pooling, as :meth:`embed` computes it (before normalisation)."""
+        return PooledTrunk(self.trunk)
+
     def embed(self, batch: Any) -> np.ndarray:
         """``(N, dim)`` float32 rows, each L2-normalised (globally average-pooled feature map)."""
         batch = self._check_batch(batch)
@@ -84,3 +88,14 @@ class TorchCNNEncoder(Encoder):
         with torch.inference_mode():
             pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(self._feature_maps(batch), 1), 1)
         return l2_normalize(pooled.float().cpu().numpy())
+
+
+class PooledTrunk(nn.Module):
+    """``(N, 3, H, W)`` -> ``(N, C)``: a trunk's feature map, globally average-pooled."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.trunk(x), 1), 1)

@@ -81,6 +81,10 @@ class EnsembleEncoder(Encoder):
                              "(collated outputs of this encoder's transform)")
         return self.model.combine([part.embed(x) for part, x in zip(self.parts, batch)])
 
+    def with_parts(self, convert: Callable[[Encoder], Encoder]) -> "EnsembleEncoder":
+        """The same ensemble with each part converted (e.g. run by another runtime)."""
+        return EnsembleEncoder(self.name, self.model, [convert(part) for part in self.parts])
+
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
         fp["parts"] = [part.fingerprint() for part in self.parts]

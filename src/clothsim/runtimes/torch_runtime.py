@@ -17,5 +17,9 @@ class TorchRuntime:
     def unavailable_reason(self) -> str | None:
         return None  # torch is a core dependency
 
-    def prepare(self, encoder: "Encoder") -> "Encoder":
+    def prepare(self, encoder: "Encoder", threads: int | None = None) -> "Encoder":
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # torch only has a process-wide setting
         return encoder

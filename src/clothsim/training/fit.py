@@ -35,7 +35,7 @@ class SplitRows:
 
 def default_feature_cache_root() -> Path:
     """``<clothsim cache>/feature_maps`` (``$CLOTHSIM_CACHE`` overrides the cache folder)."""
-    from clothsim.data.readers import default_cache_dir
+    from clothsim.cache import default_cache_dir
 
     return default_cache_dir() / "feature_maps"
 

@@ -75,6 +75,11 @@ class SiameseEncoder(Encoder):
         # Already unit-length; normalising again only removes float rounding for the cosine index.
         return l2_normalize(self.embed_tensor(batch).numpy())
 
+    def export_module(self) -> torch.nn.Module | None:
+        """Base CNN trunk then the Siamese branch, in one module (for the ONNX runtime)."""
+        trunk = getattr(self.base, "trunk", None)
+        return None if trunk is None else _SiameseGraph(trunk, self.model)
+
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
         fp["base_encoder"] = self.base.name
@@ -89,6 +94,16 @@ class SiameseEncoder(Encoder):
         emb = self.embed_tensor(default_collate([tf(a.convert("RGB")), tf(b.convert("RGB"))]))
         distance = float(euclidean_distance(emb[:1], emb[1:])[0])
         return float(similarity_from_distance(distance)), distance
+
+
+class _SiameseGraph(torch.nn.Module):
+    def __init__(self, trunk: torch.nn.Module, model: SiameseNetwork) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(self.trunk(x))
 
 
 def load_siamese_encoder(model_dir: str | Path, weights: str | Path | None = None,
