@@ -1,0 +1,430 @@
+"""Fine-tuning a pretrained backbone on a catalogue: ``fit_tuned`` (what ``clothsim train`` runs).
+
+The protocol keeps the test split out of every choice: the network trains on the train split, the epoch
+is picked by validation P@k (queries from the validation split against the train split as gallery),
+and the test split is decoded only after training has finished and the model folder is written, for
+the one final report (pretrained default against tuned, overall and per category). A catalogue with no
+splits is split per category, seeded (test, then validation out of the rest).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clothsim.data.records import CatalogRecord
+from clothsim.errors import DataError, UsageError
+from clothsim.fileio import write_json
+from clothsim.training.tuned_cache import AugmentConfig, CachedSplit, LowerPart, cache_split
+from clothsim.training.tuned_encoder import save_tuned
+from clothsim.training.tuned_losses import DEFAULT_LOSS, build_loss
+from clothsim.training.tuned_model import NetworkConfig, TunedNetwork, backbone_layers, check_cut
+from clothsim.training.tuned_sampler import MPerClassBatches
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CURVES = "curves.png"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Everything a tuned training run depends on.
+
+    Attributes:
+        backbone: Pretrained encoder to fine-tune (``efficientnet_lite0`` or ``vgg16``).
+        train_layers: Top backbone layers that learn (0: only pooling and head).
+        cached_layers: Top layers computed at every step (the rest are cached); at least
+            ``train_layers`` and 1; ``None`` for ``max(train_layers, 1)``.
+        pooling: ``"gem"`` or ``"avg"``.
+        gem_p: Initial GeM exponent; learn_p: whether it learns.
+        hidden_dim: Head hidden width (0: one linear layer).
+        embedding_dim: Output vector size.
+        flip: The encoder averages each image with its mirror image (test-time augmentation).
+        loss: One of :data:`clothsim.training.tuned_losses.LOSSES`.
+        labels: ``"category"`` or ``"item"`` (item ids, where the catalogue has them).
+        views: Cached views per training image (view 0 the plain centre crop).
+        augment: How the other views are drawn.
+        epochs: Most epochs; patience: epochs without a better validation P@k before stopping (0: off).
+        batch_size: Rows per step; m: images per class in a batch.
+        lr: AdamW learning rate of the head (and pooling); backbone_lr_scale: factor for backbone layers.
+        weight_decay: AdamW weight decay.
+        k: The P@k that picks the epoch.
+        val_fraction, test_fraction: Shares carved per category where the catalogue lacks those splits.
+        seed: Seed of splits, views, batches and initialisation.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    train_layers: int = 1
+    cached_layers: int | None = None
+    pooling: str = "gem"
+    gem_p: float = 3.0
+    learn_p: bool = True
+    hidden_dim: int = 0
+    embedding_dim: int = 256
+    flip: bool = False
+    loss: str = DEFAULT_LOSS
+    labels: str = "category"
+    views: int = 3
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    m: int = 8
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    k: int = 5
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`fit_tuned` returns.
+
+    Attributes:
+        out_dir: The model folder.
+        history: One dict per epoch (epoch 0: the untrained network and the pretrained default).
+        best_epoch: Epoch kept (best validation P@k).
+        report: The test report (``None`` when the catalogue has no test split or it was not asked for).
+        seconds: Wall time of each phase (caching, training, test).
+        failures: Paths that could not be decoded.
+        lower_runtime: What ran the frozen lower part (``onnx`` or ``torch``).
+    """
+
+    out_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    report: dict[str, Any] | None
+    seconds: dict[str, float]
+    failures: list[str]
+    lower_runtime: str
+
+
+def assign_splits(records: Sequence[CatalogRecord], val_fraction: float, test_fraction: float,
+                  seed: int) -> list[CatalogRecord]:
+    """The records with train/validation/test set: kept where given, carved per category where missing.
+
+    Records of other splits (In-shop's query/gallery) are kept as they are.
+    """
+    from clothsim.data.splits import balanced_split
+
+    records = list(records)
+    if not records:
+        raise DataError("the catalogue is empty")
+    if all(r.split is None for r in records):
+        records = balanced_split(records, test_fraction=test_fraction, seed=seed).records
+    train = [r for r in records if r.split == "train"]
+    if not any(r.split == "validation" for r in records) and train:
+        carved = balanced_split(train, test_fraction=val_fraction, seed=seed + 1).records
+        relabel = {id(old): replace(new, split="validation" if new.split == "test" else "train")
+                   for old, new in zip(train, carved)}
+        records = [relabel.get(id(r), r) for r in records]
+    return records
+
+
+def _labels(records: Sequence[CatalogRecord], by: str) -> np.ndarray:
+    if by == "category":
+        return np.array([r.category for r in records])
+    if by == "item":
+        missing = sum(r.item_id is None for r in records)
+        if missing:
+            raise DataError(f"--labels item needs item ids, but {missing} training image(s) have none")
+        return np.array([r.item_id for r in records])
+    raise UsageError(f"labels must be 'category' or 'item', got {by!r}")
+
+
+def _embed_maps(network: TunedNetwork, maps: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
+    out = []
+    network.eval()
+    with torch.no_grad():
+        for start in range(0, len(maps), batch):
+            chunk = torch.from_numpy(np.asarray(maps[start:start + batch], dtype=np.float32)).to(device)
+            emb = network(chunk)
+            if network.config.flip:
+                emb = torch.nn.functional.normalize(emb + network(torch.flip(chunk, dims=[3])), dim=1)
+            out.append(emb.cpu().numpy())
+    return np.concatenate(out)
+
+
+def _pretrained_vectors(upper: torch.nn.Module, maps: np.ndarray, device: torch.device,
+                        batch: int = 256) -> np.ndarray:
+    """The pretrained default's vectors (the original upper layers, average pooling) from cached maps."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(maps), batch):
+            x = torch.from_numpy(np.asarray(maps[start:start + batch], dtype=np.float32)).to(device)
+            out.append(torch.nn.functional.normalize(upper(x).mean(dim=(2, 3)), dim=1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _precision(queries: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray,
+               ks: Sequence[int]):
+    from clothsim.metrics import evaluate_retrieval
+
+    return evaluate_retrieval(queries, q_labels, gallery, g_labels, ks=ks)
+
+
+def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: TuneConfig = TuneConfig(),
+              *, weights: str | Path | None = None, device: str = "cpu", runtime: str = "auto",
+              cache_dir: str | Path | None = None, num_workers: int = 1, evaluate_test: bool = True,
+              progress: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TuneResult:
+    """Fine-tune ``config.backbone`` on ``records`` and write a model folder usable as ``tuned:OUT``.
+
+    Args:
+        records: The catalogue (with or without splits).
+        out_dir: The model folder to write.
+        config: The run's settings.
+        weights: Backbone weights (``None``: the official pretrained ones).
+        device: Torch device of the training (the lower part is cached on the CPU).
+        runtime: What runs the frozen lower part while caching: ``auto`` (ONNX Runtime where it
+            works), ``onnx`` or ``torch``.
+        cache_dir: Folder of cached lower outputs (``None``: ``$CLOTHSIM_CACHE/tuned``).
+        num_workers: Image-decoding processes while caching.
+        evaluate_test: Write the final test report (the only step that reads the test split).
+        progress: Progress bars.
+        on_epoch: Called with each epoch's history row (after validation).
+
+    Raises:
+        DataError: fewer than two categories, an empty split, undecodable images only.
+        UsageError: an unknown loss, backbone, pooling or out-of-range option.
+    """
+    from clothsim.cache import default_cache_dir
+    from clothsim.encoders.registry import create_encoder
+
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if runtime not in ("auto", "onnx", "torch"):
+        raise UsageError(f"runtime must be auto, onnx or torch, got {runtime!r}")
+    if config.epochs < 1 or config.views < 1 or config.k < 1:
+        raise UsageError("epochs, views and k must be at least 1")
+    records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed)
+    train = [r for r in records if r.split == "train"]
+    val = [r for r in records if r.split == "validation"]
+    if not train or not val:
+        raise DataError(f"training needs a train and a validation split; got {len(train)} train and "
+                        f"{len(val)} validation images")
+    categories = sorted({r.category for r in train})
+    if len(categories) < 2:
+        raise DataError(f"training needs at least two categories; the train split has only {categories}")
+    build_loss(config.loss, 2, config.embedding_dim)  # an unknown loss fails before any caching
+
+    torch.manual_seed(config.seed)
+    backbone = create_encoder(config.backbone, weights=weights, device="cpu", runtime="torch")
+    layers, channels = backbone_layers(backbone)
+    cut = len(layers) - max(config.cached_layers or 0, config.train_layers, 1)
+    check_cut(len(layers), cut, config.train_layers)
+    part = LowerPart(backbone, torch.nn.Sequential(*layers[:cut]), cut)
+    if runtime != "torch" and not part.use_onnx() and runtime == "onnx":
+        raise UsageError("the onnx runtime could not run the lower part (see the log); use --runtime torch")
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tuned"
+
+    def cache(rows: list[CatalogRecord], views: int, what: str) -> CachedSplit:
+        return cache_split(part, rows, views, cache_root, config.augment, config.seed,
+                           num_workers=num_workers, progress=progress, what=what)
+
+    t0 = time.perf_counter()
+    train_cache = cache(train, config.views, "train")
+    val_cache = cache(val, 1, "validation")
+    seconds["cache"] = time.perf_counter() - t0
+    logger.info("lower part (%s, %d layers, output %s) cached in %.1f s", part.runtime_used, cut,
+                part.map_shape, seconds["cache"])
+
+    y_train = _labels(train_cache.records, config.labels)
+    y_val = _labels(val_cache.records, config.labels)
+    classes = sorted(set(y_train.tolist()))
+    code = {c: i for i, c in enumerate(classes)}
+    target = torch.tensor([code[c] for c in y_train])
+    sampler = MPerClassBatches(y_train, m=config.m, batch_size=config.batch_size, seed=config.seed)
+
+    net_config = NetworkConfig(backbone=config.backbone, cut=cut, train_layers=config.train_layers,
+                               pooling=config.pooling, gem_p=config.gem_p, learn_p=config.learn_p,
+                               hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim, flip=config.flip)
+    dev = torch.device(device)
+    # The untouched upper layers give the pretrained default's vectors, for the before/after figures.
+    pretrained_upper = copy.deepcopy(torch.nn.Sequential(*layers[cut:])).to(dev).eval().requires_grad_(False)
+    network = TunedNetwork(layers[cut:], channels, net_config).to(dev)
+    loss_fn = build_loss(config.loss, len(classes), config.embedding_dim).to(dev)
+    backbone_params = [p for p in network.upper.parameters() if p.requires_grad]
+    groups = [{"params": list(network.pool.parameters()) + list(network.head.parameters()), "lr": config.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
+    if list(loss_fn.parameters()):
+        # Proxies start random and must move fast (the proxy-anchor paper uses 100x the backbone rate).
+        groups.append({"params": list(loss_fn.parameters()), "lr": config.lr * 10})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # Validation labels that do not occur in train cannot be scored against it (In-shop items).
+    val_known = np.isin(y_val, y_train)
+    if not val_known.any():
+        raise DataError("no validation image has a label that occurs in the train split")
+
+    train_plain = np.asarray(train_cache.maps[:, 0])
+    val_plain = np.asarray(val_cache.maps[:, 0])
+    ks = sorted({1, config.k, 10})
+
+    def validate() -> tuple[float, float]:
+        gallery = _embed_maps(network, train_plain, dev)
+        queries = _embed_maps(network, val_plain, dev)
+        report = _precision(queries[val_known], y_val[val_known], gallery, y_train, ks)
+        with torch.no_grad():
+            val_target = torch.tensor([code.get(c, -1) for c in y_val[val_known]])
+            val_loss = float(loss_fn(torch.from_numpy(queries[val_known]).to(dev), val_target.to(dev)))
+        return float(report.precision[config.k]), val_loss
+
+    pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
+                            _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
+    p0, l0 = validate()
+    history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_loss": l0, f"val_p@{config.k}": p0,
+                                      f"pretrained_val_p@{config.k}": float(pre_report.precision[config.k]),
+                                      "seconds": 0.0}]
+    logger.info("epoch 0: val P@%d %.3f untrained, %.3f pretrained default", config.k, p0,
+                pre_report.precision[config.k])
+    best, best_epoch, best_state, waited = p0, 0, copy.deepcopy(network.state_dict()), 0
+    rng = np.random.default_rng([config.seed, 1])
+    t0 = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        network.train()
+        t_epoch, losses = time.perf_counter(), []
+        for rows in sampler.batches(epoch):
+            views = rng.integers(0, config.views, size=rows.size)
+            x = torch.from_numpy(np.asarray(train_cache.maps[rows, views], dtype=np.float32)).to(dev)
+            mirror = torch.from_numpy(rng.random(rows.size) < 0.5).to(dev)
+            # A mirrored feature map is close to the map of the mirrored image: a free extra view.
+            x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
+            loss = loss_fn(network(x), target[rows].to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        p, val_loss = validate()
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               f"val_p@{config.k}": p, "seconds": time.perf_counter() - t_epoch}
+        if config.pooling == "gem":
+            row["gem_p"] = float(network.pool.p.detach())
+        history.append(row)
+        logger.info("epoch %d: train loss %.4f, val loss %.4f, val P@%d %.3f (%.1f s)", epoch,
+                    row["train_loss"], val_loss, config.k, p, row["seconds"])
+        if on_epoch is not None:
+            on_epoch(row)
+        if p > best:
+            best, best_epoch, best_state, waited = p, epoch, copy.deepcopy(network.state_dict()), 0
+        else:
+            waited += 1
+            if config.patience and waited >= config.patience:
+                logger.info("stopping: no better validation P@%d for %d epochs", config.k, waited)
+                break
+    seconds["train"] = time.perf_counter() - t0
+    network.load_state_dict(best_state)
+    network.eval()
+
+    out = Path(out_dir)
+    meta = {"kind": "tuned", "backbone": config.backbone,
+            "backbone_weights": str(Path(weights).resolve()) if weights not in (None, "random") else weights,
+            "backbone_fingerprint": backbone.fingerprint(), "train_config": config.to_dict(),
+            "categories": categories, "best_epoch": best_epoch, f"best_val_p@{config.k}": best,
+            "n_train": len(train_cache.records), "n_validation": len(val_cache.records),
+            "lower_runtime": part.runtime_used, "seconds": dict(seconds)}
+    save_tuned(out, network, meta, history)
+    _plot_curves(history, config.k, out / CURVES)
+
+    report = None
+    failures = train_cache.failures + val_cache.failures
+    if evaluate_test:
+        # The one and only read of the test split: after the model is chosen and written.
+        t0 = time.perf_counter()
+        report, test_failures = _test_report(records, train_cache, network, pretrained_upper, dev, config, cache, ks)
+        failures += test_failures
+        seconds["test"] = time.perf_counter() - t0
+        if report is not None:
+            write_json(out / REPORT_JSON, report)
+            (out / REPORT_MD).write_text(_report_markdown(report, config.k), encoding="utf-8")
+    seconds["total"] = time.perf_counter() - started
+    return TuneResult(out, history, best_epoch, report, seconds, failures, part.runtime_used)
+
+
+def _test_report(records: Sequence[CatalogRecord], train_cache: CachedSplit, network: TunedNetwork,
+                 pretrained_upper: torch.nn.Module, dev: torch.device, config: TuneConfig, cache: Callable, ks: Sequence[int]):
+    queries = [r for r in records if r.split == "test"]
+    if queries:
+        gallery_cache = train_cache
+        protocol = ("test", "train")
+    else:
+        queries = [r for r in records if r.split == "query"]
+        gallery = [r for r in records if r.split == "gallery"]
+        if not queries or not gallery:
+            logger.info("no test split: no test report")
+            return None, []
+        gallery_cache = cache(gallery, 1, "gallery")
+        protocol = ("query", "gallery")
+    test_cache = cache(queries, 1, protocol[0])
+    g_maps = np.asarray(gallery_cache.maps[:, 0])
+    q_maps = np.asarray(test_cache.maps[:, 0])
+    g_labels = np.array([r.category for r in gallery_cache.records])
+    q_labels = np.array([r.category for r in test_cache.records])
+    tuned = _precision(_embed_maps(network, q_maps, dev), q_labels, _embed_maps(network, g_maps, dev), g_labels, ks)
+    pretrained = _precision(_pretrained_vectors(pretrained_upper, q_maps, dev), q_labels,
+                            _pretrained_vectors(pretrained_upper, g_maps, dev), g_labels, ks)
+    report = {"protocol": {"queries": protocol[0], "gallery": protocol[1]},
+              "n_queries": tuned.n_queries, "n_gallery": tuned.n_gallery,
+              "pretrained": pretrained.to_dict(), "tuned": tuned.to_dict(), "k": config.k}
+    return report, test_cache.failures + (gallery_cache.failures if gallery_cache is not train_cache else [])
+
+
+def _report_markdown(report: dict[str, Any], k: int) -> str:
+    pre, tuned = report["pretrained"], report["tuned"]
+    lines = [f"# Test split: {report['protocol']['queries']} queried against {report['protocol']['gallery']}",
+             "", f"{report['n_queries']} queries, {report['n_gallery']} gallery images.", "",
+             "| | " + " | ".join(f"P@{kk}" for kk in pre["precision"]) + " | mAP@10 |",
+             "|---|" + "---|" * (len(pre["precision"]) + 1)]
+    for name, rep in (("pretrained default", pre), ("tuned", tuned)):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in rep["precision"].values())
+                     + f" | {rep['map_at_k']:.3f} |")
+    lines += ["", f"Per category, P@{k}:", "", "| category | queries | pretrained | tuned | change |",
+              "|---|---|---|---|---|"]
+    for cat, values in sorted(tuned["per_category_precision"].items()):
+        before = pre["per_category_precision"][cat][str(k)]
+        after = values[str(k)]
+        lines.append(f"| {cat} | {tuned['category_counts'][cat]} | {before:.3f} | {after:.3f} | "
+                     f"{after - before:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(history: list[dict[str, Any]], k: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clothsim.fileio import atomic_path
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot([h["epoch"] for h in history if h["train_loss"] is not None],
+             [h["train_loss"] for h in history if h["train_loss"] is not None], label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(epochs, [h[f"val_p@{k}"] for h in history], marker="o", label="tuned")
+    ax2.axhline(history[0][f"pretrained_val_p@{k}"], color="grey", linestyle="--", label="pretrained default")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"validation P@{k}")
+    ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
