@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 from typing import BinaryIO
 
@@ -69,10 +70,27 @@ def _crop(img: Image.Image, bbox: tuple[int, int, int, int], source: str) -> Ima
     return img.crop((x1, y1, x2, y2))
 
 
+def _reduce_on_decode(img: Image.Image, bbox: tuple[int, int, int, int] | None, min_side: int) -> float:
+    """Ask the JPEG decoder for the smallest DCT scale (1/2, 1/4, 1/8) that keeps the short side of the
+    image, or of its box, at ``min_side`` pixels or more; returns the factor coordinates shrink by.
+
+    The network sees the image resized to ``min_side`` anyway, so the pixels skipped were never used;
+    decoding an 8 MP photo this way is several times faster.
+    """
+    width, height = img.size
+    short = min(width, height) if bbox is None else min(bbox[2] - bbox[0], bbox[3] - bbox[1])
+    if short < 2 * min_side:
+        return 1.0
+    shrink = short / min_side  # the most the decoder may divide by
+    img.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+    return img.size[0] / width
+
+
 def load_image(
     source: str | Path | BinaryIO | bytes,
     bbox: tuple[int, int, int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Open an image file (or bytes / file object) as an upright RGB PIL image.
 
@@ -80,6 +98,9 @@ def load_image(
         source: A path, raw bytes or a binary file object.
         bbox: Optional ``(x1, y1, x2, y2)`` crop, applied after EXIF orientation, clipped to the image.
         max_pixels: Refuse images with more pixels than this (``None``: no limit).
+        min_side: When given, a JPEG may be decoded at a reduced scale as long as the short side of the
+            image (or of its box) stays at least this many pixels; the box is scaled to match. Pass the
+            encoder's resize size (``Encoder.decode_min_side``).
 
     Raises:
         ImageDecodeError: The data is not a decodable image, is truncated, or is too large.
@@ -95,6 +116,9 @@ def load_image(
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageDecodeError(
                     name, f"{img.width}x{img.height} pixels is over the limit of {max_pixels}")
+            scale = 1.0
+            if min_side is not None and img.format == "JPEG":
+                scale = _reduce_on_decode(img, bbox, min_side)
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
@@ -105,5 +129,8 @@ def load_image(
             raise
         raise ImageDecodeError(name, f"{type(exc).__name__}: {exc}") from exc
     if bbox is not None:
+        if scale != 1.0:
+            bbox = (math.floor(bbox[0] * scale), math.floor(bbox[1] * scale),
+                    math.ceil(bbox[2] * scale), math.ceil(bbox[3] * scale))
         rgb = _crop(rgb, bbox, name)
     return rgb

@@ -98,6 +98,12 @@ class Encoder(ABC):
             ``(batch_size, dim)`` float32 array, each row L2-normalised.
         """
 
+    @property
+    def decode_min_side(self) -> int | None:
+        """The short side below which decoding must not shrink an image (see ``load_image(min_side=)``):
+        the resize size of the preprocessing, or ``None`` to decode at full size."""
+        return self.preprocessing.resize_size if self.preprocessing is not None else None
+
     def export_module(self) -> torch.nn.Module | None:
         """The whole network as one module for other runtimes (ONNX), or ``None`` if it has none.
 

@@ -81,6 +81,11 @@ class EnsembleEncoder(Encoder):
                              "(collated outputs of this encoder's transform)")
         return self.model.combine([part.embed(x) for part, x in zip(self.parts, batch)])
 
+    @property
+    def decode_min_side(self) -> int | None:
+        sides = [part.decode_min_side for part in self.parts]
+        return None if any(side is None for side in sides) else max(sides)
+
     def with_parts(self, convert: Callable[[Encoder], Encoder]) -> "EnsembleEncoder":
         """The same ensemble with each part converted (e.g. run by another runtime)."""
         return EnsembleEncoder(self.name, self.model, [convert(part) for part in self.parts])
