@@ -8,7 +8,7 @@ import pytest
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import EmptyCatalogError, StaleStoreError
 from clothsim.features.extract import extract_features
-from clothsim.features.store import FeatureStore
+from clothsim.features.store import FeatureStore, UnfinishedStoreError
 
 
 class Interrupt(RuntimeError):
@@ -16,7 +16,7 @@ class Interrupt(RuntimeError):
 
 
 def test_extracts_every_image_in_catalogue_order(colour_catalog, tiny_encoder, tmp_path):
-    report = extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=5, shard_size=7,
+    report = extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=5, checkpoint_every=7,
                               num_workers=0, progress=False)
     assert (report.n_encoded, report.n_failed, report.n_new) == (24, 0, 24)
     vectors, items = FeatureStore.open(tmp_path / "s", expect=tiny_encoder.fingerprint()).load_vectors()
@@ -41,7 +41,7 @@ def test_bad_files_are_skipped_counted_and_reported(colour_catalog, tiny_encoder
 
 def test_interrupted_extraction_resumes_where_it_stopped(colour_catalog, tiny_encoder, tmp_path):
     reference = tmp_path / "ref"
-    extract_features(colour_catalog, tiny_encoder, reference, batch_size=4, shard_size=8, num_workers=0,
+    extract_features(colour_catalog, tiny_encoder, reference, batch_size=4, checkpoint_every=8, num_workers=0,
                      progress=False)
 
     original_embed = tiny_encoder.embed
@@ -55,18 +55,19 @@ def test_interrupted_extraction_resumes_where_it_stopped(colour_catalog, tiny_en
 
     tiny_encoder.embed = flaky_embed
     with pytest.raises(Interrupt):
-        extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=4, shard_size=8,
+        extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=4, checkpoint_every=8,
                          num_workers=0, progress=False)
-    assert not FeatureStore.exists(tmp_path / "s")  # nothing half-visible
+    with pytest.raises(UnfinishedStoreError, match="run the same command again"):
+        FeatureStore.open(tmp_path / "s")  # nothing half-visible: readers refuse an unfinished build
 
     tiny_encoder.embed = original_embed
-    report = extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=4, shard_size=8,
+    report = extract_features(colour_catalog, tiny_encoder, tmp_path / "s", batch_size=4, checkpoint_every=8,
                               num_workers=0, progress=False)
     assert report.resumed_shards == 2 and report.n_new == 8 and report.n_encoded == 24
     got, _ = FeatureStore.open(tmp_path / "s").load_vectors()
     want, _ = FeatureStore.open(reference).load_vectors()
     np.testing.assert_array_equal(got, want)
-    assert not (tmp_path / "s" / "_extraction").exists()
+    assert [it.record for it in FeatureStore.open(tmp_path / "s").items()] == colour_catalog
 
 
 def test_unfinished_work_for_another_catalogue_is_discarded(colour_catalog, tiny_encoder, tmp_path):

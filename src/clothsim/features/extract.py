@@ -1,19 +1,32 @@
-"""Batched feature extraction from a catalogue into a :class:`FeatureStore`, resumable.
+"""Batched feature extraction from a catalogue into a :class:`FeatureStore`: build, resume, sync, repair.
 
-Images are decoded in DataLoader worker processes while the main process runs the encoder, so
-decoding and inference overlap. Work is cut into shards; each finished shard is written atomically
-under ``<store>/_extraction/``, so an interrupted run started again with the same catalogue and
-encoder only does the shards that are missing. A file that cannot be decoded is skipped, counted and
-reported by path; a batch made only of such files is simply empty.
+One path does all of it. The catalogue is compared with the store (each entry by its record and its
+file's size and modification time); only what changed is encoded: new entries are added, entries gone
+from the catalogue are tombstoned, changed files are re-encoded, and an entry whose file did not change
+but whose labels did reuses its stored vector. Work is committed every ``checkpoint_every`` images, so an
+interrupted run loses at most one checkpoint; the same call again continues from the last one and ends
+with exactly the store an uninterrupted run would have written (same ids, rows and vectors).
+
+Images are decoded in DataLoader worker processes while the main process runs the encoder, so decoding
+and inference overlap. A catalogue entry that cannot be encoded (missing, a dangling link, a link loop, a
+folder, unreadable, undecodable, or a vector that is not finite) is skipped, recorded in the store's
+failure list with the reason and reported; it is not retried until its file changes.
+
+With ``overwrite`` a store that cannot be synced (another encoder, dtype or crop setting, or a damaged
+manifest) is rebuilt in a folder beside it and swapped in only when complete, so the old index survives a
+failed rebuild.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import shutil
+import os
+import stat
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -26,32 +39,52 @@ from tqdm.auto import tqdm
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
 from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
-from clothsim.features.store import FeatureStore, fingerprint_mismatch
-from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
+from clothsim.features.store import (
+    NORM_TOLERANCE,
+    FeatureStore,
+    StoreIntegrityError,
+    fingerprint_mismatch,
+)
+from clothsim.fileio import remove_path, rename_path
 from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 
 logger = logging.getLogger(__name__)
 
-WORK_DIR = "_extraction"
+#: Images per checkpoint by default: about 50 s of work for the default encoder on 2 CPU cores.
+DEFAULT_CHECKPOINT_EVERY = 1000
+REBUILD_SUFFIX = ".rebuild"
+REPLACED_SUFFIX = ".replaced"
+
+Signature = tuple[int, int]
 
 
 @dataclass
 class ExtractionReport:
     """What an extraction did.
 
-    ``n_encoded`` counts the vectors in the store, ``n_new`` those this run computed (the rest came from
-    a resumed or reused run), ``seconds`` this run's time; ``failures`` lists ``{"path", "reason"}``
-    for every skipped file.
+    ``n_encoded`` counts the live vectors in the store, ``n_new`` those this run computed (the rest were
+    already there, came from an interrupted run, or were reused for an unchanged file), ``seconds`` this
+    run's time; ``failures`` lists ``{"path", "reason"}`` for every catalogue entry that is not encoded.
+    ``n_added``, ``n_removed`` and ``n_reencoded`` describe the change against what the store held
+    (``n_relabelled``: entries whose labels changed while their file did not, so the vector was reused);
+    ``repaired`` names the damaged files this run replaced.
     """
 
     store_dir: Path
     n_records: int
     n_encoded: int
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     n_new: int = 0
     resumed_shards: int = 0
     reused: bool = False
+    n_added: int = 0
+    n_removed: int = 0
+    n_reencoded: int = 0
+    n_relabelled: int = 0
+    first_build: bool = False
+    rebuilt: bool = False
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def n_failed(self) -> int:
@@ -60,6 +93,13 @@ class ExtractionReport:
     @property
     def images_per_second(self) -> float:
         return self.n_new / self.seconds if self.seconds > 0 and self.n_new else float("nan")
+
+    def summary(self) -> str:
+        """``+N added, -M removed, ~K re-encoded`` (with relabelled entries when there were any)."""
+        text = f"+{self.n_added} added, -{self.n_removed} removed, ~{self.n_reencoded} re-encoded"
+        if self.n_relabelled:
+            text += f", {self.n_relabelled} relabelled without re-encoding"
+        return text
 
 
 class _ImageDataset(Dataset):
@@ -151,11 +191,167 @@ def iter_encoded_shards(
                 yield EncodedShard(shard, acc["idx"], outputs, acc["bad"])
 
 
-def _shard_files(work: Path, shard: int) -> tuple[Path, Path, Path]:
-    base = work / f"shard-{shard:06d}"
-    return base.with_suffix(".npy"), base.with_suffix(".jsonl"), base.with_suffix(".failed.jsonl")
+# ----- what a catalogue entry is on disk ----------------------------------------------------------------
+def probe_entry(path: str) -> Signature | str:
+    """``(size, mtime_ns)`` of a catalogue entry's file, or the reason it cannot be encoded.
+
+    The reasons name what the entry is: a missing file, a dangling symbolic link, a link loop, a folder,
+    something that is not a regular file, or a file this process may not read.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symbolic link (its target does not exist)" if os.path.islink(path) else "file not found"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:  # e.g. an embedded NUL byte from a malformed annotation file
+        return f"invalid path ({exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "permission denied (not readable)"
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
+def _record_key(path: str, category: str, split: Any, item_id: Any, attributes: Any, bbox: Any) -> tuple:
+    return (path, category, split, item_id, tuple(attributes or ()), tuple(bbox) if bbox is not None else None)
+
+
+def _key_of(record: CatalogRecord) -> tuple:
+    return _record_key(record.path, record.category, record.split, record.item_id, record.attributes, record.bbox)
+
+
+@dataclass
+class _Plan:
+    """What a sync will do, decided before any of it is done."""
+
+    delete_ids: np.ndarray
+    copies: list[tuple[int, CatalogRecord, Signature]]
+    encode: list[tuple[CatalogRecord, Signature]]
+    failures: list[dict[str, Any]]
+    n_added: int
+    n_removed: int
+    n_reencoded: int
+    n_relabelled: int
+
+    @property
+    def empty(self) -> bool:
+        return not self.delete_ids.size and not self.copies and not self.encode
+
+
+def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequence[Signature | str],
+          crops: bool, base_next_id: int) -> _Plan:
+    """Compare the catalogue with the store's live rows (as multisets, so repeated entries count)."""
+    rows = store.metadata_table().to_pylist() if store.total_rows else []
+    ids = store.all_ids()
+    live = store.live_mask()
+    size, mtime = store.source_signatures()
+    live_by_key: dict[tuple, deque[int]] = defaultdict(deque)
+    for pos in np.flatnonzero(live):
+        r = rows[pos]
+        key = _record_key(r["path"], r["category"], r["split"], r["item_id"], r["attributes"], r["bbox"])
+        live_by_key[(key, int(size[pos]), int(mtime[pos]))].append(int(pos))
+    known_failures = {(f["path"], f.get("size"), f.get("mtime_ns")): f for f in store.failures if "size" in f}
+
+    kept = np.zeros(len(rows), dtype=bool)
+    failures: list[dict[str, Any]] = []
+    to_add: list[tuple[CatalogRecord, Signature]] = []
+    for record, probe in zip(records, probes):
+        if isinstance(probe, str):
+            failures.append({"path": record.path, "reason": probe})
+            continue
+        slot = live_by_key.get((_key_of(record), probe[0], probe[1]))
+        if slot:
+            kept[slot.popleft()] = True
+            continue
+        failed = known_failures.get((record.path, probe[0], probe[1]))
+        if failed is not None:  # unchanged since it failed: not retried
+            failures.append(dict(failed))
+            continue
+        to_add.append((record, probe))
+    delete_pos = np.flatnonzero(live & ~kept)
+
+    # Count changes the way a person reads them: a path both removed and added is one changed entry.
+    removed_by_path: dict[str, deque[int]] = defaultdict(deque)
+    for pos in delete_pos:
+        removed_by_path[rows[pos]["path"]].append(int(pos))
+    reencoded = relabelled = 0
+    for record, probe in to_add:
+        slot = removed_by_path.get(record.path)
+        if slot:
+            pos = slot.popleft()
+            if (int(size[pos]), int(mtime[pos])) == probe:
+                relabelled += 1
+            else:
+                reencoded += 1
+    # A file that did not change keeps its vector: reuse it from any row written before this sync began.
+    copies: list[tuple[int, CatalogRecord, Signature]] = []
+    encode: list[tuple[CatalogRecord, Signature]] = []
+    if to_add:
+        by_vector: dict[tuple, int] = {}
+        for pos in np.flatnonzero(ids < base_next_id):
+            r = rows[pos]
+            bbox = tuple(r["bbox"]) if crops and r["bbox"] is not None else None
+            by_vector.setdefault((r["path"], bbox, int(size[pos]), int(mtime[pos])), int(ids[pos]))
+        for record, probe in to_add:
+            bbox = tuple(record.bbox) if crops and record.bbox is not None else None
+            source = by_vector.get((record.path, bbox, probe[0], probe[1]))
+            if source is not None:
+                copies.append((source, record, probe))
+            else:
+                encode.append((record, probe))
+    return _Plan(ids[delete_pos], copies, encode, failures, len(to_add) - reencoded - relabelled,
+                 int(delete_pos.size) - reencoded - relabelled, reencoded, relabelled)
+
+
+# ----- the overwrite swap ------------------------------------------------------------------------------
+def _beside(store_dir: Path, suffix: str) -> Path:
+    return store_dir.with_name(store_dir.name + suffix)
+
+
+def _is_complete_store(path: Path) -> bool:
+    try:
+        return FeatureStore.open(path, allow_unfinished=True, verify=False).sync_pending is None
+    except (OSError, StoreIntegrityError, StaleStoreError):
+        return False
+
+
+def _recover_swap(store_dir: Path) -> None:
+    """Finish (or undo) an ``overwrite`` swap that a crash interrupted between its two renames."""
+    rebuilt, replaced = _beside(store_dir, REBUILD_SUFFIX), _beside(store_dir, REPLACED_SUFFIX)
+    if not store_dir.exists():
+        if _is_complete_store(rebuilt):
+            logger.warning("finishing an interrupted swap: %s becomes %s", rebuilt, store_dir)
+            rename_path(rebuilt, store_dir)
+        elif FeatureStore.exists(replaced):
+            logger.warning("undoing an interrupted swap: restoring %s from %s", store_dir, replaced)
+            rename_path(replaced, store_dir)
+    if store_dir.exists() and replaced.exists():
+        remove_path(replaced)
+
+
+def _swap_in(rebuilt: Path, store_dir: Path) -> None:
+    """Replace ``store_dir`` by the complete store at ``rebuilt``: two renames, recoverable between them."""
+    replaced = _beside(store_dir, REPLACED_SUFFIX)
+    if replaced.exists():
+        remove_path(replaced)
+    rename_path(store_dir, replaced)
+    rename_path(rebuilt, store_dir)
+    remove_path(replaced)
+
+
+def _removable_scratch(path: Path) -> bool:
+    # Only ever delete a folder beside the index that is ours: a store, or empty.
+    return path.is_dir() and (FeatureStore.exists(path) or not any(path.iterdir()))
+
+
+# ----- the entry point ---------------------------------------------------------------------------------
 def extract_features(
     records: Sequence[CatalogRecord],
     encoder: Encoder,
@@ -164,114 +360,254 @@ def extract_features(
     batch_size: int = 32,
     num_workers: int = 2,
     dtype: str = "float32",
-    shard_size: int = 1024,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    shard_size: int | None = None,
     use_bbox: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
 ) -> ExtractionReport:
-    """Encode every record's image into a feature store at ``store_dir``.
+    """Make the feature store at ``store_dir`` hold exactly the encoded ``records``, encoding only what
+    is missing or changed.
 
     Args:
         records: The catalogue, e.g. from :func:`clothsim.data.read_catalog`.
         encoder: From :func:`clothsim.create_encoder`.
-        store_dir: Output folder. A complete store there made from the same catalogue and encoder is
-            reused as it is; a partial one is resumed.
+        store_dir: Output folder. A complete store there made by the same encoder setup is synced to
+            ``records`` (reused as it is when nothing changed); an interrupted run is continued; damaged
+            segments are re-encoded.
         batch_size: Images per forward pass.
         num_workers: DataLoader worker processes decoding images (0 decodes in this process).
         dtype: ``"float32"`` or ``"float16"`` on disk.
-        shard_size: Images per resumable unit of work.
+        checkpoint_every: Images encoded between two commits (what an interruption can lose at most).
+        shard_size: Old name of ``checkpoint_every``.
         use_bbox: Crop to each record's bounding box where it has one.
-        overwrite: Replace a store made with another encoder or catalogue instead of refusing.
+        overwrite: Rebuild (beside, then swap) a store made with another encoder setup, dtype or crop
+            setting, or whose manifest is damaged, instead of refusing.
         progress: Show a tqdm progress bar.
         extra_manifest: More fields to stamp on the manifest (e.g. where the weights came from).
 
     Raises:
         EmptyCatalogError: ``records`` is empty.
-        StaleStoreError: ``store_dir`` holds another encoder's or catalogue's store and not ``overwrite``.
+        StaleStoreError: ``store_dir`` holds another encoder setup's store and not ``overwrite``.
+        StoreIntegrityError: the manifest at ``store_dir`` is damaged and not ``overwrite``.
     """
     if not records:
         raise EmptyCatalogError("the catalogue has no images to encode")
-    if batch_size < 1 or shard_size < 1:
-        raise UsageError("batch_size and shard_size must be at least 1")
+    checkpoint_every = shard_size if shard_size is not None else checkpoint_every
+    if batch_size < 1 or checkpoint_every < 1:
+        raise UsageError("batch_size and checkpoint_every must be at least 1")
     store_dir = Path(store_dir)
+    _recover_swap(store_dir)
     fingerprint = encoder.fingerprint()
-    source = catalog_hash(records)
-    started = time.perf_counter()
-
     # Cropping changes the vectors, so it is part of what a store is checked against; it only has an
     # effect when some record has a box.
     crops = use_bbox and any(r.bbox is not None for r in records)
+    options = dict(batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
+                   use_bbox=use_bbox, crops=crops, progress=progress, extra_manifest=extra_manifest)
+
     if FeatureStore.exists(store_dir):
-        store = FeatureStore.open(store_dir)
-        same_encoder = not fingerprint_mismatch(fingerprint, store.fingerprint)
-        same_source = store.manifest.get("source_hash") == source and store.dtype == dtype
-        stored_crops = store.manifest.get("crop_to_bbox")
-        if stored_crops is None and not any(r.bbox is not None for r in records):
-            stored_crops = False  # an older store over records without boxes: nothing was cropped
-        same_crops = stored_crops == crops
-        if same_encoder and same_source and same_crops:
+        try:
+            store = FeatureStore.open(store_dir, allow_unfinished=True, verify=False, check_files=False)
+            refusal = _refusal(store, fingerprint, dtype, crops, use_bbox, records)
+        except StoreIntegrityError:
+            if not overwrite:
+                raise
+            logger.warning("%s has a damaged manifest; rebuilding it beside and swapping it in", store_dir)
+            refusal = "damaged"
+        if refusal is not None:
+            if not overwrite:
+                raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "
+                                      "(--overwrite) to re-encode it, or choose another folder")
+            return _rebuild(records, encoder, store_dir, fingerprint, options)
+    report = _sync(records, encoder, store_dir, fingerprint, options)
+    scratch = _beside(store_dir, REBUILD_SUFFIX)
+    if _removable_scratch(scratch):
+        logger.info("removing %s, an unfinished rebuild this run made unnecessary", scratch)
+        remove_path(scratch)
+    return report
+
+
+def _refusal(store: FeatureStore, fingerprint: dict[str, Any], dtype: str, crops: bool, use_bbox: bool,
+             records: Sequence[CatalogRecord]) -> str | None:
+    """Why ``store`` cannot be synced to this run's setup (``None`` when it can)."""
+    if fingerprint_mismatch(fingerprint, store.fingerprint):
+        return "another encoder setup"
+    if store.dtype != dtype:
+        return f"another dtype ({store.dtype}; this run asks for {dtype})"
+    if store.total_rows == 0:
+        return None  # nothing encoded yet: any crop setting is fine
+    stored_crops = store.manifest.get("crop_to_bbox")
+    if stored_crops is None and not any(r.bbox is not None for r in records):
+        stored_crops = False  # an older store over records without boxes: nothing was cropped
+    if stored_crops is None and store.sync_pending is not None:
+        stored_crops = crops  # an unfinished first build of this very setup
+    if stored_crops != crops:
+        had = {True: "cropped to bounding boxes", False: "not cropped", None: "an unrecorded crop setting"}
+        return (f"images {had[stored_crops]}, and this run asks for them "
+                f"{had[crops]} ({'use_bbox' if use_bbox else '--no-bbox'})")
+    return None
+
+
+def _rebuild(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, fingerprint: dict[str, Any],
+             options: dict[str, Any]) -> ExtractionReport:
+    """Build the new store beside the old one, then swap it in: the old one survives any failure."""
+    rebuilt = _beside(store_dir, REBUILD_SUFFIX)
+    if FeatureStore.exists(rebuilt):
+        try:
+            scratch = FeatureStore.open(rebuilt, allow_unfinished=True, verify=False, check_files=False)
+            stale = _refusal(scratch, fingerprint, options["dtype"], options["crops"], options["use_bbox"], records)
+        except StoreIntegrityError:
+            stale = "damage"
+        if stale is not None:
+            logger.info("discarding %s (an unfinished rebuild with %s)", rebuilt, stale)
+            remove_path(rebuilt)
+    elif _removable_scratch(rebuilt):
+        remove_path(rebuilt)
+    logger.warning("rebuilding %s beside it, in %s; the current index stays until the new one is complete",
+                   store_dir, rebuilt)
+    report = _sync(records, encoder, rebuilt, fingerprint, options)
+    _swap_in(rebuilt, store_dir)
+    report.store_dir = store_dir
+    report.rebuilt = True
+    report.reused = False
+    return report
+
+
+def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, fingerprint: dict[str, Any],
+          options: dict[str, Any]) -> ExtractionReport:
+    started = time.perf_counter()
+    dtype, crops = options["dtype"], options["crops"]
+    first_build = not FeatureStore.exists(store_dir)
+    if first_build:
+        planned = {"first_build": True, "planned_rows": len(records), "base_next_id": 0, "base_segments": 0}
+        store = FeatureStore.create(store_dir, fingerprint, dtype=dtype,
+                                    extra={**(options["extra_manifest"] or {}), "sync": planned})
+    else:
+        store = FeatureStore.open(store_dir, allow_unfinished=True, verify=False, check_files=False)
+    report = ExtractionReport(store_dir, len(records), 0)
+    with store.writer():
+        repaired = _repair(store)
+        report.repaired = repaired
+        pending = store.sync_pending
+        report.first_build = bool(pending and pending.get("first_build"))
+        base_next_id = int(pending["base_next_id"]) if pending else int(store.manifest["next_id"])
+        if pending:
+            resumed = [s for s in store.segments if s.id_start >= base_next_id]
+            report.resumed_shards = len(resumed)
+            if resumed:
+                logger.info("resuming: %d images already encoded by the interrupted run", sum(s.rows for s in resumed))
+
+        probes = [probe_entry(r.path) for r in records]
+        plan = _plan(store, records, probes, crops, base_next_id)
+        for name in ("n_added", "n_removed", "n_reencoded", "n_relabelled"):
+            setattr(report, name, getattr(plan, name))
+        source = catalog_hash(records)
+        if plan.empty and not pending and not repaired and _same_failures(store.failures, plan.failures):
+            if store.manifest.get("source_hash") != source:
+                store.commit(source_hash=source, n_source_records=len(records))  # same entries, new order
             logger.info("%s already holds these %d images encoded by %s; reusing it",
                         store_dir, len(records), encoder.name)
-            return ExtractionReport(store_dir, len(records), store.total_rows, store.failures, reused=True)
-        if not overwrite:
-            if not same_encoder:
-                what = "another encoder setup"
-            elif not same_source:
-                what = "another catalogue or dtype"
-            else:
-                had = {True: "cropped to bounding boxes", False: "not cropped", None: "an unrecorded crop setting"}
-                what = (f"images {had[stored_crops]}, and this run asks for them "
-                        f"{had[crops]} ({'use_bbox' if use_bbox else '--no-bbox'})")
-            raise StaleStoreError(f"{store_dir} holds a store made with {what}; pass overwrite=True "
-                                  "(--overwrite) to re-encode it, or choose another folder")
-        logger.warning("replacing the store at %s", store_dir)
-        shutil.rmtree(store_dir)
+            report.reused = True
+            report.n_encoded = len(store)
+            report.failures = store.failures
+            return report
 
-    work = store_dir / WORK_DIR
-    plan = json.loads(json.dumps({"fingerprint": fingerprint, "source_hash": source, "shard_size": shard_size,
-                                  "n_records": len(records), "dtype": dtype, "use_bbox": use_bbox}))
-    plan_path = work / "plan.json"
-    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
-        logger.warning("%s holds an unfinished extraction of other work; starting afresh", work)
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    if not plan_path.is_file():
-        write_json(plan_path, plan)
+        with store.transaction():
+            if not pending:
+                store.manifest["sync"] = {"first_build": first_build, "planned_rows": len(records),
+                                          "base_next_id": base_next_id, "base_segments": len(store.segments),
+                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if plan.delete_ids.size:
+                store.delete(plan.delete_ids)
+            if plan.copies:
+                store.append_rows_from(np.array([c[0] for c in plan.copies], dtype=np.int64),
+                                       [c[1] for c in plan.copies], [c[2] for c in plan.copies])
+            store.manifest["failures"] = plan.failures
+        n_new = _encode_missing(store, encoder, plan.encode, options)
+        compute_seconds = time.perf_counter() - started
 
-    n_shards = (len(records) + shard_size - 1) // shard_size
-    done = {s for s in range(n_shards) if _shard_files(work, s)[0].is_file()}
-    if done:
-        logger.info("resuming: %d of %d shards already done", len(done), n_shards)
-    todo = [s for s in range(n_shards) if s not in done]
+        with store.transaction():
+            store.compact()
+            updates: dict[str, Any] = dict(
+                sync=None, source_hash=source, n_source_records=len(records), use_bbox=options["use_bbox"],
+                crop_to_bbox=crops, runtime=getattr(encoder, "runtime", "torch"), **(options["extra_manifest"] or {}))
+            if n_new or "extraction" not in store.manifest:
+                # Throughput of this run, kept so a report that reuses the store can say how fast it was built.
+                speed = n_new / compute_seconds if n_new and compute_seconds > 0 else None
+                updates["extraction"] = {"seconds": round(compute_seconds, 3), "n_encoded": n_new,
+                                         "resumed_shards": report.resumed_shards, "images_per_second": speed}
+            store.commit(**updates)
+    report.n_new = n_new
+    report.seconds = compute_seconds
+    report.n_encoded = len(store)
+    report.failures = store.failures
+    if report.failures:
+        logger.warning("%d of %d catalogue entries could not be encoded and were skipped",
+                       len(report.failures), len(records))
+    return report
 
+
+def _same_failures(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    def norm(items: list[dict[str, Any]]) -> list[str]:
+        return sorted(json.dumps(f, sort_keys=True) for f in items)
+    return norm(old) == norm(new)
+
+
+def _repair(store: FeatureStore) -> list[str]:
+    """Check every checksum; drop damaged segments and tombstones so the sync re-encodes what they held."""
+    problems = store.upgrade(drop_damaged=True) if store.is_legacy else []
+    report = store.verify(full=True)
+    problems += report.problems
+    segments = sorted({p.segment for p in report.problems if p.kind == "segment" and p.segment})
+    if segments:
+        rows = store.drop_segments(segments)
+        logger.warning("%s: %d damaged segment(s) dropped (%d rows); their images are re-encoded now",
+                       store.root, len(segments), rows)
+    if any(p.kind == "tombstones" for p in report.problems):
+        logger.warning("%s: the tombstone file is damaged; deletions are recomputed from the catalogue", store.root)
+        store.reset_tombstones()
+    for problem in problems:
+        logger.warning("repairing %s", problem)
+    return [str(p) for p in problems]
+
+
+def _encode_missing(store: FeatureStore, encoder: Encoder, todo: list[tuple[CatalogRecord, Signature]],
+                    options: dict[str, Any]) -> int:
+    """Encode ``todo`` in catalogue order, committing every ``checkpoint_every`` images."""
+    if not todo:
+        return 0
+    records = [r for r, _ in todo]
+    size = options["checkpoint_every"]
     n_new = 0
-    for done_shard in iter_encoded_shards(records, todo, shard_size, encoder.transform, encoder.embed,
-                                          batch_size=batch_size, num_workers=num_workers, use_bbox=use_bbox,
-                                          progress=progress, desc=f"encoding ({encoder.name})"):
-        vec_file, meta_file, bad_file = _shard_files(work, done_shard.shard)
-        vectors = done_shard.outputs if done_shard.outputs is not None else np.zeros((0, encoder.dim))
-        write_jsonl(bad_file, done_shard.failures)
-        write_jsonl(meta_file, (records[i].to_dict() for i in done_shard.indices))
-        write_npy(vec_file, vectors.astype(dtype))  # last: its presence marks the shard done
-        n_new += len(done_shard.indices)
-    compute_seconds = time.perf_counter() - started
+    shards = range((len(records) + size - 1) // size)
+    for done in iter_encoded_shards(records, shards, size, encoder.transform, encoder.embed,
+                                    batch_size=options["batch_size"], num_workers=options["num_workers"],
+                                    use_bbox=options["use_bbox"], progress=options["progress"],
+                                    desc=f"encoding ({encoder.name})"):
+        vectors = done.outputs if done.outputs is not None else np.zeros((0, encoder.dim), np.float32)
+        indices = list(done.indices)
+        failures = list(done.failures)
+        if len(indices):
+            norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
+            bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+            for i in np.flatnonzero(bad):
+                failures.append({"path": records[indices[i]].path,
+                                 "reason": f"the encoder gave a vector that is not a finite unit vector (norm {norms[i]})"})
+            vectors = vectors[~bad]
+            indices = [ix for ix, b in zip(indices, bad) if not b]
+        signed = _signed_failures(failures, todo)
+        store.append(np.asarray(vectors).astype(options["dtype"]), [records[i] for i in indices], failures=signed,
+                     sources=[todo[i][1] for i in indices])
+        n_new += len(indices)
+    return n_new
 
-    store = FeatureStore.create(store_dir, fingerprint, dtype=dtype, extra=extra_manifest)
-    failures: list[dict[str, str]] = []
-    for s in range(n_shards):
-        vec_file, meta_file, bad_file = _shard_files(work, s)
-        failures.extend(read_jsonl(bad_file))
-        rows = int(np.load(vec_file, mmap_mode="r").shape[0])
-        store.adopt_segment(vec_file, meta_file, rows)
-    # Throughput of this run, kept so a report that reuses the store can still say how fast it was built.
-    speed = n_new / compute_seconds if n_new and compute_seconds > 0 else None
-    store.commit(source_hash=source, failures=failures, n_source_records=len(records),
-                 use_bbox=use_bbox, crop_to_bbox=crops, runtime=getattr(encoder, "runtime", "torch"),
-                 extraction={"seconds": round(compute_seconds, 3), "n_encoded": n_new,
-                             "resumed_shards": len(done), "images_per_second": speed})
-    shutil.rmtree(work)
-    if failures:
-        logger.warning("%d of %d images could not be decoded and were skipped", len(failures), len(records))
-    return ExtractionReport(store_dir, len(records), store.total_rows, failures,
-                            seconds=compute_seconds, n_new=n_new, resumed_shards=len(done))
+
+def _signed_failures(failures: list[dict[str, Any]], todo: list[tuple[CatalogRecord, Signature]]) -> list[dict]:
+    # The file's signature goes with its failure, so an unchanged file is not retried by the next sync.
+    signature = {r.path: s for r, s in todo}
+    out = []
+    for failure in failures:
+        sig = signature.get(failure["path"])
+        out.append({**failure, "size": sig[0], "mtime_ns": sig[1]} if sig else dict(failure))
+    return out

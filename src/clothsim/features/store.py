@@ -1,25 +1,46 @@
-"""The feature store: L2-normalised vectors aligned row by row with catalogue metadata.
+"""The feature store: L2-normalised vectors aligned row by row with columnar catalogue metadata.
 
-Layout of a store directory::
+Layout of a store directory (format 2)::
 
-    manifest.json          encoder fingerprint, dtype, dim, segment list, failures (the commit point)
-    segments/NNNNNN.npy    (rows, dim) float32 or float16 vectors, memory-mapped when read
-    segments/NNNNNN.jsonl  one metadata row per vector, same order
-    deleted.npy            ids removed since (tombstones), ascending
+    manifest.json                the commit record: fingerprint, dtype, segments with sizes and SHA-256,
+                                 tombstones, failures, an in-progress sync marker; checksummed itself
+    segments/NNNNNN.npy          (rows, dim) float32 or float16 vectors, memory-mapped when read
+    segments/NNNNNN.parquet      one metadata row per vector, same order (path, category, split, item_id,
+                                 attributes, bbox, and the source file's size and mtime for syncing)
+    segments/NNNNNN.deleted.npy  ids removed since (tombstones), ascending
+    backends/<name>/             files an index backend keeps beside the store
 
 Ids are integers handed out in order and never reused; segment ``s`` holds ids
-``id_start .. id_start + rows - 1``. Adding vectors writes a new segment; deleting writes tombstones;
-neither rewrites what is there. Every file is written atomically and the manifest last, so a crash
-leaves the previous state readable. One writer at a time.
+``id_start .. id_start + rows - 1``. Crash safety works as in SQLite or LMDB: data files are never
+changed once written; a change writes *new* files under fresh names, flushes them, and then replaces
+``manifest.json`` in one atomic rename. A reader therefore sees the previous state or the next one,
+never a mix, and files a crash left unreferenced are removed by the next writer. One writer at a time
+(an advisory lock on the folder); readers need no lock.
+
+Integrity: the manifest records every data file's size and checksum. Opening checks sizes and headers
+(cheap, always) and, for stores up to :data:`AUTO_VERIFY_BYTES`, checksums too; :meth:`FeatureStore.verify`
+checks everything. Damage raises :class:`StoreIntegrityError`, naming the file and how to repair.
+Vectors that are not finite unit vectors are refused when written.
+
+Stores of format 1 (JSON-lines metadata, no checksums) still open and are read as they are; the first
+write converts them to format 2 in one commit.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
+import fcntl
+import hashlib
 import json
 import logging
-import shutil
+import os
+import re
+import stat
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -27,24 +48,132 @@ import numpy as np
 
 from clothsim import __version__
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import StaleStoreError, UsageError
-from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
+from clothsim.errors import ClothsimError, StaleStoreError, UsageError
+from clothsim.fileio import (
+    FileDigest,
+    file_digest,
+    read_jsonl,
+    remove_path,
+    write_bytes,
+    write_npy,
+    write_npy_parts,
+    write_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+SEGMENTS = "segments"
+BACKENDS = "backends"
+FORMAT_VERSION = 2
+LEGACY_FORMAT = 1
 DTYPES = ("float32", "float16")
+#: Stores with at most this many bytes of data files are checksummed in full every time they are opened.
+AUTO_VERIFY_BYTES = 64 * 1024 * 1024
+#: How far a stored vector's norm may be from 1 (float16 rounding stays well inside).
+NORM_TOLERANCE = 1e-2
+#: Segments smaller than this are merged by :meth:`FeatureStore.compact` once there are enough of them.
+COMPACT_ROWS = 65536
+COMPACT_MIN_SMALL = 16
 # What must match between an encoder and a store for their vectors to be comparable.
 _FINGERPRINT_KEYS = ("encoder", "weights", "dim", "preprocessing")
+_LEFTOVER = re.compile(r"^\..*\.tmp$")
 
 
+def _metadata_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("path", pa.string()), ("category", pa.string()), ("split", pa.string()), ("item_id", pa.string()),
+        ("attributes", pa.list_(pa.string())), ("bbox", pa.list_(pa.int64())),
+        ("source_size", pa.int64()), ("source_mtime_ns", pa.int64()),
+    ])
+
+
+# ----- errors ------------------------------------------------------------------------------------------
+class StoreIntegrityError(ClothsimError, RuntimeError):
+    """A store is damaged. ``path`` is the file at fault; the message says what is wrong and how to repair.
+
+    Damage to a segment or the tombstones is repaired by running ``clothsim index`` again (it re-encodes
+    only what was lost); a damaged manifest needs ``clothsim index ... --overwrite``.
+    """
+
+    def __init__(self, path: str | Path, problem: str, root: str | Path | None = None,
+                 repairable: bool = True) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.root = Path(root) if root is not None else self.path.parent
+        self.repairable = repairable
+        super().__init__(f"{self.path}: {problem}. {repair_hint(self.root, repairable)}")
+
+
+class UnfinishedStoreError(ClothsimError, RuntimeError):
+    """The store's first build was interrupted; running the same ``clothsim index`` again finishes it."""
+
+
+class StoreBusyError(ClothsimError, RuntimeError):
+    """Another process (or another store object) is writing this store."""
+
+
+def repair_hint(root: str | Path, repairable: bool = True) -> str:
+    """How to repair a damaged store at ``root`` (one sentence, with the command)."""
+    if repairable:
+        return (f"Repair it with `clothsim index CATALOGUE --out {root}` (re-encodes only the damaged part) "
+                "or rebuild it with --overwrite")
+    return f"Rebuild it with `clothsim index CATALOGUE --out {root} --overwrite`"
+
+
+# ----- small records ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StoredItem:
     """A catalogue record with the id it has in a store."""
 
     id: int
     record: CatalogRecord
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment as the manifest describes it, with the paths of its files."""
+
+    name: str
+    id_start: int
+    rows: int
+    vectors_path: Path
+    metadata_path: Path
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One finding of :meth:`FeatureStore.verify`: the file, what is wrong, and which part it damages."""
+
+    path: Path
+    message: str
+    kind: str  # "segment", "tombstones" or "manifest"
+    segment: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`FeatureStore.verify` found. ``ok`` when there are no problems (leftovers are harmless)."""
+
+    root: Path
+    format_version: int
+    segments: int
+    rows: int
+    live: int
+    bytes_checked: int
+    checksums: bool
+    problems: list[StoreProblem] = field(default_factory=list)
+    leftovers: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 def fingerprint_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
@@ -54,19 +183,107 @@ def fingerprint_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> lis
     return [key for key in _FINGERPRINT_KEYS if expected.get(key) != found.get(key)]
 
 
+def file_signature(path: str | Path) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of the file ``path`` names (following links), or ``None`` if it has none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def check_unit_vectors(vectors: np.ndarray, what: str = "vectors") -> None:
+    """Refuse rows that are not finite or whose norm is far from 1.
+
+    Raises:
+        ValueError: naming how many rows are bad and the first of them.
+    """
+    bad_rows: list[int] = []
+    first_norm = None
+    for lo in range(0, vectors.shape[0], 65536):
+        block = np.asarray(vectors[lo : lo + 65536], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            if first_norm is None:
+                first_norm = float(norms[idx[0]])
+            bad_rows.extend((idx + lo).tolist())
+    if bad_rows:
+        raise ValueError(f"{len(bad_rows)} of {vectors.shape[0]} {what} are not finite unit vectors (first: row "
+                         f"{bad_rows[0]}, norm {first_norm}); vectors must be L2-normalised "
+                         "(clothsim.encoders.base.l2_normalize)")
+
+
+def _as_id(item_id: Any, root: Path) -> int:
+    """An id as a Python int; ``KeyError`` for what cannot be one (ids are non-negative int64)."""
+    value = int(item_id)
+    if not 0 <= value < 2**63:
+        raise KeyError(f"no item with id {value} in {root}")
+    return value
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _record_columns(records: Sequence[CatalogRecord], sources: Sequence[tuple[int, int] | None]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({
+        "path": [r.path for r in records],
+        "category": [r.category for r in records],
+        "split": [r.split for r in records],
+        "item_id": [r.item_id for r in records],
+        "attributes": [list(r.attributes) for r in records],
+        "bbox": [list(r.bbox) if r.bbox is not None else None for r in records],
+        "source_size": [s[0] if s else None for s in sources],
+        "source_mtime_ns": [s[1] if s else None for s in sources],
+    }, schema=_metadata_schema())
+
+
+def _row_to_record(row: dict[str, Any]) -> CatalogRecord:
+    bbox = row.get("bbox")
+    return CatalogRecord(path=row["path"], category=row["category"], split=row.get("split"),
+                         item_id=row.get("item_id"), attributes=tuple(row.get("attributes") or ()),
+                         bbox=tuple(int(v) for v in bbox) if bbox is not None else None)  # type: ignore[arg-type]
+
+
+def _read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        return shape, dtype, fortran, fh.tell()
+
+
+# ----- the store ---------------------------------------------------------------------------------------
 class FeatureStore:
-    """A directory of vectors and metadata; see the module docstring for the layout."""
+    """A directory of vectors and metadata; see the module docstring for the layout and guarantees."""
 
     def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
         self.root = Path(root)
         self._manifest = manifest
-        self._items: list[StoredItem] | None = None
-        self._by_id: dict[int, StoredItem] | None = None
-        self._deleted: np.ndarray | None = None
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._txn_depth = 0
+        self._txn_files: list[Path] = []
+        self._gc_done = False
+        self._arrays: dict[str, np.ndarray] = {}
+        self._tables: dict[str, Any] = {}
+        self._reset_caches()
 
     # ----- opening and creating -------------------------------------------------------------
     @classmethod
     def exists(cls, root: str | Path) -> bool:
+        """Whether ``root`` holds a store (a manifest file; it may still turn out to be damaged)."""
         return (Path(root) / MANIFEST).is_file()
 
     @classmethod
@@ -80,41 +297,94 @@ class FeatureStore:
         """Start an empty store at ``root`` (which must not hold a store already)."""
         if dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        try:
+            dim = int(fingerprint["dim"])
+        except (KeyError, TypeError, ValueError):
+            dim = 0
+        if dim < 1:
+            raise ValueError(f"the fingerprint needs a positive integer 'dim', got {fingerprint.get('dim')!r}")
         root = Path(root)
         if cls.exists(root):
             raise FileExistsError(f"{root} already holds a feature store; open it or choose another folder")
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest = {
             "format_version": FORMAT_VERSION,
             "clothsim_version": __version__,
-            "fingerprint": dict(fingerprint),
+            "fingerprint": json.loads(json.dumps({**fingerprint, "dim": dim})),
             "dtype": dtype,
             "segments": [],
+            "tombstones": None,
             "next_id": 0,
+            "next_file": 0,
             "failures": [],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sync": None,
+            "generation": 0,
+            "created": now,
             **(extra or {}),
         }
-        (root / "segments").mkdir(parents=True, exist_ok=True)
-        write_json(root / MANIFEST, manifest)
-        return cls(root, manifest)
+        (root / SEGMENTS).mkdir(parents=True, exist_ok=True)
+        store = cls(root, manifest)
+        with store._writing():
+            store._collect_garbage()  # files a crashed earlier build left behind
+            store._write_manifest()
+        return store
 
     @classmethod
-    def open(cls, root: str | Path, expect: dict[str, Any] | None = None) -> "FeatureStore":
+    def open(
+        cls,
+        root: str | Path,
+        expect: dict[str, Any] | None = None,
+        *,
+        allow_unfinished: bool = False,
+        verify: bool | str = "auto",
+        check_files: bool = True,
+    ) -> "FeatureStore":
         """Open an existing store; with ``expect`` (an encoder fingerprint) refuse a stale one.
+
+        Args:
+            root: The store folder.
+            expect: An encoder fingerprint the store must match.
+            allow_unfinished: Open a store whose first build was interrupted (for the writer resuming it).
+            verify: ``"auto"`` checksums stores up to :data:`AUTO_VERIFY_BYTES` (bigger ones get the cheap
+                size and header checks only); ``True`` always; ``False`` never (sizes and headers still).
+            check_files: ``False`` skips even the size and header checks (for the writer that repairs it).
 
         Raises:
             FileNotFoundError: ``root`` holds no store.
-            StaleStoreError: the store was made with another encoder, weights or preprocessing.
+            StoreIntegrityError: the manifest or a data file is damaged (the message names the file).
+            StaleStoreError: the store was made with another encoder setup, or by a newer clothsim.
+            UnfinishedStoreError: its first build was interrupted (and not ``allow_unfinished``).
         """
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{root} is not a clothsim feature store (no {MANIFEST})")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise StaleStoreError(
-                f"{path}: store format {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
+            hint = ""
+            if root.with_name(root.name + ".rebuild").is_dir():
+                hint = ("; an `clothsim index --overwrite` into it was interrupted while swapping the rebuilt "
+                        "index in: run the same command again to finish it")
+            raise FileNotFoundError(f"{root} is not a clothsim feature store (no {MANIFEST}){hint}")
+        manifest = _load_manifest(path, root)
         store = cls(root, manifest)
+        if not check_files:
+            return store
+        store._check_files()
+        sync = manifest.get("sync")
+        if sync and sync.get("first_build") and not allow_unfinished:
+            raise UnfinishedStoreError(
+                f"{root} is an unfinished index: its first `clothsim index` was interrupted "
+                f"({store.total_rows} of about {sync.get('planned_rows', '?')} images encoded); run the same "
+                "command again to finish it")
+        if sync and not sync.get("first_build") and not allow_unfinished:
+            logger.warning("%s: an update by `clothsim index` was interrupted; it holds part of the new "
+                           "catalogue; run the same command again to finish it", root)
+        if verify is True or (verify == "auto" and store._data_bytes() <= AUTO_VERIFY_BYTES):
+            report = store.verify(full=True)
+            if report.problems:
+                first = report.problems[0]
+                more = f" ({len(report.problems) - 1} more problems: `clothsim verify {root}`)" \
+                    if len(report.problems) > 1 else ""
+                raise StoreIntegrityError(first.path, first.message + more, root,
+                                          repairable=first.kind != "manifest")
         if expect is not None:
             store.check_fingerprint(expect)
         return store
@@ -134,6 +404,15 @@ class FeatureStore:
         return self._manifest
 
     @property
+    def format_version(self) -> int:
+        return int(self._manifest["format_version"])
+
+    @property
+    def is_legacy(self) -> bool:
+        """A format-1 store (read as it is; converted by the first write)."""
+        return self.format_version == LEGACY_FORMAT
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         return self._manifest["fingerprint"]
 
@@ -150,83 +429,285 @@ class FeatureStore:
         return str(self._manifest["dtype"])
 
     @property
-    def failures(self) -> list[dict[str, str]]:
-        """Files that could not be decoded when the store was built: ``{"path", "reason"}``."""
-        return list(self._manifest.get("failures", []))
+    def failures(self) -> list[dict[str, Any]]:
+        """Catalogue entries that could not be encoded: ``{"path", "reason"}`` (plus the file's signature)."""
+        return [dict(f) for f in self._manifest.get("failures", [])]
+
+    @property
+    def sync_pending(self) -> dict[str, Any] | None:
+        """The marker of a ``clothsim index`` run in progress or interrupted, else ``None``."""
+        return self._manifest.get("sync")
 
     def __len__(self) -> int:
         return self.total_rows - len(self.deleted_ids)
 
     @property
     def total_rows(self) -> int:
-        return sum(int(seg["rows"]) for seg in self._manifest["segments"])
-
-    # ----- reading ------------------------------------------------------------------------
-    def _segment_paths(self, seg: dict[str, Any]) -> tuple[Path, Path]:
-        base = self.root / "segments" / seg["name"]
-        return base.with_suffix(".npy"), base.with_suffix(".jsonl")
+        return int(self._offsets[-1])
 
     @property
-    def deleted_ids(self) -> np.ndarray:
-        if self._deleted is None:
+    def segments(self) -> list[Segment]:
+        """The committed segments, in id order."""
+        return [self._segment(seg) for seg in self._manifest["segments"]]
+
+    def _segment(self, seg: dict[str, Any]) -> Segment:
+        base = self.root / SEGMENTS / seg["name"]
+        meta_suffix = ".jsonl" if self.is_legacy else ".parquet"
+        return Segment(seg["name"], int(seg["id_start"]), int(seg["rows"]), base.with_suffix(".npy"),
+                       base.with_suffix(meta_suffix))
+
+    def _tombstone_path(self) -> Path | None:
+        if self.is_legacy:
             path = self.root / "deleted.npy"
-            self._deleted = np.load(path) if path.is_file() else np.zeros(0, dtype=np.int64)
+            return path if path.is_file() else None
+        entry = self._manifest.get("tombstones")
+        return self.root / SEGMENTS / f"{entry['name']}.deleted.npy" if entry else None
+
+    def _data_bytes(self) -> int:
+        if self.is_legacy:
+            return sum(s.vectors_path.stat().st_size for s in self.segments if s.vectors_path.is_file())
+        total = sum(int(s["vectors"]["bytes"]) + int(s["metadata"]["bytes"]) for s in self._manifest["segments"])
+        entry = self._manifest.get("tombstones")
+        return total + (int(entry["bytes"]) if entry else 0)
+
+    # ----- caches ------------------------------------------------------------------------------
+    def _reset_caches(self) -> None:
+        segs = self._manifest["segments"]
+        self._starts = np.array([int(s["id_start"]) for s in segs], dtype=np.int64)
+        self._rows = np.array([int(s["rows"]) for s in segs], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)
+        names = {s["name"] for s in segs}
+        self._arrays = {n: a for n, a in self._arrays.items() if n in names}
+        self._tables = {n: t for n, t in self._tables.items() if n in names}
+        self._all_ids: np.ndarray | None = None
+        self._deleted: np.ndarray | None = None
+        self._live: np.ndarray | None = None
+        self._table: Any = None
+        self._codes: tuple[np.ndarray, list[str]] | None = None
+
+    def warm(self) -> None:
+        """Load every lazily built cache now (metadata, category codes, tombstones), e.g. before serving
+        requests from several threads, so that they only ever read them."""
+        self.metadata_table()
+        self.category_codes()
+        self.live_mask()
+        self.all_ids()
+
+    # ----- cheap checks at open ----------------------------------------------------------------------
+    def _check_files(self) -> None:
+        """Sizes and headers of every data file (no data read); raises on the first problem."""
+        for seg in self._manifest["segments"]:
+            problem = self._check_segment_files(seg)
+            if problem is not None:
+                raise StoreIntegrityError(problem.path, problem.message, self.root)
+        path = self._tombstone_path()
+        if path is not None:
+            self.deleted_ids  # noqa: B018 - loads and checks them
+
+    def _check_segment_files(self, seg: dict[str, Any]) -> StoreProblem | None:
+        segment = self._segment(seg)
+        for path in (segment.vectors_path, segment.metadata_path):
+            if not path.is_file():
+                return StoreProblem(path, "is missing", "segment", segment.name)
+        if not self.is_legacy:
+            for key, path in (("vectors", segment.vectors_path), ("metadata", segment.metadata_path)):
+                size = path.stat().st_size
+                if size != int(seg[key]["bytes"]):
+                    return StoreProblem(path, f"is {size} bytes, the manifest says {seg[key]['bytes']} "
+                                              "(cut short or overwritten)", "segment", segment.name)
+            with open(segment.metadata_path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                if fh.read(4) != b"PAR1":
+                    return StoreProblem(segment.metadata_path, "is not a Parquet file (no footer)", "segment",
+                                        segment.name)
+        try:
+            self._array(segment)
+        except StoreIntegrityError as exc:
+            return StoreProblem(exc.path, exc.problem, "segment", segment.name)
+        return None
+
+    def _array(self, segment: Segment) -> np.ndarray:
+        """The segment's vectors, memory-mapped (checked against the manifest on first use)."""
+        cached = self._arrays.get(segment.name)
+        if cached is not None:
+            return cached
+        path = segment.vectors_path
+        try:
+            shape, dtype, fortran, offset = _read_npy_header(path)
+        except (ValueError, OSError, SyntaxError, EOFError) as exc:
+            raise StoreIntegrityError(path, f"is not a readable .npy file ({exc})", self.root) from None
+        expected = (segment.rows, self.dim)
+        if tuple(shape) != expected or dtype != np.dtype(self.dtype) or fortran:
+            raise StoreIntegrityError(path, f"holds a {dtype} array of shape {tuple(shape)}, the manifest says "
+                                            f"{self.dtype} {expected}", self.root)
+        size = path.stat().st_size
+        if size != offset + segment.rows * self.dim * dtype.itemsize:
+            raise StoreIntegrityError(path, f"is {size} bytes, its header needs "
+                                            f"{offset + segment.rows * self.dim * dtype.itemsize}", self.root)
+        if segment.rows == 0:
+            array = np.zeros(expected, dtype=dtype)
+        else:
+            array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=expected)
+        self._arrays[segment.name] = array
+        return array
+
+    # ----- reading ------------------------------------------------------------------------
+    @property
+    def deleted_ids(self) -> np.ndarray:
+        """Tombstoned ids, ascending (read-only array)."""
+        if self._deleted is None:
+            path = self._tombstone_path()
+            deleted = np.zeros(0, dtype=np.int64)
+            if path is not None:
+                deleted = self._load_tombstones(path)
+            deleted.flags.writeable = False
+            self._deleted = deleted
         return self._deleted
 
-    def items(self) -> list[StoredItem]:
-        """Every stored record with its id, deleted ones included, in id order (cached)."""
-        if self._items is None:
-            items: list[StoredItem] = []
-            for seg in self._manifest["segments"]:
-                _, meta_path = self._segment_paths(seg)
-                rows = read_jsonl(meta_path)
-                if len(rows) != int(seg["rows"]):
-                    raise StaleStoreError(f"{meta_path}: {len(rows)} metadata rows, manifest says {seg['rows']}")
-                items.extend(StoredItem(int(seg["id_start"]) + i, CatalogRecord.from_dict(r))
-                             for i, r in enumerate(rows))
-            self._items = items
-        return self._items
+    def _load_tombstones(self, path: Path) -> np.ndarray:
+        if not path.is_file():
+            raise StoreIntegrityError(path, "is missing", self.root)
+        entry = self._manifest.get("tombstones") or {}
+        if not self.is_legacy and path.stat().st_size != int(entry["bytes"]):
+            raise StoreIntegrityError(path, f"is {path.stat().st_size} bytes, the manifest says {entry['bytes']}",
+                                      self.root)
+        try:
+            deleted = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StoreIntegrityError(path, f"is not a readable .npy file ({exc})", self.root) from None
+        if deleted.ndim != 1 or deleted.dtype.kind not in "iu":
+            raise StoreIntegrityError(path, f"holds {deleted.dtype} of shape {deleted.shape}, not a list of ids",
+                                      self.root)
+        deleted = deleted.astype(np.int64)
+        if deleted.size and (np.any(np.diff(deleted) <= 0) or not self._known(deleted).all()):
+            raise StoreIntegrityError(path, "holds ids that are unsorted, repeated or not in the store", self.root)
+        return deleted
+
+    def _known(self, ids: np.ndarray) -> np.ndarray:
+        """Which ``ids`` name a row of some segment (deleted or not)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self._starts.size:
+            return np.zeros(ids.shape, dtype=bool)
+        seg = np.searchsorted(self._starts, ids, side="right") - 1
+        seg_c = np.clip(seg, 0, None)
+        return (seg >= 0) & (ids - self._starts[seg_c] < self._rows[seg_c])
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions (over :meth:`all_ids`) of known ids; ``KeyError`` for any unknown one."""
+        ids = np.asarray(ids, dtype=np.int64)
+        known = self._known(ids)
+        if not known.all():
+            raise KeyError(f"no item with id {int(ids[~known][0])} in {self.root}")
+        seg = np.searchsorted(self._starts, ids, side="right") - 1
+        return self._offsets[seg] + (ids - self._starts[seg])
+
+    def all_ids(self) -> np.ndarray:
+        """Ids of every row, deleted ones included, ascending (read-only array)."""
+        if self._all_ids is None:
+            parts = [np.arange(s, s + n, dtype=np.int64) for s, n in zip(self._starts, self._rows)]
+            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            ids.flags.writeable = False
+            self._all_ids = ids
+        return self._all_ids
+
+    def live_mask(self) -> np.ndarray:
+        """``True`` for every row of :meth:`all_ids` that is not deleted (read-only array)."""
+        if self._live is None:
+            live = np.ones(self.total_rows, dtype=bool)
+            if self.deleted_ids.size:
+                live[self._positions(self.deleted_ids)] = False
+            live.flags.writeable = False
+            self._live = live
+        return self._live
+
+    def live_ids(self) -> np.ndarray:
+        return self.all_ids()[self.live_mask()]
+
+    def metadata_table(self) -> Any:
+        """Every row's metadata (deleted ones included) as one pyarrow Table, in :meth:`all_ids` order."""
+        if self._table is None:
+            import pyarrow as pa
+
+            tables = [self._segment_table(self._segment(seg)) for seg in self._manifest["segments"]]
+            self._table = pa.concat_tables(tables) if tables else _metadata_schema().empty_table()
+        return self._table
+
+    def _segment_table(self, segment: Segment) -> Any:
+        cached = self._tables.get(segment.name)
+        if cached is not None:
+            return cached
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = segment.metadata_path
+        try:
+            if self.is_legacy:
+                rows = read_jsonl(path)
+                records = [CatalogRecord.from_dict(r) for r in rows]
+                table = _record_columns(records, [None] * len(records))
+            else:
+                table = pq.read_table(path, schema=_metadata_schema())
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            raise StoreIntegrityError(path, f"cannot be read as metadata ({type(exc).__name__}: "
+                                            f"{str(exc)[:200]})", self.root) from None
+        if table.num_rows != segment.rows:
+            raise StoreIntegrityError(path, f"has {table.num_rows} metadata rows, the manifest says {segment.rows}",
+                                      self.root)
+        if table.column("path").null_count or table.column("category").null_count:
+            raise StoreIntegrityError(path, "has rows without a path or category", self.root)
+        self._tables[segment.name] = table
+        return table
 
     def category_codes(self) -> tuple[np.ndarray, list[str]]:
         """``(codes, categories)``: for every row of :meth:`all_ids` (deleted included) the index of its
         category in the sorted ``categories`` list, as int32. What backends filter and count with."""
-        names = [item.record.category for item in self.items()]
-        categories = sorted(set(names))
-        lookup = {name: code for code, name in enumerate(categories)}
-        return np.fromiter((lookup[n] for n in names), dtype=np.int32, count=len(names)), categories
+        if self._codes is None:
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            column = self.metadata_table().column("category")
+            categories = sorted(str(v) for v in pc.unique(column).to_pylist())
+            codes = pc.index_in(column, value_set=pa.array(categories, type=column.type))
+            array = codes.to_numpy(zero_copy_only=False).astype(np.int32) if len(column) else np.zeros(0, np.int32)
+            array.flags.writeable = False
+            self._codes = (array, categories)
+        codes, names = self._codes
+        return codes, list(names)
 
     def records_for(self, ids: Sequence[int] | np.ndarray) -> list[CatalogRecord]:
-        """The records of live ``ids``, in the order given (for the hits a search returns)."""
-        return [self.get(int(i)).record for i in ids]
+        """The records of live ``ids``, in the order given (for the hits a search returns).
 
-    def all_ids(self) -> np.ndarray:
-        """Ids of every row, deleted ones included, ascending."""
-        parts = [np.arange(s["id_start"], s["id_start"] + s["rows"], dtype=np.int64)
-                 for s in self._manifest["segments"]]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def live_ids(self) -> np.ndarray:
-        ids = self.all_ids()
-        return ids[~np.isin(ids, self.deleted_ids)]
+        Raises:
+            KeyError: an id is unknown or deleted.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return []
+        positions = self._positions(ids)
+        dead = ~self.live_mask()[positions]
+        if dead.any():
+            raise KeyError(f"no item with id {int(ids[dead][0])} in {self.root}")
+        return [_row_to_record(r) for r in self.metadata_table().take(positions).to_pylist()]
 
     def get(self, item_id: int) -> StoredItem:
         """The record stored under ``item_id``; ``KeyError`` if unknown or deleted."""
-        item_id = int(item_id)
-        if self._by_id is None:
-            self._by_id = {it.id: it for it in self.items()}
-        item = self._by_id.get(item_id)
-        if item is None or np.isin(item_id, self.deleted_ids):
-            raise KeyError(f"no item with id {item_id} in {self.root}")
-        return item
+        item_id = _as_id(item_id, self.root)
+        return StoredItem(item_id, self.records_for([item_id])[0])
 
     def vector(self, item_id: int) -> np.ndarray:
-        """The stored float32 vector of one item."""
-        self.get(item_id)  # raises for unknown or deleted ids
-        for seg in self._manifest["segments"]:
-            if seg["id_start"] <= item_id < seg["id_start"] + seg["rows"]:
-                vec_path, _ = self._segment_paths(seg)
-                return np.asarray(np.load(vec_path, mmap_mode="r")[item_id - seg["id_start"]], dtype=np.float32)
-        raise KeyError(item_id)  # unreachable: get() already checked
+        """The stored vector of one live item, as float32."""
+        position = int(self._positions(np.array([_as_id(item_id, self.root)]))[0])
+        if not self.live_mask()[position]:
+            raise KeyError(f"no item with id {item_id} in {self.root}")
+        seg = int(np.searchsorted(self._offsets, position, side="right") - 1)
+        array = self._array(self.segments[seg])
+        return np.asarray(array[position - self._offsets[seg]], dtype=np.float32)
+
+    def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray, slice]]:
+        """``(segment, vectors, positions)`` per segment: its memory-mapped vectors and the slice of
+        :meth:`all_ids` positions it covers (index :meth:`live_mask` or a filter with it)."""
+        for i, segment in enumerate(self.segments):
+            yield segment, self._array(segment), slice(int(self._offsets[i]), int(self._offsets[i + 1]))
 
     def iter_blocks(
         self, chunk_rows: int = 16384, row_mask: np.ndarray | None = None
@@ -237,91 +718,538 @@ class FeatureStore:
             chunk_rows: Most rows per block (bounds memory).
             row_mask: Optional boolean array over :meth:`all_ids` positions; ``False`` rows are skipped.
         """
-        deleted = self.deleted_ids
-        offset = 0
-        for seg in self._manifest["segments"]:
-            rows = int(seg["rows"])
-            vec_path, _ = self._segment_paths(seg)
-            vectors = np.load(vec_path, mmap_mode="r")
-            for lo in range(0, rows, chunk_rows):
-                hi = min(rows, lo + chunk_rows)
-                ids = np.arange(seg["id_start"] + lo, seg["id_start"] + hi, dtype=np.int64)
-                keep = ~np.isin(ids, deleted) if deleted.size else np.ones(hi - lo, dtype=bool)
-                if row_mask is not None:
-                    keep &= row_mask[offset + lo : offset + hi]
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        live = self.live_mask()
+        if row_mask is not None:
+            row_mask = np.asarray(row_mask, dtype=bool)
+            if row_mask.shape != live.shape:
+                raise ValueError(f"row_mask must have one entry per row ({live.shape[0]}), got {row_mask.shape}")
+            live = live & row_mask
+        for segment, vectors, positions in self.iter_segments():
+            for lo in range(0, segment.rows, chunk_rows):
+                hi = min(segment.rows, lo + chunk_rows)
+                keep = live[positions.start + lo : positions.start + hi]
+                ids = np.arange(segment.id_start + lo, segment.id_start + hi, dtype=np.int64)
                 if keep.all():
                     yield ids, vectors[lo:hi]
                 elif keep.any():
                     yield ids[keep], vectors[lo:hi][keep]
-            offset += rows
+
+    def items(self) -> list[StoredItem]:
+        """Every stored record with its id, deleted ones included, in id order (builds Python objects for
+        every row: for small stores and tests; use the columnar accessors elsewhere)."""
+        rows = self.metadata_table().to_pylist()
+        return [StoredItem(int(i), _row_to_record(r)) for i, r in zip(self.all_ids(), rows)]
 
     def load_vectors(self) -> tuple[np.ndarray, list[StoredItem]]:
         """All live vectors (float32, in memory) and their items, for evaluation and training."""
-        blocks, items = [], []
-        for ids, block in self.iter_blocks():
+        blocks, ids = [], []
+        for block_ids, block in self.iter_blocks():
             blocks.append(np.asarray(block, dtype=np.float32))
-            items.extend(self.get(int(i)) for i in ids)
+            ids.append(block_ids)
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, self.dim), dtype=np.float32)
-        return vectors, items
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        records = self.records_for(all_ids)
+        return vectors, [StoredItem(int(i), r) for i, r in zip(all_ids, records)]
 
-    # ----- writing ------------------------------------------------------------------------
-    def _commit(self) -> None:
-        write_json(self.root / MANIFEST, self._manifest)
+    def source_signatures(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(size, mtime_ns)`` of every row's source file when it was encoded (-1 where unknown)."""
+        table = self.metadata_table()
+        size = table.column("source_size").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        mtime = table.column("source_mtime_ns").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return size, mtime
 
+    # ----- verification ---------------------------------------------------------------------------
+    def verify(self, full: bool = True, threads: int = 2) -> VerifyReport:
+        """Check every data file: sizes and headers, and with ``full`` checksums (format 2) or every vector's
+        norm (format 1, which has no checksums), and that metadata reads back. Never raises for damage:
+        the report lists each problem with its file."""
+        started = time.perf_counter()
+        report = VerifyReport(self.root, self.format_version, len(self._manifest["segments"]), self.total_rows,
+                              0, 0, checksums=not self.is_legacy)
+        jobs: list[tuple[dict[str, Any], Segment]] = []
+        for seg in self._manifest["segments"]:
+            problem = self._check_segment_files(seg)
+            if problem is not None:
+                report.problems.append(problem)
+            else:
+                jobs.append((seg, self._segment(seg)))
+        if full and jobs:
+            with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on big blocks
+                for problems, nbytes in pool.map(lambda job: self._verify_segment(*job), jobs):
+                    report.problems.extend(problems)
+                    report.bytes_checked += nbytes
+        tomb = self._tombstone_path()
+        self._deleted, self._live = None, None
+        report.live = report.rows
+        if tomb is not None:
+            try:
+                if full and not self.is_legacy and tomb.is_file():
+                    digest = file_digest(tomb)
+                    report.bytes_checked += digest.bytes
+                    if digest.sha256 != self._manifest["tombstones"]["sha256"]:
+                        raise StoreIntegrityError(tomb, "does not match its checksum (damaged)", self.root)
+                report.live = len(self)
+            except StoreIntegrityError as exc:
+                report.problems.append(StoreProblem(exc.path, exc.problem, "tombstones"))
+            finally:
+                self._deleted, self._live = None, None
+        report.leftovers = self._leftovers()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _verify_segment(self, seg: dict[str, Any], segment: Segment) -> tuple[list[StoreProblem], int]:
+        problems: list[StoreProblem] = []
+        nbytes = 0
+        if not self.is_legacy:
+            for key, path in (("vectors", segment.vectors_path), ("metadata", segment.metadata_path)):
+                digest = file_digest(path)
+                nbytes += digest.bytes
+                if digest.sha256 != seg[key]["sha256"]:
+                    problems.append(StoreProblem(path, "does not match its checksum (damaged or changed since "
+                                                       "it was written)", "segment", segment.name))
+            if problems:
+                return problems, nbytes
+        else:
+            # No checksums in format 1: the next best thing is that every vector is a finite unit vector.
+            array = self._array(segment)
+            nbytes += array.nbytes
+            try:
+                check_unit_vectors(array, what=f"vectors of {segment.vectors_path.name}")
+            except ValueError as exc:
+                problems.append(StoreProblem(segment.vectors_path, str(exc).split(";")[0], "segment", segment.name))
+        try:
+            self._tables.pop(segment.name, None)
+            self._segment_table(segment)
+        except StoreIntegrityError as exc:
+            problems.append(StoreProblem(exc.path, exc.problem, "segment", segment.name))
+        return problems, nbytes
+
+    def _leftovers(self) -> list[Path]:
+        """Files a crash left behind that the manifest does not reference (removed by the next write)."""
+        keep = set()
+        for segment in self.segments:
+            keep.update({segment.vectors_path.name, segment.metadata_path.name})
+        tomb = self._tombstone_path()
+        if tomb is not None and tomb.parent.name == SEGMENTS:
+            keep.add(tomb.name)
+        found: list[Path] = []
+        seg_dir = self.root / SEGMENTS
+        if seg_dir.is_dir():
+            found.extend(p for p in sorted(seg_dir.iterdir()) if p.name not in keep)
+        if self.root.is_dir():
+            for p in sorted(self.root.iterdir()):
+                legacy_leftover = p.name == "deleted.npy" and not self.is_legacy
+                if _LEFTOVER.match(p.name) or p.name == "_extraction" or legacy_leftover:
+                    found.append(p)
+        return found
+
+    # ----- writing: lock, transactions, commit ------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the store's writer lock (re-entrant within this object)."""
+        if self._lock_depth == 0:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StoreBusyError(f"{self.root} is being written by another process (another "
+                                         "`clothsim index` or an open index adding items); wait for it to "
+                                         "finish") from None
+                raise
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    @contextmanager
+    def writer(self) -> Iterator["FeatureStore"]:
+        """Hold the writer lock across several transactions (e.g. a whole sync with its checkpoints)."""
+        with self._writing():
+            yield self
+
+    @contextmanager
+    def transaction(self) -> Iterator["FeatureStore"]:
+        """Group changes into one commit: every file is written under a new name first, and the manifest
+        is switched once at the end. On an exception nothing changes and the new files are removed."""
+        with self._writing():
+            outer = self._txn_depth == 0
+            if outer:
+                if not self._gc_done:
+                    self._collect_garbage()
+                snapshot = copy.deepcopy(self._manifest)
+                self._txn_files = []
+                if self.is_legacy:
+                    self._upgrade_legacy(drop_damaged=False)
+            self._txn_depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._txn_depth -= 1
+                if outer:
+                    self._manifest = snapshot
+                    self._reset_caches()
+                    for path in self._txn_files:
+                        try:
+                            path.unlink()
+                        except OSError:
+                            pass  # removed by the next writer's clean-up
+                    self._txn_files = []
+                raise
+            self._txn_depth -= 1
+            if outer:
+                self._write_manifest()
+                self._txn_files = []
+                self._reset_caches()
+                self._collect_garbage()
+
+    def _write_manifest(self) -> None:
+        self._manifest["generation"] = int(self._manifest.get("generation", 0)) + 1
+        self._manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._manifest["clothsim_version"] = __version__
+        self._manifest.pop("manifest_sha256", None)
+        self._manifest["manifest_sha256"] = hashlib.sha256(_canonical(self._manifest)).hexdigest()
+        text = json.dumps(self._manifest, indent=1, sort_keys=True) + "\n"
+        write_bytes(self.root / MANIFEST, text.encode("utf-8"))
+
+    def _collect_garbage(self) -> None:
+        """Remove what earlier crashes left behind (only files the manifest does not reference)."""
+        for path in self._leftovers():
+            logger.info("removing leftover %s", path)
+            try:
+                remove_path(path)
+            except FileNotFoundError:
+                pass
+        self._gc_done = True
+
+    def _new_name(self) -> str:
+        name = f"{int(self._manifest.get('next_file', 0)):06d}"
+        self._manifest["next_file"] = int(self._manifest.get("next_file", 0)) + 1
+        return name
+
+    def _stage_segment(self, vectors: np.ndarray, table: Any) -> np.ndarray:
+        """Write one new segment's files and add it to the manifest being built (inside a transaction)."""
+        rows = int(vectors.shape[0])
+        if table.num_rows != rows:
+            raise ValueError(f"{rows} vectors but {table.num_rows} metadata rows")
+        name = self._new_name()
+        base = self.root / SEGMENTS / name
+        self._txn_files.extend([base.with_suffix(".npy"), base.with_suffix(".parquet")])
+        vec_digest = write_npy_parts(base.with_suffix(".npy"), [vectors], (rows, self.dim), self.dtype)
+        meta_digest = write_parquet(base.with_suffix(".parquet"), table)
+        id_start = int(self._manifest["next_id"])
+        self._manifest["segments"].append({"name": name, "id_start": id_start, "rows": int(rows),
+                                           "vectors": vec_digest.to_dict(), "metadata": meta_digest.to_dict()})
+        self._manifest["next_id"] = id_start + int(rows)
+        self._reset_caches()
+        return np.arange(id_start, id_start + rows, dtype=np.int64)
+
+    def _stage_tombstones(self, deleted: np.ndarray) -> None:
+        if deleted.size == 0:
+            self._manifest["tombstones"] = None
+        else:
+            name = self._new_name()
+            path = self.root / SEGMENTS / f"{name}.deleted.npy"
+            self._txn_files.append(path)
+            digest: FileDigest = write_npy(path, np.asarray(deleted, dtype=np.int64))
+            self._manifest["tombstones"] = {"name": name, "count": int(deleted.size), **digest.to_dict()}
+        self._reset_caches()
+
+    # ----- writing: the public operations ---------------------------------------------------------
     def append(
         self,
         vectors: np.ndarray,
         records: Sequence[CatalogRecord],
-        failures: Sequence[dict[str, str]] = (),
+        failures: Sequence[dict[str, Any]] = (),
+        *,
+        sources: Sequence[tuple[int, int] | None] | None = None,
     ) -> np.ndarray:
-        """Add L2-normalised vectors and their records as a new segment; returns their ids."""
+        """Add L2-normalised vectors and their records as a new segment, in one commit; returns their ids.
+
+        Args:
+            vectors: ``(n, dim)`` finite unit vectors.
+            records: One record per row.
+            failures: Entries that could not be encoded (``{"path", "reason"}``), recorded in the same commit.
+            sources: ``(size, mtime_ns)`` of each record's file when it was encoded (what a later sync
+                compares with); taken from the files now when not given.
+
+        Raises:
+            ValueError: wrong shape, count, or vectors that are not finite unit vectors.
+        """
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
         if len(records) != vectors.shape[0]:
             raise ValueError(f"{vectors.shape[0]} vectors but {len(records)} records")
-        norms = np.linalg.norm(vectors.astype(np.float32), axis=1)
-        if vectors.shape[0] and not np.allclose(norms, 1.0, atol=1e-2):
-            raise ValueError("vectors must be L2-normalised (clothsim.encoders.base.l2_normalize)")
-        name = f"{len(self._manifest['segments']):06d}"
-        while (self.root / "segments" / f"{name}.npy").exists():  # an orphan of a crashed append
-            name = f"{int(name) + 1:06d}"
-        seg = {"name": name, "id_start": int(self._manifest["next_id"]), "rows": int(vectors.shape[0])}
-        vec_path, meta_path = self._segment_paths(seg)
-        write_jsonl(meta_path, (r.to_dict() for r in records))
-        write_npy(vec_path, vectors.astype(self.dtype))
-        self._manifest["segments"].append(seg)
-        self._manifest["next_id"] = seg["id_start"] + seg["rows"]
-        self._manifest.setdefault("failures", []).extend(dict(f) for f in failures)
-        self._commit()
-        self._items = self._by_id = None
-        return np.arange(seg["id_start"], seg["id_start"] + seg["rows"], dtype=np.int64)
+        check_unit_vectors(vectors)
+        if sources is None:
+            sources = [file_signature(r.path) for r in records]
+        elif len(sources) != len(records):
+            raise ValueError(f"{len(records)} records but {len(sources)} sources")
+        with self.transaction():
+            ids = (self._stage_segment(vectors, _record_columns(records, sources)) if vectors.shape[0]
+                   else np.zeros(0, dtype=np.int64))
+            if failures:
+                self._manifest.setdefault("failures", []).extend(dict(f) for f in failures)
+        return ids
 
-    def adopt_segment(self, vectors_file: Path, metadata_file: Path, rows: int) -> None:
-        """Move already-written segment files in (used by extraction); commit with :meth:`commit`."""
-        name = f"{len(self._manifest['segments']):06d}"
-        seg = {"name": name, "id_start": int(self._manifest["next_id"]), "rows": int(rows)}
-        vec_path, meta_path = self._segment_paths(seg)
-        shutil.move(str(metadata_file), meta_path)
-        shutil.move(str(vectors_file), vec_path)
-        self._manifest["segments"].append(seg)
-        self._manifest["next_id"] = seg["id_start"] + rows
-        self._items = self._by_id = None
-
-    def commit(self, **updates: Any) -> None:
-        """Write the manifest (with ``updates`` merged in); the point at which changes become visible."""
-        self._manifest.update(updates)
-        self._commit()
+    def append_rows_from(self, ids: np.ndarray, records: Sequence[CatalogRecord],
+                         sources: Sequence[tuple[int, int] | None]) -> np.ndarray:
+        """Append copies of stored rows' vectors (live or deleted) under new records, without encoding
+        (a relabelled or re-added photo whose file did not change). Call inside a transaction or alone."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        positions = self._positions(ids)
+        blocks = []
+        for segment, array, span in self.iter_segments():
+            inside = (positions >= span.start) & (positions < span.stop)
+            if inside.any():
+                blocks.append((np.flatnonzero(inside), np.asarray(array[positions[inside] - span.start])))
+        vectors = np.zeros((ids.size, self.dim), dtype=self.dtype)
+        for where, rows in blocks:
+            vectors[where] = rows
+        with self.transaction():
+            return self._stage_segment(vectors, _record_columns(records, sources))
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> int:
-        """Tombstone ``ids``; returns how many were live. Unknown ids raise ``KeyError``."""
+        """Tombstone ``ids`` in one commit; returns how many were live. Unknown ids raise ``KeyError``."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
-        known = np.isin(ids, self.all_ids())
+        known = self._known(ids)
         if not known.all():
             raise KeyError(f"unknown ids: {ids[~known][:10].tolist()}")
         newly = ids[~np.isin(ids, self.deleted_ids)]
         if newly.size:
-            self._deleted = np.union1d(self.deleted_ids, newly)
-            write_npy(self.root / "deleted.npy", self._deleted)
-            self._commit()
+            with self.transaction():
+                self._stage_tombstones(np.union1d(self.deleted_ids, newly))
         return int(newly.size)
+
+    def commit(self, **updates: Any) -> None:
+        """Write the manifest (with ``updates`` merged in); the point at which changes become visible."""
+        with self.transaction():
+            self._manifest.update(json.loads(json.dumps(updates)))
+
+    # ----- writing: maintenance --------------------------------------------------------------------
+    def upgrade(self, drop_damaged: bool = False) -> list[StoreProblem]:
+        """Convert a format-1 store to format 2 in one commit (no-op for format 2).
+
+        With ``drop_damaged`` a segment that cannot be converted is left out (its rows are then missing,
+        for a sync to re-encode) instead of failing; the problems found are returned.
+        """
+        if not self.is_legacy:
+            return []
+        with self._writing():
+            problems = self._upgrade_legacy(drop_damaged=drop_damaged)
+            self._write_manifest()
+            self._reset_caches()
+            self._collect_garbage()
+        return problems
+
+    def _upgrade_legacy(self, drop_damaged: bool) -> list[StoreProblem]:
+        logger.info("%s: converting the store from format 1 (JSON lines) to format 2 (Parquet, checksums)",
+                    self.root)
+        old = copy.deepcopy(self._manifest)
+        deleted = self.deleted_ids.copy()
+        problems: list[StoreProblem] = []
+        new_segments = []
+        next_file = max([int(s["name"]) + 1 for s in old["segments"]] + [0])
+        kept_ids: list[np.ndarray] = []
+        for seg in old["segments"]:
+            segment = self._segment(seg)
+            try:
+                array = self._array(segment)
+                check_unit_vectors(array, what=f"vectors of {segment.vectors_path.name}")
+                table = self._segment_table(segment)
+                records = [_row_to_record(r) for r in table.to_pylist()]
+                sources = [file_signature(r.path) for r in records]
+            except (StoreIntegrityError, ValueError) as exc:
+                problem = StoreProblem(getattr(exc, "path", segment.vectors_path), getattr(exc, "problem", str(exc)),
+                                       "segment", segment.name)
+                if not drop_damaged:
+                    raise StoreIntegrityError(problem.path, problem.message, self.root) from None
+                logger.warning("dropping damaged segment: %s", problem)
+                problems.append(problem)
+                continue
+            # The .npy file stays where it is (never rewritten from now on); only its checksum is new.
+            meta_path = segment.vectors_path.with_suffix(".parquet")
+            self._txn_files.append(meta_path)
+            meta = write_parquet(meta_path, _record_columns(records, sources))
+            new_segments.append({"name": segment.name, "id_start": int(seg["id_start"]), "rows": int(seg["rows"]),
+                                 "vectors": file_digest(segment.vectors_path).to_dict(), "metadata": meta.to_dict()})
+            kept_ids.append(np.arange(int(seg["id_start"]), int(seg["id_start"]) + int(seg["rows"])))
+        manifest = {k: v for k, v in old.items() if k != "segments"}
+        manifest.update(format_version=FORMAT_VERSION, segments=new_segments, next_file=next_file, tombstones=None,
+                        upgraded_from=LEGACY_FORMAT)
+        manifest.setdefault("sync", None)
+        if "source_hash" not in manifest:  # format 1 wrote it last: without it the first build never finished
+            manifest["sync"] = {"first_build": True, "planned_rows": None, "base_next_id": int(old["next_id"]),
+                                "base_segments": len(new_segments)}
+        self._manifest = manifest
+        self._arrays, self._tables = {}, {}
+        self._reset_caches()
+        alive = np.concatenate(kept_ids) if kept_ids else np.zeros(0, dtype=np.int64)
+        self._stage_tombstones(np.intersect1d(deleted, alive))
+        return problems
+
+    def drop_segments(self, names: Sequence[str]) -> int:
+        """Remove damaged segments from the store in one commit; their ids disappear (and are never
+        reused). Returns the number of rows dropped. For repair: a sync then re-encodes those entries."""
+        names = set(names)
+        with self.transaction():
+            gone = [s for s in self._manifest["segments"] if s["name"] in names]
+            self._manifest["segments"] = [s for s in self._manifest["segments"] if s["name"] not in names]
+            self._reset_caches()
+            try:
+                deleted = self.deleted_ids
+            except StoreIntegrityError:
+                deleted = np.zeros(0, dtype=np.int64)
+                self._deleted = deleted
+            self._stage_tombstones(deleted[self._known(deleted)])
+        return sum(int(s["rows"]) for s in gone)
+
+    def reset_tombstones(self) -> None:
+        """Forget every tombstone in one commit (for repair of a damaged tombstone file: a sync then
+        deletes again what the catalogue no longer holds)."""
+        with self.transaction():
+            self._deleted = np.zeros(0, dtype=np.int64)
+            self._stage_tombstones(self._deleted)
+
+    def compact(self, target_rows: int = COMPACT_ROWS, min_small: int = COMPACT_MIN_SMALL) -> int:
+        """Merge runs of adjacent small segments (ids, rows and tombstones unchanged), once there are at
+        least ``min_small`` segments under ``target_rows`` rows. Returns how many segments were merged.
+        Call inside a transaction to make it part of a larger commit."""
+        segs = self._manifest["segments"]
+        small = [s for s in segs if int(s["rows"]) < target_rows]
+        if len(small) < min_small:
+            return 0
+        groups: list[list[int]] = []
+        run: list[int] = []
+        for i, s in enumerate(segs):
+            rows = int(s["rows"])
+            adjacent = run and int(segs[run[-1]]["id_start"]) + int(segs[run[-1]]["rows"]) == int(s["id_start"])
+            if rows < target_rows and adjacent and sum(int(segs[j]["rows"]) for j in run) + rows <= target_rows:
+                run.append(i)
+                continue
+            if len(run) > 1:
+                groups.append(run)
+            run = [i] if rows < target_rows else []
+        if len(run) > 1:
+            groups.append(run)
+        if not groups:
+            return 0
+        import pyarrow as pa
+
+        with self.transaction():
+            merged: dict[int, dict[str, Any]] = {}
+            for group in groups:
+                parts = [self._segment(segs[j]) for j in group]
+                rows = sum(p.rows for p in parts)
+                name = self._new_name()
+                base = self.root / SEGMENTS / name
+                self._txn_files.extend([base.with_suffix(".npy"), base.with_suffix(".parquet")])
+                vec = write_npy_parts(base.with_suffix(".npy"), (self._array(p) for p in parts), (rows, self.dim),
+                                      self.dtype)
+                meta = write_parquet(base.with_suffix(".parquet"),
+                                     pa.concat_tables([self._segment_table(p) for p in parts]))
+                merged[group[0]] = {"name": name, "id_start": parts[0].id_start, "rows": rows,
+                                    "vectors": vec.to_dict(), "metadata": meta.to_dict()}
+            drop = {j for group in groups for j in group[1:]}
+            self._manifest["segments"] = [merged.get(i, s) for i, s in enumerate(segs) if i not in drop]
+            self._reset_caches()
+        n = sum(len(g) for g in groups)
+        logger.info("%s: merged %d small segments into %d", self.root, n, len(groups))
+        return n
+
+
+# ----- manifest validation -----------------------------------------------------------------------------
+def _load_manifest(path: Path, root: Path) -> dict[str, Any]:
+    """Read and validate a manifest; every way it can be wrong raises :class:`StoreIntegrityError`."""
+    def bad(problem: str) -> StoreIntegrityError:
+        return StoreIntegrityError(path, problem, root, repairable=False)
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(manifest, dict):
+        raise bad(f"holds a JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise StaleStoreError(f"{path}: written by a newer clothsim (store format {version}; this one reads up to "
+                              f"{FORMAT_VERSION}); upgrade clothsim, or rebuild it with `clothsim index "
+                              f"CATALOGUE --out {root} --overwrite`")
+    if version not in (LEGACY_FORMAT, FORMAT_VERSION) or isinstance(version, bool):
+        raise bad(f"has format_version {str(version)[:40]!r}; expected {LEGACY_FORMAT} or {FORMAT_VERSION}")
+    if version == FORMAT_VERSION:
+        recorded = manifest.get("manifest_sha256")
+        if not isinstance(recorded, str) or hashlib.sha256(_canonical(manifest)).hexdigest() != recorded:
+            raise bad("does not match its own checksum (edited by hand or damaged)")
+    _validate(manifest, bad)
+    return manifest
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _validate(m: dict[str, Any], bad: Any) -> None:
+    fp = m.get("fingerprint")
+    if not isinstance(fp, dict) or not isinstance(fp.get("encoder"), str) or not _is_int(fp.get("dim"), 1):
+        raise bad("has no valid fingerprint (encoder name and vector size)")
+    if m.get("dtype") not in DTYPES:
+        raise bad(f"has dtype {str(m.get('dtype'))[:40]!r}; expected one of {DTYPES}")
+    segs = m.get("segments")
+    if not isinstance(segs, list):
+        raise bad("has no list of segments")
+    if not _is_int(m.get("next_id")):
+        raise bad("has no valid next_id")
+    legacy = m["format_version"] == LEGACY_FORMAT
+    end = 0
+    names = set()
+    for i, s in enumerate(segs):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not _is_int(s.get("id_start")) \
+                or not _is_int(s.get("rows")):
+            raise bad(f"segment #{i} is not a valid entry")
+        if not re.fullmatch(r"[0-9]{1,12}", s["name"]) or s["name"] in names:
+            raise bad(f"segment #{i} has an invalid or repeated name {s['name'][:40]!r}")
+        names.add(s["name"])
+        if s["id_start"] < end:
+            raise bad(f"segment {s['name']} overlaps the one before it")
+        end = s["id_start"] + s["rows"]
+        if not legacy:
+            for key in ("vectors", "metadata"):
+                entry = s.get(key)
+                if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
+                        or not isinstance(entry.get("sha256"), str):
+                    raise bad(f"segment {s['name']} has no valid {key} size and checksum")
+    if end > m["next_id"]:
+        raise bad("has segments beyond next_id")
+    if not legacy:
+        if not _is_int(m.get("next_file")):
+            raise bad("has no valid next_file")
+        tomb = m.get("tombstones")
+        if tomb is not None and (not isinstance(tomb, dict) or not isinstance(tomb.get("name"), str)
+                                 or not re.fullmatch(r"[0-9]{1,12}", tomb["name"]) or not _is_int(tomb.get("bytes"))
+                                 or not isinstance(tomb.get("sha256"), str)):
+            raise bad("has an invalid tombstones entry")
+        sync = m.get("sync")
+        if sync is not None and not isinstance(sync, dict):
+            raise bad("has an invalid sync marker")
+    failures = m.get("failures", [])
+    if not isinstance(failures, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("reason"), str)
+            for f in failures):
+        raise bad("has an invalid failures list")
