@@ -156,3 +156,18 @@ def test_ensemble_parts_run_on_onnx(photos):
 
     batch = default_collate([ensemble.transform(photo) for photo in photos[:3]])
     assert np.sum(ensemble.embed(batch) * on_onnx.embed(batch), axis=1).min() >= 0.9999
+
+
+@pytest.mark.real_weights
+def test_feature_maps_for_the_siamese_cache_run_on_onnx(photos):
+    if not VGG16_WEIGHTS.is_file():
+        pytest.skip(f"shared VGG16 weights not found at {VGG16_WEIGHTS}")
+    from torch.utils.data import default_collate
+
+    torch_encoder = create_encoder("vgg16", weights=VGG16_WEIGHTS, runtime="torch")
+    onnx_encoder = create_encoder("vgg16", weights=VGG16_WEIGHTS, runtime="onnx")
+    batch = default_collate([torch_encoder.transform(photo) for photo in photos[:3]])
+    expected, got = torch_encoder.feature_maps(batch).numpy(), onnx_encoder.feature_maps(batch).numpy()
+    assert got.shape == expected.shape == (3, 512, 7, 7)
+    flat = lambda a: a.reshape(len(a), -1) / np.linalg.norm(a.reshape(len(a), -1), axis=1, keepdims=True)  # noqa: E731
+    assert np.sum(flat(expected) * flat(got), axis=1).min() >= 0.9999

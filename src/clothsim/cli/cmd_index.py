@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.cli.options import add_backend_option, add_data_options, add_encoder_options, add_extraction_options
+from clothsim.cli.options import (
+    add_backend_option,
+    add_data_options,
+    add_encoder_options,
+    add_extraction_options,
+    add_precision_options,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--min-count", type=int, default=0,
                         help="drop categories with fewer images than this (the study used 100)")
     add_encoder_options(parser)
+    add_precision_options(parser)
     add_backend_option(parser)
     add_extraction_options(parser)
     parser.add_argument("--float16", action="store_true", help="store vectors as float16 (half the disk)")
@@ -47,12 +54,15 @@ def load_records(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
     records = load_records(args)
     index, report = SimilarityIndex.build(
         records, args.out, encoder=args.encoder, weights=args.weights, device=args.device,
-        runtime=args.runtime, backend=args.backend,
+        runtime=args.runtime, threads=args.threads, precision=args.precision,
+        calibration_images=args.calibration_images, calibration_method=args.calibration_method,
+        backend=args.backend, backend_options=parse_option_pairs(args.backend_option),
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
         use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
     )

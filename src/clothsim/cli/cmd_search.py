@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clothsim.cli.options import add_runtime_option, positive_int
+from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,13 +27,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="weights file, if it moved since the index was built")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_runtime_option(parser)
+    add_backend_options_flag(parser, "a search-time option of the index's backend (repeatable), e.g. "
+                                     "efSearch=256, nprobe=64 (build options are fixed at `clothsim index`)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
-    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime)
+    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
+                                 threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
     results = [(image, index.search(image, k=args.k, category=args.category)) for image in args.images]
     if args.json:
         print(json.dumps([{"query": str(image), "results": [h.to_dict() for h in hits]}

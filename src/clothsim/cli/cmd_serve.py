@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import logging
 
-from clothsim.cli.options import add_runtime_option, positive_int
+from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 from clothsim.errors import ClothsimError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="weights file, if it moved since the index was built")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_runtime_option(parser)
+    add_backend_options_flag(parser, "a search-time option of the index's backend (repeatable), e.g. "
+                                     "efSearch=256, nprobe=64 (build options are fixed at `clothsim index`)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0,
                         help="largest accepted upload in MiB (default 20)")
     parser.add_argument("--max-pixels", type=positive_int, default=None,
@@ -61,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
     from clothsim.images import DEFAULT_MAX_PIXELS
+    from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
-    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime)
+    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
+                                 threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k)
     if not _is_loopback(args.host):

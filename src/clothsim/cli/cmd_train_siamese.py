@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clothsim.cli.options import add_data_options, positive_int
+from clothsim.cli.options import add_data_options, add_runtime_option, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="base CNN weights file (default: the official pretrained weights)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
+    add_runtime_option(parser)
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="where feature maps are cached (default $CLOTHSIM_CACHE/feature_maps)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     records = read_catalog(args.data, format=args.format)
     result, cache = fit_siamese_on_catalog(
         records, args.out, config=config, encoder=args.encoder, weights=args.weights, device=args.device,
+        runtime=args.runtime,
         cache_root=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet,
     )
     best = result.history[result.best_epoch - 1]

@@ -25,8 +25,20 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
     from clothsim.runtimes import AUTO, runtime_registry
 
     parser.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=[AUTO, *runtime_registry.declared_names()],
-                        help=f"what runs the network (default {DEFAULT_RUNTIME}: the fastest available; "
-                             "every runtime gives the same vectors)")
+                        help=f"what runs the network (default {DEFAULT_RUNTIME}: onnx where it can run the "
+                             "encoder, else torch; every runtime gives the same vectors)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="compute threads of the runtime (default: every core this process may use)")
+
+
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="int8: the network quantized by ONNX Runtime, calibrated on photos of this "
+                             "catalogue (faster; offered for the encoders where it keeps P@5, see the README)")
+    parser.add_argument("--calibration-images", type=positive_int, default=64, metavar="N",
+                        help="photos of the catalogue (a seeded sample) that calibrate int8 (default 64)")
+    parser.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                        help="how int8 ranges are chosen from the calibration photos (default minmax)")
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +46,13 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--backend", default=DEFAULT_INDEX_BACKEND, choices=backend_registry.declared_names(),
                         help=f"index backend (default {DEFAULT_INDEX_BACKEND}); recorded in the index folder")
+    add_backend_options_flag(parser, "an option of the backend (repeatable), recorded with it, e.g. M=32, "
+                                     "efSearch=128, nlist=1024, uri=http://HOST:19530 (see the README)")
+
+
+def add_backend_options_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--backend-option KEY=VALUE`` (repeatable); parsed by ``clothsim.index.ann_common.parse_option_pairs``."""
+    parser.add_argument("--backend-option", action="append", default=None, metavar="KEY=VALUE", help=help)
 
 
 def add_extraction_options(parser: argparse.ArgumentParser) -> None:

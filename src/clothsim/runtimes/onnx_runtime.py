@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -92,22 +92,24 @@ def _input_size(encoder: "Encoder") -> int:
     return int(encoder.preprocessing.input_size)
 
 
-def export_key(encoder: "Encoder") -> str:
-    """What the cached export depends on: the encoder's fingerprint and the exporter (hex digest)."""
+def export_key(encoder: "Encoder", part: str = "vectors") -> str:
+    """What the cached export depends on: the encoder's fingerprint, which output (``vectors``, or
+    ``maps`` for the un-pooled feature map) and the exporter (hex digest)."""
     import onnx
     import torch
 
     identity = {"fingerprint": encoder.fingerprint(), "format": EXPORT_FORMAT, "opset": OPSET,
-                "torch": torch.__version__, "onnx": onnx.__version__}
+                "torch": torch.__version__, "onnx": onnx.__version__, "part": part}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def cache_path(encoder: "Encoder") -> Path:
+def cache_path(encoder: "Encoder", part: str = "vectors") -> Path:
     """Where the export of ``encoder`` is cached (``$CLOTHSIM_CACHE/onnx/<name>-<key>.onnx``)."""
     from clothsim.cache import default_cache_dir
 
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", encoder.name).strip("_.")[-40:] or "encoder"
-    return default_cache_dir() / "onnx" / f"{slug}-{export_key(encoder)}.onnx"
+    suffix = "" if part == "vectors" else f"-{part}"
+    return default_cache_dir() / "onnx" / f"{slug}{suffix}-{export_key(encoder, part)}.onnx"
 
 
 def _sha256(path: Path) -> str:
@@ -140,11 +142,16 @@ def _probe_batch(size: int) -> "torch.Tensor":
     return torch.randn((PROBE_IMAGES, 3, size, size), generator=generator)
 
 
-def exported_model(encoder: "Encoder", module: "torch.nn.Module") -> Path:
-    """The cached, verified ONNX file of ``module`` (exported now if missing or damaged)."""
+def exported_model(encoder: "Encoder", module: "torch.nn.Module", part: str = "vectors",
+                   reference: Callable[[Any], np.ndarray] | None = None) -> Path:
+    """The cached, verified ONNX file of ``module`` (exported now if missing or damaged).
+
+    ``reference`` computes what the module must reproduce on the probe batch (default: the encoder's
+    own ``embed``); rows are compared by cosine after flattening.
+    """
     from clothsim.fileio import atomic_path, write_json
 
-    path = cache_path(encoder)
+    path = cache_path(encoder, part)
     meta_path = path.with_suffix(".json")
     damage = _damage(path, meta_path)
     if damage is None:
@@ -167,7 +174,7 @@ def exported_model(encoder: "Encoder", module: "torch.nn.Module") -> Path:
                               dynamic_axes={"images": {0: "batch"}, "vectors": {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
         onnx.checker.check_model(str(tmp))
-        gap = _disagreement(encoder, tmp, probe)
+        gap = _disagreement(reference or encoder.embed, tmp, probe)
         if gap > MAX_DISAGREEMENT:
             raise RuntimeMismatchError(
                 f"the ONNX export of {encoder.name} disagrees with torch on a probe batch (1 - cos = {gap:.2e}, "
@@ -188,12 +195,15 @@ def _session(path: Path, threads: int | None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _disagreement(encoder: "Encoder", path: Path, probe: "torch.Tensor") -> float:
+def _disagreement(reference: Callable[[Any], np.ndarray], path: Path, probe: "torch.Tensor") -> float:
     from clothsim.encoders.base import l2_normalize
 
     session = _session(path, threads=None)
-    onnx_vectors = l2_normalize(session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0])
-    torch_vectors = encoder.embed(probe)
+    outputs = session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0]
+    onnx_vectors = l2_normalize(outputs.reshape(len(probe), -1))
+    expected = reference(probe)
+    expected = expected.numpy() if hasattr(expected, "numpy") else np.asarray(expected)
+    torch_vectors = l2_normalize(expected.reshape(len(probe), -1))
     # A row that is zero in both (a network with dead units) agrees; a zero row in one only does not.
     both_zero = (np.linalg.norm(onnx_vectors, axis=1) < 0.5) & (np.linalg.norm(torch_vectors, axis=1) < 0.5)
     cosines = np.where(both_zero, 1.0, np.sum(onnx_vectors * torch_vectors, axis=1))
@@ -226,6 +236,7 @@ class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
         self.threads = threads or default_threads()
         self.session = _session(self.model_path, self.threads)
         self._input = self.session.get_inputs()[0].name
+        self._maps_session: Any = None
 
     @property
     def transform(self):  # type: ignore[override]
@@ -248,8 +259,22 @@ class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
             return np.zeros((0, self.dim), dtype=np.float32)
         return l2_normalize(self.session.run(None, {self._input: array})[0])
 
+    def feature_maps(self, batch: Any) -> "torch.Tensor":
+        """The un-pooled last feature map (as the torch encoder's ``feature_maps``), run by ONNX
+        Runtime; its export is made and cached on first use. Raises ``AttributeError`` when the torch
+        encoder has no feature maps."""
+        import torch
+
+        if not hasattr(self.source, "feature_maps") or getattr(self.source, "trunk", None) is None:
+            raise AttributeError(f"{self.name} has no feature_maps()")
+        if self._maps_session is None:
+            path = exported_model(self.source, self.source.trunk, part="maps", reference=self.source.feature_maps)
+            self._maps_session = _session(path, self.threads)
+        array = np.ascontiguousarray(batch.numpy() if hasattr(batch, "numpy") else batch, dtype=np.float32)
+        return torch.from_numpy(self._maps_session.run(None, {self._maps_session.get_inputs()[0].name: array})[0])
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes this class lacks; "source" itself must not recurse (unpickling).
-        if name == "source":
+        if name in ("source", "_maps_session"):
             raise AttributeError(name)
         return getattr(self.source, name)

@@ -74,6 +74,7 @@ def fit_siamese_on_catalog(
     encoder: str = "vgg16",
     weights: str | Path | None = None,
     device: str = "cpu",
+    runtime: str = "auto",
     cache_root: str | Path | None = None,
     batch_size: int = 16,
     num_workers: int = 1,
@@ -92,6 +93,7 @@ def fit_siamese_on_catalog(
         encoder: Base CNN encoder name (it must offer ``feature_maps``).
         weights: Base CNN weights (see :func:`clothsim.create_encoder`).
         device: Torch device for feature extraction.
+        runtime: What computes the cached feature maps (as for :func:`clothsim.create_encoder`).
         cache_root: Where feature-map caches live (default :func:`default_feature_cache_root`).
         batch_size: Images per forward pass while caching.
         num_workers: Image-decoding processes while caching.
@@ -101,7 +103,7 @@ def fit_siamese_on_catalog(
         The training result and the feature-map cache it used.
     """
     config = config or TrainConfig()
-    base = create_encoder(encoder, weights=weights, device=device)
+    base = create_encoder(encoder, weights=weights, device=device, runtime=runtime)
     cache = build_feature_map_cache(records, base, cache_root or default_feature_cache_root(),
                                     batch_size=batch_size, num_workers=num_workers, progress=progress)
     rows = split_rows(cache.records, config.val_fraction, config.seed)
