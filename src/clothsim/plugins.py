@@ -30,7 +30,8 @@ ENCODER_FAMILIES = "clothsim.encoder_families"
 RUNTIMES = "clothsim.runtimes"
 INDEX_BACKENDS = "clothsim.index_backends"
 READERS = "clothsim.readers"
-GROUPS = (ENCODERS, ENCODER_FAMILIES, RUNTIMES, INDEX_BACKENDS, READERS)
+ENGINES = "clothsim.engines"
+GROUPS = (ENCODERS, ENCODER_FAMILIES, RUNTIMES, ENGINES, INDEX_BACKENDS, READERS)
 
 
 class PluginRegistry(Generic[P]):

@@ -21,12 +21,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _rows() -> list[dict[str, str]]:
     from clothsim.data.registry import reader_registry
+    from clothsim.engines import engine_registry
     from clothsim.encoders.registry import encoder_registry, family_registry
     from clothsim.index.registry import backend_registry
     from clothsim.runtimes import runtime_registry
 
     rows = []
-    for registry in (encoder_registry, family_registry, runtime_registry, backend_registry, reader_registry):
+    for registry in (encoder_registry, family_registry, runtime_registry, engine_registry, backend_registry,
+                     reader_registry):
         for name, plugin in registry.items():
             status = "ok"
             reason = getattr(plugin, "unavailable_reason", None)

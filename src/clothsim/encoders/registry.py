@@ -18,6 +18,7 @@ from clothsim.plugins import ENCODER_FAMILIES, ENCODERS, PluginRegistry
 
 if TYPE_CHECKING:
     from clothsim.encoders.base import Encoder
+    from clothsim.encoders.spec import EncoderSpec
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -178,4 +179,18 @@ def create_encoder(
                                  f"{broken.get(name) or broken.get(prefix)}")
             known = encoder_registry.names() + [f"{p}:<spec>" for p in family_registry.names()]
             raise UnknownEncoderError(f"unknown encoder {name!r}; known encoders: {', '.join(known)}")
-    return run_with(encoder, runtime, threads)
+    prepared = run_with(encoder, runtime, threads)
+    prepared.build_spec = _spec(name, encoder, weights, device, prepared.runtime, threads)
+    return prepared
+
+
+def _spec(asked: str, encoder: "Encoder", weights: str | Path | None, device: str, runtime: str,
+          threads: int | None) -> "EncoderSpec":
+    from clothsim.encoders.spec import EncoderSpec
+    from clothsim.encoders.weights import weights_source
+
+    if asked in encoder_registry:
+        recorded = weights_source(weights)
+    else:  # a family: its name holds its absolute folder; weights may be "part=PATH" pairs
+        recorded = None if weights is None else str(weights)
+    return EncoderSpec(encoder.name if ":" in asked else asked, recorded, str(device), runtime, threads)

@@ -54,6 +54,9 @@ class Int8Encoder(OnnxEncoder):
         # In the weights id too, so that every check of a store against an encoder (which compares the
         # weights) tells int8 vectors from float32 ones and one calibration from another.
         self.weights_id = f"{source.weights_id}+int8:{self.quantized_sha256[:16]}"
+        spec = getattr(source, "build_spec", None)
+        if spec is not None:
+            self.build_spec = spec.with_int8(self.model_path, self.quantized_sha256)
 
     def fingerprint(self) -> dict[str, Any]:
         return {**self.source.fingerprint(), "weights": self.weights_id, "precision": "int8",
