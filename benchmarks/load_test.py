@@ -6,6 +6,10 @@ own HTTP connection; prints requests/s, latency percentiles and errors; stops th
 
     python benchmarks/load_test.py --index catalog/ --clients 8 --requests 200
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --queries photos/test --mode upload
+    python benchmarks/load_test.py --index faiss-catalog/ --mode id --backend-option efSearch=128
+
+The server searches with the backend recorded in the index folder (exact, faiss-hnsw, faiss-ivfpq,
+milvus); ``--backend-option KEY=VALUE`` passes search-time options on to ``clothsim serve``.
 
 Modes: ``upload`` posts photos (from ``--queries``, else the indexed images themselves), ``id``
 searches from catalogue items, ``mixed`` alternates. It only ever talks to a loopback address.
@@ -54,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for a started server to answer /health (default 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="search-time option of the index's backend, passed to `clothsim serve` (repeatable)")
     args = parser.parse_args(argv)
     for name in ("clients", "requests", "max_queries", "k"):
         if getattr(args, name) < 1:
@@ -80,12 +86,14 @@ def free_port() -> int:
 class LocalServer:
     """``clothsim serve`` in a child process on 127.0.0.1, stopped on exit."""
 
-    def __init__(self, index: Path, startup_timeout: float) -> None:
+    def __init__(self, index: Path, startup_timeout: float, backend_options: list[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed in stop()
         command = [sys.executable, "-m", "clothsim.cli.main", "serve", "--index", str(index),
                    "--host", "127.0.0.1", "--port", str(self.port)]
+        for option in backend_options:
+            command += ["--backend-option", option]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout
         while True:
@@ -197,12 +205,19 @@ def run_load(args: argparse.Namespace, url: str) -> dict:
         "errors": sum(n for status, n in outcomes.items() if status != "200"),
         "outcomes": dict(sorted(outcomes.items())),
         "cpu_count": os.cpu_count(),
+        "backend": index_backend(args.index) if args.index is not None else None,
     }
+
+
+def index_backend(index: Path) -> str:
+    """The backend recorded in an index folder's manifest (exact when none is recorded)."""
+    manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    return manifest.get("index_backend") or "exact"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = LocalServer(args.index, args.startup_timeout) if args.url is None else None
+    server = LocalServer(args.index, args.startup_timeout, args.backend_option) if args.url is None else None
     try:
         summary = run_load(args, server.url if server else args.url.rstrip("/"))
     finally:
@@ -211,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        on = f" ({summary['backend']} backend)" if summary["backend"] else ""
         print(f"{summary['requests']} {summary['mode']} searches (k={summary['k']}) from {summary['clients']} "
-              f"clients against {summary['url']} in {summary['wall_s']:.1f} s")
+              f"clients against {summary['url']}{on} in {summary['wall_s']:.1f} s")
         print(f"throughput  {summary['requests_per_s']:.1f} requests/s")
         print(f"latency     p50 {summary['p50_ms']:.0f} ms   p90 {summary['p90_ms']:.0f} ms   "
               f"p99 {summary['p99_ms']:.0f} ms   max {summary['max_ms']:.0f} ms")

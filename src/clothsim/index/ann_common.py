@@ -1,0 +1,504 @@
+"""What the approximate and database backends share: options, the commit record beside the store,
+live/category masks, the exact fallback that keeps "k results whenever k exist" true, and hits.
+
+Nothing here imports FAISS or pymilvus; each backend module imports its engine itself.
+
+Every backend keeps its files in ``store.root / "backends" / <backend name>``; the small
+``state.json`` there is the commit record: it names the engine file (or database collection) that is
+current and what part of the store it covers (``covered_next_id``: every row below that id was
+added; ``covered_deleted``: how many of the store's tombstones were mirrored). A new engine file is
+written beside the old one and ``state.json`` is switched with one atomic rename, so a crash leaves
+the previous valid state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from clothsim.errors import ClothsimError, UsageError
+from clothsim.fileio import write_json
+from clothsim.index.base import SearchHit
+from clothsim.index.topk import DEFAULT_CHUNK_ROWS, topk_over_blocks
+
+if TYPE_CHECKING:
+    from clothsim.features.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+
+
+class BackendIndexError(ClothsimError, RuntimeError):
+    """A backend's files are missing, damaged, out of step with the store or from a newer clothsim.
+
+    The message names the file (or database) and says how to rebuild it.
+    """
+
+
+# ----- options ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OptionSpec:
+    """One backend option: its type, default, whether it is fixed at build time, and what it does."""
+
+    type: type
+    default: Any
+    build: bool
+    help: str
+
+
+def parse_option_pairs(pairs: Iterable[str] | None) -> dict[str, Any]:
+    """``["M=32", "uri=http://h:19530"]`` -> ``{"M": 32, "uri": "http://h:19530"}``.
+
+    Values that read back exactly as an int, a float or true/false become one (``"0123"`` stays a
+    string), so options recorded in the manifest have their natural JSON type.
+
+    Raises:
+        UsageError: an item without ``=`` or with an empty key.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"backend option {pair!r} is not KEY=VALUE (e.g. --backend-option efSearch=128)")
+        options[key] = _literal(value.strip())
+    return options
+
+
+def _literal(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if str(value) == text:
+            return value
+    return text
+
+
+def coerce_options(backend: str, specs: Mapping[str, OptionSpec], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` checked against ``specs`` and converted to each option's type.
+
+    Raises:
+        UsageError: an unknown option (the message lists the known ones) or a value of the wrong kind.
+    """
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        known = ", ".join(f"{name} ({spec.help})" for name, spec in specs.items())
+        raise UsageError(f"{backend} has no option {', '.join(map(repr, unknown))}; known: {known}")
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        spec = specs[name]
+        if value is None:
+            out[name] = None
+            continue
+        try:
+            if spec.type is str:
+                out[name] = str(value)
+            elif spec.type is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError(value)
+                out[name] = int(value)
+            elif spec.type is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(value)
+                out[name] = value
+            else:
+                out[name] = spec.type(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{backend} option {name} must be {spec.type.__name__}, got {value!r}") from None
+    return out
+
+
+def with_defaults(specs: Mapping[str, OptionSpec], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option, ``given`` first, else its default."""
+    return {name: spec.default if given.get(name) is None else given[name] for name, spec in specs.items()}
+
+
+def check_positive(backend: str, options: Mapping[str, Any], names: Sequence[str], minimum: int = 1) -> None:
+    """Refuse int options below ``minimum`` (``None`` means automatic and passes)."""
+    for name in names:
+        value = options.get(name)
+        if value is not None and value < minimum:
+            raise UsageError(f"{backend} option {name} must be at least {minimum}, got {value}")
+
+
+def check_build_options_match(backend: str, store: "FeatureStore", specs: Mapping[str, OptionSpec],
+                              given: Mapping[str, Any], built: Mapping[str, Any]) -> None:
+    """At open time, a build option that differs from what the index was built with is refused."""
+    for name, value in given.items():
+        if specs[name].build and value is not None and built.get(name) != value:
+            raise UsageError(
+                f"{name} is fixed when the {backend} index is built (this one was built with "
+                f"{name}={built.get(name)!r}); {rebuild_hint(store, backend, f'{name}={value}')}")
+
+
+def rebuild_hint(store: "FeatureStore", backend: str, option: str | None = None) -> str:
+    extra = f" --backend-option {option}" if option else ""
+    return (f"rebuild it with `clothsim index DATA --out {store.root} --backend {backend}{extra} --overwrite` "
+            "(or clothsim.index.build_index(store, backend) in Python)")
+
+
+# ----- the commit record -------------------------------------------------------------------------
+def backend_dir(store: "FeatureStore", name: str) -> Path:
+    return Path(store.root) / "backends" / name
+
+
+def store_identity(store: "FeatureStore") -> dict[str, Any]:
+    """What ties a backend's files to one store (a store rebuilt from scratch is another store)."""
+    fingerprint = store.manifest.get("fingerprint", {})
+    return {"created": store.manifest.get("created"), "encoder": fingerprint.get("encoder"),
+            "weights": fingerprint.get("weights"), "dim": int(store.dim)}
+
+
+def read_state(store: "FeatureStore", name: str) -> dict[str, Any]:
+    """The backend's ``state.json``, checked for format and for belonging to this store.
+
+    Raises:
+        BackendIndexError: missing, unreadable, from a newer clothsim, or made for another store.
+    """
+    path = backend_dir(store, name) / STATE_FILE
+    if not path.is_file():
+        raise BackendIndexError(f"{path} is missing: no {name} index was built over {store.root}; "
+                                + rebuild_hint(store, name))
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BackendIndexError(f"{path} is damaged ({exc}); " + rebuild_hint(store, name)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("format_version"), int):
+        raise BackendIndexError(f"{path} is not a {name} state record; " + rebuild_hint(store, name))
+    if state["format_version"] > STATE_FORMAT:
+        raise BackendIndexError(
+            f"{path} was written by a newer clothsim (backend format {state['format_version']}, this one reads "
+            f"up to {STATE_FORMAT}); upgrade clothsim, or " + rebuild_hint(store, name))
+    if state.get("backend") != name:
+        raise BackendIndexError(f"{path} belongs to backend {state.get('backend')!r}, not {name!r}; "
+                                + rebuild_hint(store, name))
+    if state.get("store") != store_identity(store):
+        raise BackendIndexError(f"{path} was built over another store than {store.root} (it was rebuilt or "
+                                "replaced since); " + rebuild_hint(store, name))
+    return state
+
+
+def write_state(store: "FeatureStore", name: str, state: dict[str, Any]) -> None:
+    """Switch to ``state`` with one atomic rename (the commit point of a backend's save)."""
+    record = {**state, "format_version": STATE_FORMAT, "backend": name, "store": store_identity(store),
+              "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(backend_dir(store, name) / STATE_FILE, record)
+
+
+# ----- what the store holds ------------------------------------------------------------------------
+class StoreView:
+    """Masks over a store's rows, recomputed only when the store grows or gains tombstones.
+
+    ``rows`` are positions in ``store.all_ids()`` (what ``iter_blocks(row_mask=...)`` takes); ``ids``
+    are catalogue ids. Thread-safe: request threads of a web server share one view.
+    """
+
+    def __init__(self, store: "FeatureStore") -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._all_ids = np.zeros(0, dtype=np.int64)
+        self._live = np.zeros(0, dtype=bool)
+        self._codes: np.ndarray | None = None
+        self._names: list[str] = []
+        self._allowed: dict[tuple[str, ...], np.ndarray] = {}
+
+    def _refresh(self) -> None:
+        key = (int(self.store.total_rows), int(len(self.store.deleted_ids)))
+        if key == self._key:
+            return
+        all_ids = np.asarray(self.store.all_ids(), dtype=np.int64)
+        deleted = np.asarray(self.store.deleted_ids, dtype=np.int64)
+        self._all_ids = all_ids
+        self._live = ~np.isin(all_ids, deleted) if deleted.size else np.ones(all_ids.shape, dtype=bool)
+        self._codes, self._names, self._allowed = None, [], {}
+        self._key = key
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(all_ids, live)``: every id and whether it is live, row for row."""
+        with self._lock:
+            self._refresh()
+            return self._all_ids, self._live
+
+    def next_id(self) -> int:
+        ids, _ = self.snapshot()
+        return int(ids[-1]) + 1 if ids.size else 0
+
+    def _categories(self) -> tuple[np.ndarray, list[str]]:
+        if self._codes is None:
+            codes, names = self.store.category_codes()
+            self._codes, self._names = np.asarray(codes, dtype=np.int32), list(names)
+        return self._codes, self._names
+
+    def categories(self) -> dict[str, int]:
+        """Live item count per category, sorted by category."""
+        with self._lock:
+            self._refresh()
+            codes, names = self._categories()
+            counts = np.bincount(codes[self._live], minlength=len(names))
+        return {name: int(n) for name, n in zip(names, counts) if n}
+
+    def allowed_rows(self, category: str | Sequence[str] | None) -> np.ndarray:
+        """Boolean mask over rows: live and (when given) in one of the categories.
+
+        Raises:
+            UsageError: a category the index does not have.
+        """
+        with self._lock:
+            self._refresh()
+            if category is None:
+                return self._live
+            wanted = (category,) if isinstance(category, str) else tuple(sorted(set(category)))
+            if wanted not in self._allowed:
+                codes, names = self._categories()
+                unknown = sorted(set(wanted) - set(names))
+                if unknown:
+                    raise UsageError(f"unknown category {unknown}; the index has {names}")
+                if len(self._allowed) > 64:  # many distinct filter sets: keep memory bounded
+                    self._allowed.clear()
+                self._allowed[wanted] = self._live & np.isin(codes, [names.index(n) for n in wanted])
+            return self._allowed[wanted]
+
+    def categories_of(self, ids: np.ndarray) -> list[str]:
+        """Category names of ``ids`` (any rows, deleted included), from the columnar codes."""
+        with self._lock:
+            self._refresh()
+            codes, names = self._categories()
+            rows = np.searchsorted(self._all_ids, np.asarray(ids, dtype=np.int64))
+        return [names[int(c)] for c in codes[rows]]
+
+
+def id_bitmap(ids: np.ndarray, size: int) -> np.ndarray:
+    """A little-endian bitmap of ``size`` bits with the bits of ``ids`` set (FAISS ``IDSelectorBitmap``)."""
+    bits = np.zeros(max(size, 1), dtype=bool)
+    bits[np.asarray(ids, dtype=np.int64)] = True
+    return np.packbits(bits, bitorder="little")
+
+
+# ----- searching ---------------------------------------------------------------------------------
+def check_queries(queries: np.ndarray, dim: int, k: int, exclude_ids: Sequence[int] | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Queries as a C-contiguous float32 ``(q, dim)`` array and the per-query excluded ids (or ``None``).
+
+    Raises:
+        ValueError: wrong dimension, ``k`` below 1, or not one excluded id per query.
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries have dim {queries.shape[-1]}, the index holds {dim}-d vectors")
+    if exclude_ids is None:
+        return queries, None
+    exclude = np.asarray(exclude_ids, dtype=np.int64)
+    if exclude.shape != (queries.shape[0],):
+        raise ValueError(f"exclude_ids needs one id per query ({queries.shape[0]}), got {exclude.shape}")
+    return queries, exclude
+
+
+def finish_rows(
+    candidate_ids: np.ndarray,
+    candidate_scores: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None,
+    all_ids: np.ndarray | None = None,
+    row_mask: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: drop padding (-1), the excluded id and any id outside ``row_mask`` (over ``all_ids``
+    rows); sort by score, then id; keep ``k``. The mask is a last guard: whatever an engine does, a
+    deleted or filtered-out id is never returned."""
+    rows = []
+    for q in range(candidate_ids.shape[0]):
+        ids = np.asarray(candidate_ids[q], dtype=np.int64)
+        scores = np.asarray(candidate_scores[q], dtype=np.float32)
+        keep = ids >= 0
+        if exclude is not None:
+            keep &= ids != exclude[q]
+        if row_mask is not None and all_ids is not None:
+            if all_ids.size == 0:
+                keep[:] = False
+            else:
+                pos = np.minimum(np.searchsorted(all_ids, ids), all_ids.size - 1)
+                keep &= (all_ids[pos] == ids) & row_mask[pos]
+        ids, scores = ids[keep], scores[keep]
+        ids, first = np.unique(ids, return_index=True)  # an engine may repeat an id (upserts)
+        scores = scores[first]
+        order = np.lexsort((ids, -scores))[:k]
+        rows.append((ids[order], scores[order]))
+    return rows
+
+
+def exact_rows(
+    store: "FeatureStore",
+    queries: np.ndarray,
+    k: int,
+    row_mask: np.ndarray,
+    exclude: np.ndarray | None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k over the rows of ``row_mask``: the fallback when an engine returns too few."""
+    if not row_mask.any():
+        return [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)) for _ in range(len(queries))]
+    ids, scores = topk_over_blocks(queries, store.iter_blocks(chunk_rows, row_mask), k + (exclude is not None),
+                                   exclude=exclude)
+    return finish_rows(ids, scores, k, exclude)
+
+
+def complete_rows(
+    store: "FeatureStore",
+    queries: np.ndarray,
+    k: int,
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    row_mask: np.ndarray,
+    all_ids: np.ndarray,
+    exclude: np.ndarray | None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Redo exactly the queries that came back with fewer than ``min(k, matching live items)``.
+
+    Returns the rows and how many queries were redone. This is what makes "exactly k results
+    whenever k live matching items exist" hold for every engine, however aggressive its pruning.
+    """
+    n_allowed = int(row_mask.sum())
+    short = []
+    for q, (ids, _) in enumerate(rows):
+        available = n_allowed
+        if exclude is not None and exclude[q] >= 0:
+            pos = np.searchsorted(all_ids, exclude[q])
+            if pos < all_ids.size and all_ids[pos] == exclude[q] and row_mask[pos]:
+                available -= 1
+        if ids.size < min(k, available):
+            short.append(q)
+    if short:
+        sub_exclude = None if exclude is None else exclude[short]
+        for q, row in zip(short, exact_rows(store, queries[short], k, row_mask, sub_exclude)):
+            rows[q] = row
+    return rows, len(short)
+
+
+def to_hits(store: "FeatureStore", rows: list[tuple[np.ndarray, np.ndarray]]) -> list[list[SearchHit]]:
+    """Ranked :class:`SearchHit` lists; records are made only for the hits returned."""
+    return [
+        [SearchHit(rank + 1, int(i), float(s), record)
+         for rank, (i, s, record) in enumerate(zip(ids, scores, store.records_for(ids)))]
+        for ids, scores in rows
+    ]
+
+
+def gather_vectors(store: "FeatureStore", all_ids: np.ndarray, ids: np.ndarray,
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique ids, their float32 vectors)`` read from the store (for exact re-ranking)."""
+    wanted = np.unique(np.asarray(ids, dtype=np.int64))
+    wanted = wanted[wanted >= 0]
+    mask = np.zeros(all_ids.shape, dtype=bool)
+    pos = np.searchsorted(all_ids, wanted)
+    ok = pos < all_ids.size
+    ok[ok] &= all_ids[pos[ok]] == wanted[ok]
+    mask[pos[ok]] = True
+    found_ids, blocks = [], []
+    for block_ids, block in store.iter_blocks(chunk_rows, mask):
+        found_ids.append(np.asarray(block_ids, dtype=np.int64))
+        blocks.append(np.asarray(block, dtype=np.float32))
+    if not blocks:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, store.dim), dtype=np.float32)
+    return np.concatenate(found_ids), np.concatenate(blocks)
+
+
+def iter_live_blocks(store: "FeatureStore", row_mask: np.ndarray | None, chunk_rows: int
+                     ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, float32 C-contiguous vectors)`` blocks of live rows (for adding to an engine)."""
+    for ids, block in store.iter_blocks(chunk_rows, row_mask):
+        yield np.asarray(ids, dtype=np.int64), np.ascontiguousarray(block, dtype=np.float32)
+
+
+class Progress:
+    """Logs rows done and the rate every ``every`` seconds during a long build."""
+
+    def __init__(self, what: str, total: int, every: float = 30.0,
+                 log: Callable[..., None] | None = None) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.log = log or logger.info
+        self.started = self._last = time.perf_counter()
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self._last >= self.every:
+            self._last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            self.log("%s: %d / %d rows (%.0f rows/s)", self.what, self.done, self.total, rate)
+
+
+class ReadWriteLock:
+    """Many concurrent searches, or one writer (add, delete, refresh, save), never both.
+
+    Engines such as FAISS answer concurrent reads safely but not a read during an add.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def read(self) -> "_Held":
+        return _Held(self, write=False)
+
+    def write(self) -> "_Held":
+        return _Held(self, write=True)
+
+    def _acquire(self, write: bool) -> None:
+        with self._cond:
+            if write:
+                while self._writer or self._readers:
+                    self._cond.wait()
+                self._writer = True
+            else:
+                while self._writer:
+                    self._cond.wait()
+                self._readers += 1
+
+    def _release(self, write: bool) -> None:
+        with self._cond:
+            if write:
+                self._writer = False
+            else:
+                self._readers -= 1
+            self._cond.notify_all()
+
+
+class _Held:
+    def __init__(self, lock: ReadWriteLock, write: bool) -> None:
+        self.lock, self.write_mode = lock, write
+
+    def __enter__(self) -> None:
+        self.lock._acquire(self.write_mode)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock._release(self.write_mode)
+
+
+def coverage(store: "FeatureStore", view: StoreView) -> dict[str, int]:
+    """What a backend records to notice later that the store changed without it: the next id it has
+    seen, the rows the store had and its tombstone count (rows can also vanish, when a damaged segment
+    is dropped in a repair, and tombstones can be reset)."""
+    return {"covered_next_id": view.next_id(), "covered_rows": int(store.total_rows),
+            "covered_deleted": int(len(store.deleted_ids))}
+
+
+def is_behind(store: "FeatureStore", view: StoreView, state: Mapping[str, Any]) -> bool:
+    """Whether the store changed since ``state``'s coverage was recorded."""
+    return coverage(store, view) != {key: int(state.get(key, -1)) for key in
+                                     ("covered_next_id", "covered_rows", "covered_deleted")}

@@ -1,0 +1,495 @@
+"""FAISS backends: ``faiss-hnsw`` (a graph, vectors in RAM) and ``faiss-ivfpq`` (compressed codes in RAM,
+full vectors left on disk in the store and read back only to re-rank the candidates).
+
+Both search by inner product on the store's unit vectors (= cosine) and use clothsim ids as FAISS ids.
+Deleted items and category filters are applied inside the search with an ``IDSelectorBitmap``; a query
+that still comes back short of ``min(k, live matching items)`` is redone exactly over the matching rows,
+so a caller always gets k results when k exist. New items are added to the graph or the lists, never
+rebuilt. Files, under ``<index>/backends/<name>/``::
+
+    state.json             the commit record: current file, its size and SHA-256, store rows covered
+    index-NNNNNN.faiss     the FAISS index (a new generation is written beside the old one on save)
+
+An HNSW index is opened memory-mapped (fast start, pages shared between processes); the first add or
+delete loads a private copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from clothsim.data.records import CatalogRecord
+from clothsim.errors import ClothsimError, DataError, UsageError
+from clothsim.fileio import atomic_path
+from clothsim.index.ann_common import (
+    BackendIndexError,
+    OptionSpec,
+    Progress,
+    ReadWriteLock,
+    StoreView,
+    backend_dir,
+    check_build_options_match,
+    check_positive,
+    check_queries,
+    coerce_options,
+    complete_rows,
+    coverage,
+    exact_rows,
+    finish_rows,
+    gather_vectors,
+    id_bitmap,
+    is_behind,
+    iter_live_blocks,
+    read_state,
+    rebuild_hint,
+    to_hits,
+    with_defaults,
+    write_state,
+)
+from clothsim.index.base import SearchHit
+
+if TYPE_CHECKING:
+    from clothsim.features.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'clothsim[faiss]'"
+HNSW = "faiss-hnsw"
+IVFPQ = "faiss-ivfpq"
+
+_COMMON = {
+    "exact_below": OptionSpec(int, 0, False, "search exactly when at most this many live items match a filter"),
+    "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
+}
+HNSW_OPTIONS: dict[str, OptionSpec] = {
+    "M": OptionSpec(int, 32, True, "graph neighbours per node"),
+    "efConstruction": OptionSpec(int, 80, True, "search depth while building"),
+    "efSearch": OptionSpec(int, 64, False, "search depth per query; also a per-query argument"),
+    **_COMMON,
+}
+IVFPQ_OPTIONS: dict[str, OptionSpec] = {
+    "nlist": OptionSpec(int, None, True, "inverted lists (default about the square root of the rows)"),
+    "pq_m": OptionSpec(int, None, True, "PQ sub-vectors, a divisor of the dimension (default dim/4, at most 64)"),
+    "pq_bits": OptionSpec(int, None, True, "bits per PQ code (default 8; fewer for small catalogues)"),
+    "train_rows": OptionSpec(int, None, True, "rows sampled to train the quantizers (default 40 per centroid)"),
+    "nprobe": OptionSpec(int, 32, False, "lists scanned per query (more under a filter); also per query"),
+    "rerank": OptionSpec(int, 10, False, "re-score k x rerank candidates exactly from the store (0: PQ scores)"),
+    **_COMMON,
+}
+_SPECS = {HNSW: HNSW_OPTIONS, IVFPQ: IVFPQ_OPTIONS}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ClothsimError(f"the FAISS backends need faiss-cpu ({exc}): {INSTALL_HINT}") from exc
+    return faiss
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pq_m_default(dim: int) -> int:
+    limit = max(1, min(64, dim // 4))
+    return max(m for m in range(1, limit + 1) if dim % m == 0)
+
+
+class FaissIndex:
+    """An open FAISS index over a feature store (see the module docstring).
+
+    Args:
+        store: The store whose vectors it indexes.
+        name: ``faiss-hnsw`` or ``faiss-ivfpq``.
+        engine: The FAISS index (ids are clothsim ids).
+        state: The commit record it was loaded from or built into.
+        options: Search-time options (efSearch, nprobe, rerank, exact_below, chunk_rows).
+        mapped: Whether ``engine`` is memory-mapped from its file (read-only until the first change).
+    """
+
+    def __init__(self, store: "FeatureStore", name: str, engine: Any, state: dict[str, Any],
+                 options: dict[str, Any], mapped: bool = False) -> None:
+        self.store = store
+        self.name = name
+        self._engine = engine
+        self._state = dict(state)
+        self._options = options
+        self._mapped = mapped
+        self._view = StoreView(store)
+        self._lock = ReadWriteLock()
+        self._selectors: dict[tuple, tuple[Any, np.ndarray]] = {}
+        self._engine_dirty = False
+        self._state_dirty = False
+
+    # ----- facts ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A copy of the commit record (file, covered rows, build parameters)."""
+        return dict(self._state)
+
+    @property
+    def folder(self) -> Path:
+        return backend_dir(self.store, self.name)
+
+    def categories(self) -> dict[str, int]:
+        return self._view.categories()
+
+    # ----- searching -----------------------------------------------------------------------
+    def _search_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        if not overrides:
+            return self._options
+        given = coerce_options(self.name, _SPECS[self.name], overrides)
+        build_only = [n for n in given if _SPECS[self.name][n].build]
+        if build_only:
+            raise UsageError(f"{', '.join(build_only)} cannot change per query; {rebuild_hint(self.store, self.name)}")
+        merged = {**self._options, **{k: v for k, v in given.items() if v is not None}}
+        check_positive(self.name, merged, ["efSearch", "nprobe", "chunk_rows"])
+        check_positive(self.name, merged, ["rerank", "exact_below"], minimum=0)
+        return merged
+
+    def _selector(self, category: str | Sequence[str] | None, mask: np.ndarray, all_ids: np.ndarray) -> Any:
+        """An ``IDSelectorBitmap`` of the allowed ids, cached per filter and store state."""
+        faiss = _faiss()
+        key = (category if isinstance(category, (str, type(None))) else tuple(sorted(set(category))),
+               int(all_ids.size), int(self.store.total_rows), int(len(self.store.deleted_ids)))
+        cached = self._selectors.get(key)
+        if cached is None:
+            next_id = int(all_ids[-1]) + 1 if all_ids.size else 0
+            bitmap = id_bitmap(all_ids[mask], next_id)
+            # The selector points into the bitmap: both are kept together so it stays alive.
+            cached = (faiss.IDSelectorBitmap(int(bitmap.size), faiss.swig_ptr(bitmap)), bitmap)
+            if len(self._selectors) > 64:
+                self._selectors.clear()
+            self._selectors[key] = cached
+        return cached[0]
+
+    def _behind(self) -> bool:
+        return is_behind(self.store, self._view, self._state)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        category: str | Sequence[str] | None = None,
+        exclude_ids: Sequence[int] | None = None,
+        **search_options: Any,
+    ) -> list[list[SearchHit]]:
+        """Top ``k`` per query; ``search_options`` (efSearch, nprobe, rerank, exact_below) apply to this call."""
+        options = self._search_options(search_options)
+        queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        if self._behind():  # the store changed through another handle: catch up first
+            self.refresh()
+        all_ids, live = self._view.snapshot()
+        mask = self._view.allowed_rows(category)
+        n_allowed = int(np.count_nonzero(mask))
+        if n_allowed == 0 or queries.shape[0] == 0:
+            return [[] for _ in range(queries.shape[0])]
+        if n_allowed <= options["exact_below"]:
+            return to_hits(self.store, exact_rows(self.store, queries, k, mask, exclude, options["chunk_rows"]))
+        wanted = k + (exclude is not None)
+        with self._lock.read():
+            # No selector only when every vector in the engine is a live row; deleted items (and rows a
+            # repair dropped) stay in the graph and are kept out by the selector.
+            every_live = category is None and int(self._engine.ntotal) == n_allowed
+            selector = None if every_live else self._selector(category, mask, all_ids)
+            if self.name == HNSW:
+                ids, scores = self._search_hnsw(queries, wanted, selector, options)
+            else:
+                ids, scores = self._search_ivfpq(queries, wanted, selector, options, all_ids,
+                                                 n_allowed / max(int(np.count_nonzero(live)), 1))
+        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
+        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
+        if redone:
+            logger.debug("%s: %d of %d queries came back short and were answered exactly", self.name, redone,
+                         len(rows))
+        return to_hits(self.store, rows)
+
+    def _search_hnsw(self, queries: np.ndarray, wanted: int, selector: Any, options: dict[str, Any]):
+        faiss = _faiss()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(int(options["efSearch"]), wanted)
+        if selector is not None:
+            params.sel = selector
+        scores, ids = self._engine.search(queries, wanted, params=params)
+        return ids, scores
+
+    def _search_ivfpq(self, queries: np.ndarray, wanted: int, selector: Any, options: dict[str, Any],
+                      all_ids: np.ndarray, selectivity: float):
+        faiss = _faiss()
+        params = faiss.SearchParametersIVF()
+        # Under a filter that keeps a fraction s of the items, the nearest allowed ones lie further out:
+        # probing nprobe / s lists scans about as many allowed candidates as an unfiltered query does.
+        probe = math.ceil(int(options["nprobe"]) / max(selectivity, 1e-9))
+        params.nprobe = int(min(probe, int(self._engine.nlist)))
+        if selector is not None:
+            params.sel = selector
+        rerank = int(options["rerank"])
+        n_candidates = max(wanted, wanted * rerank) if rerank else wanted
+        approx, ids = self._engine.search(queries, n_candidates, params=params)
+        if not rerank:
+            return ids, approx
+        # PQ scores only shortlist: the candidates are re-scored with the store's exact vectors, which
+        # stay on disk (memory-mapped), so RAM holds just the codes.
+        found, vectors = gather_vectors(self.store, all_ids, ids.ravel(), options["chunk_rows"])
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        pos = np.searchsorted(found, ids)
+        ok = (ids >= 0) & (pos < found.size)
+        ok[ok] &= found[pos[ok]] == ids[ok]
+        for q in range(ids.shape[0]):
+            cols = np.flatnonzero(ok[q])
+            scores[q, cols] = vectors[pos[q, cols]] @ queries[q]
+        ids = np.where(ok, ids, -1)
+        return ids, scores
+
+    # ----- changing ------------------------------------------------------------------------
+    def _ensure_writable(self) -> None:
+        """A memory-mapped engine cannot grow: load a private copy of the same file first."""
+        if self._mapped:
+            path = self.folder / self._state["file"]
+            self._engine = _read_engine(self.store, self.name, path, mapped=False)
+            self._mapped = False
+
+    def _add_to_engine(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if ids.size:
+            self._engine.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+            self._engine_dirty = True
+
+    def add(
+        self, vectors: np.ndarray, records: Sequence[CatalogRecord], failures: Sequence[dict[str, str]] = ()
+    ) -> np.ndarray:
+        """Append to the store, then insert into the graph or lists (no rebuild); :meth:`save` persists."""
+        ids = self.store.append(vectors, records, failures=failures)
+        with self._lock.write():
+            self._ensure_writable()
+            covered = int(self._state["covered_next_id"])
+            if ids.size and int(ids[0]) == covered:
+                self._add_to_engine(ids, np.asarray(vectors, dtype=np.float32))
+                self._state["covered_next_id"] = int(ids[-1]) + 1
+                self._state_dirty = True
+        if self._behind():
+            self.refresh()
+        return ids
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Tombstone in the store; the selector keeps them out of every search from now on."""
+        removed = self.store.delete(ids)
+        self.refresh()
+        return removed
+
+    def refresh(self) -> None:
+        """Add store rows this index does not cover yet, in memory (:meth:`save` persists).
+
+        Deleted items need nothing: every search masks the engine's ids with the store's live rows, so
+        tombstones (and rows a repair dropped, or tombstones a repair reset) take effect at once.
+        """
+        with self._lock.write():
+            all_ids, live = self._view.snapshot()
+            covered = int(self._state["covered_next_id"])
+            new_rows = (all_ids >= covered) & live
+            if new_rows.any():
+                self._ensure_writable()
+                progress = Progress(f"{self.name} catching up", int(new_rows.sum()))
+                for ids, block in iter_live_blocks(self.store, new_rows, self._options["chunk_rows"]):
+                    self._add_to_engine(ids, block)
+                    progress.add(ids.size)
+                logger.info("%s: added %d store rows the index did not cover", self.name, progress.done)
+            now = coverage(self.store, self._view)
+            now["covered_next_id"] = max(now["covered_next_id"], covered)
+            if any(int(self._state.get(key, -1)) != value for key, value in now.items()):
+                self._state.update(now)
+                self._state_dirty = True
+            self._selectors.clear()
+
+    def save(self) -> None:
+        """Write a new generation of the index file beside the old one, then switch ``state.json``."""
+        with self._lock.write():
+            if not (self._engine_dirty or self._state_dirty):
+                return
+            folder = self.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            old_file = self._state.get("file")
+            if self._engine_dirty or not old_file:
+                started = time.perf_counter()
+                generation = int(self._state.get("generation", 0)) + 1
+                new_file = f"index-{generation:06d}.faiss"
+                with atomic_path(folder / new_file) as tmp:
+                    _faiss().write_index(self._engine, str(tmp))
+                    size, digest = tmp.stat().st_size, _sha256(tmp)
+                self._state.update(file=new_file, generation=generation, file_bytes=size, sha256=digest,
+                                   ntotal=int(self._engine.ntotal))
+                logger.info("%s: wrote %s (%.1f MiB) in %.1f s", self.name, folder / new_file, size / 2**20,
+                            time.perf_counter() - started)
+            write_state(self.store, self.name, self._state)  # the commit point
+            self._engine_dirty = self._state_dirty = False
+            for stale in folder.glob("index-*.faiss"):  # the previous generation and crash orphans
+                if stale.name != self._state["file"]:
+                    stale.unlink(missing_ok=True)
+
+    def verify(self) -> None:
+        """Check the saved file against the SHA-256 in ``state.json`` (reads the whole file).
+
+        Raises:
+            BackendIndexError: the file changed since it was written.
+        """
+        path = self.folder / self._state["file"]
+        if _sha256(path) != self._state["sha256"]:
+            raise BackendIndexError(f"{path} does not match its checksum in {self.folder / 'state.json'}: it was "
+                                    f"damaged; {rebuild_hint(self.store, self.name)}")
+
+
+def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool) -> Any:
+    faiss = _faiss()
+    try:
+        flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BackendIndexError(f"{path} is damaged or truncated ({reason[:300]}); {rebuild_hint(store, name)}") \
+            from None
+
+
+class _FaissPlugin:
+    """Shared build/open of the two FAISS plug-ins."""
+
+    name = ""
+    description = ""
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Options checked and typed, without touching any file (``clothsim evaluate`` calls it first)."""
+        given = coerce_options(self.name, _SPECS[self.name], options)
+        check_positive(self.name, given, ["M", "efConstruction", "efSearch", "nlist", "pq_m", "pq_bits",
+                                          "train_rows", "nprobe", "chunk_rows"])
+        check_positive(self.name, given, ["rerank", "exact_below"], minimum=0)
+        if given.get("pq_bits") is not None and given["pq_bits"] > 16:
+            raise UsageError(f"{self.name} option pq_bits must be at most 16, got {given['pq_bits']}")
+        _faiss()
+        return given
+
+    def _search_defaults(self, given: dict[str, Any]) -> dict[str, Any]:
+        resolved = with_defaults(_SPECS[self.name], given)
+        return {name: resolved[name] for name, spec in _SPECS[self.name].items() if not spec.build}
+
+    def build(self, store: "FeatureStore", **options: Any) -> FaissIndex:
+        """Build over every live vector of ``store`` and save it; returns it open."""
+        given = self.check_options(options)
+        resolved = with_defaults(_SPECS[self.name], given)
+        view = StoreView(store)
+        all_ids, live = view.snapshot()
+        n_live = int(live.sum())
+        started = time.perf_counter()
+        engine, build_params = self._new_engine(store, resolved, n_live, live)
+        progress = Progress(f"{self.name} build", n_live)
+        for ids, block in iter_live_blocks(store, live, resolved["chunk_rows"]):
+            engine.add_with_ids(block, ids)
+            progress.add(ids.size)
+        state = {**coverage(store, view), "build": build_params, "generation": _last_generation(backend_dir(store, self.name))}
+        index = FaissIndex(store, self.name, engine, state, self._search_defaults(given))
+        index._engine_dirty = True
+        index.save()
+        logger.info("%s: built over %d vectors in %.1f s", self.name, n_live, time.perf_counter() - started)
+        return index
+
+    def _new_engine(self, store, resolved, n_live, live) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+    def open(self, store: "FeatureStore", **options: Any) -> FaissIndex:
+        """Reopen the saved index (memory-mapped for HNSW); refuses missing, damaged or foreign files."""
+        given = self.check_options(options)
+        state = read_state(store, self.name)
+        check_build_options_match(self.name, store, _SPECS[self.name], given, state.get("build", {}))
+        path = backend_dir(store, self.name) / str(state.get("file"))
+        if not path.is_file():
+            raise BackendIndexError(f"{path} is missing; {rebuild_hint(store, self.name)}")
+        size = path.stat().st_size
+        if size != state.get("file_bytes"):
+            raise BackendIndexError(f"{path} is truncated or damaged ({size} bytes, {state.get('file_bytes')} "
+                                    f"were written); {rebuild_hint(store, self.name)}")
+        engine = _read_engine(store, self.name, path, mapped=self.name == HNSW)
+        if engine.d != store.dim or engine.ntotal != state.get("ntotal"):
+            raise BackendIndexError(f"{path} holds {engine.ntotal} vectors of dim {engine.d}; {state.get('ntotal')} "
+                                    f"of dim {store.dim} were expected; {rebuild_hint(store, self.name)}")
+        index = FaissIndex(store, self.name, engine, state, self._search_defaults(given), mapped=self.name == HNSW)
+        if index._behind():
+            logger.warning("%s covers the store only up to id %d; adding the rest in memory (run `clothsim index` "
+                           "again, or save(), to keep it)", path, state["covered_next_id"])
+            index.refresh()
+        return index
+
+
+def _last_generation(folder: Path) -> int:
+    numbers = [int(p.stem.split("-")[1]) for p in folder.glob("index-*.faiss") if p.stem.split("-")[1].isdigit()]
+    return max(numbers, default=0)
+
+
+class FaissHnswBackend(_FaissPlugin):
+    """The ``faiss-hnsw`` plug-in: an HNSW graph over the vectors, inner product on unit vectors."""
+
+    name = HNSW
+    description = ("FAISS HNSW graph, vectors in RAM; options M, efConstruction, efSearch (per query too); "
+                   "add without rebuild, deletes and filters inside the search")
+
+    def _new_engine(self, store, resolved, n_live, live):
+        faiss = _faiss()
+        graph = faiss.IndexHNSWFlat(store.dim, int(resolved["M"]), faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = int(resolved["efConstruction"])
+        # IndexIDMap2: FAISS ids are clothsim ids, and id selectors are given in those ids.
+        return faiss.IndexIDMap2(graph), {"M": int(resolved["M"]), "efConstruction": int(resolved["efConstruction"])}
+
+
+class FaissIvfPqBackend(_FaissPlugin):
+    """The ``faiss-ivfpq`` plug-in: inverted lists of product-quantized codes, re-ranked from the store."""
+
+    name = IVFPQ
+    description = ("FAISS IVF-PQ: compressed codes in RAM, vectors stay on disk for exact re-ranking; options "
+                   "nlist, pq_m, pq_bits, nprobe, rerank")
+
+    def _new_engine(self, store, resolved, n_live, live):
+        faiss = _faiss()
+        dim = store.dim
+        if n_live < 2:
+            raise DataError(f"{store.root}: faiss-ivfpq needs at least 2 live vectors to train on, the store has "
+                            f"{n_live}; use the exact or faiss-hnsw backend")
+        nlist = resolved["nlist"] or int(min(max(1, round(math.sqrt(n_live))), max(1, n_live // 39)))
+        nlist = min(int(nlist), n_live)
+        pq_m = resolved["pq_m"] or _pq_m_default(dim)
+        if dim % pq_m:
+            divisors = [m for m in range(1, min(dim, 128) + 1) if dim % m == 0]
+            raise UsageError(f"faiss-ivfpq option pq_m must divide the dimension {dim}; try one of {divisors}")
+        pq_bits = resolved["pq_bits"] or int(max(1, min(8, math.floor(math.log2(max(n_live / 39, 2))))))
+        train_rows = resolved["train_rows"] or min(200_000, max(40 * nlist, 40 * 2 ** pq_bits, 10_000))
+        train_rows = min(int(train_rows), n_live)
+        quantizer = faiss.IndexFlatIP(dim)
+        engine = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
+        if n_live < 39 * max(nlist, 2 ** pq_bits):
+            # Small catalogues: fewer training points than FAISS's rule of thumb; say so once, here.
+            engine.cp.min_points_per_centroid = 1
+            engine.pq.cp.min_points_per_centroid = 1
+            logger.info("faiss-ivfpq: only %d vectors to train %d lists and %d-bit codes; recall will be modest",
+                        n_live, nlist, pq_bits)
+        engine.train(_training_sample(store, live, train_rows, resolved["chunk_rows"]))
+        params = {"nlist": nlist, "pq_m": pq_m, "pq_bits": pq_bits, "train_rows": train_rows}
+        return engine, params
+
+
+def _training_sample(store: "FeatureStore", live: np.ndarray, n: int, chunk_rows: int) -> np.ndarray:
+    """``n`` live vectors spread evenly over the store (deterministic)."""
+    rows = np.flatnonzero(live)
+    pick = rows[np.linspace(0, rows.size - 1, n).round().astype(np.int64)] if n < rows.size else rows
+    mask = np.zeros(live.shape, dtype=bool)
+    mask[pick] = True
+    return np.concatenate([block for _, block in iter_live_blocks(store, mask, chunk_rows)])

@@ -1,0 +1,561 @@
+"""The ``milvus`` backend: a Milvus collection through pymilvus's ``MilvusClient``.
+
+One code path from a laptop to a cluster, chosen by the address alone:
+
+* by default a **Milvus Lite** database inside the index folder
+  (``<index>/backends/milvus/milvus.db``): embedded, nothing to start, one process at a time;
+* ``uri=http://HOST:19530`` (``--backend-option uri=...``): a Milvus server or cluster, shared by any
+  number of processes and machines. The token, if the server wants one, is read from the environment
+  variable named by ``token_env`` (default ``MILVUS_TOKEN``) and never written to disk.
+
+Rows are keyed by clothsim id; ``category`` and ``split`` are scalar fields used in filter expressions;
+add and delete map to upsert and delete. Each build creates a fresh collection ``<collection>_<hex>``
+and then points the alias ``<collection>`` and ``state.json`` at it, so a failed rebuild leaves the
+previous collection in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from clothsim.data.records import CatalogRecord
+from clothsim.errors import ClothsimError, UsageError
+from clothsim.index.ann_common import (
+    BackendIndexError,
+    OptionSpec,
+    Progress,
+    StoreView,
+    backend_dir,
+    check_build_options_match,
+    check_positive,
+    check_queries,
+    coerce_options,
+    complete_rows,
+    coverage,
+    exact_rows,
+    finish_rows,
+    is_behind,
+    iter_live_blocks,
+    read_state,
+    rebuild_hint,
+    to_hits,
+    with_defaults,
+    write_state,
+)
+from clothsim.index.base import SearchHit
+
+if TYPE_CHECKING:
+    from clothsim.features.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+NAME = "milvus"
+INSTALL_HINT = "pip install 'clothsim[milvus]'"
+LOCAL_DB = "milvus.db"
+INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX")
+MAX_TOPK = 16384  # Milvus refuses larger limits
+_QUERY_BATCH = 256  # queries per search request (bounds the message size)
+_DELETE_BATCH = 10_000
+
+MILVUS_OPTIONS: dict[str, OptionSpec] = {
+    "uri": OptionSpec(str, None, False, "http://HOST:19530 for a Milvus server or cluster; default a Milvus "
+                                        "Lite database in the index folder"),
+    "token_env": OptionSpec(str, "MILVUS_TOKEN", False, "environment variable holding the server token"),
+    "db_name": OptionSpec(str, None, True, "database on the server (default: the server's default)"),
+    "collection": OptionSpec(str, "clothsim", True, "collection alias (the data is in <collection>_<hex>)"),
+    "index_type": OptionSpec(str, "HNSW", True, f"vector index: {', '.join(INDEX_TYPES)}"),
+    "M": OptionSpec(int, 32, True, "HNSW neighbours per node"),
+    "efConstruction": OptionSpec(int, 80, True, "HNSW search depth while building"),
+    "nlist": OptionSpec(int, 1024, True, "IVF_FLAT lists"),
+    "efSearch": OptionSpec(int, 64, False, "HNSW search depth per query; also a per-query argument"),
+    "nprobe": OptionSpec(int, 32, False, "IVF_FLAT lists scanned per query; also a per-query argument"),
+    "insert_batch": OptionSpec(int, 1000, False, "rows per insert request"),
+    "timeout": OptionSpec(float, 120.0, False, "seconds per request"),
+    "exact_below": OptionSpec(int, 0, False, "search exactly when at most this many live items match a filter"),
+    "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
+}
+
+# Milvus Lite runs its server in this process, one per database folder; several open indexes over the
+# same folder share it, and the last one closed stops it.
+_LITE_USERS: dict[str, int] = {}
+_LITE_LOCK = threading.Lock()
+
+
+def _pymilvus():
+    try:
+        import pymilvus
+    except ImportError as exc:
+        raise ClothsimError(f"the milvus backend needs pymilvus and milvus-lite ({exc}): {INSTALL_HINT}") from exc
+    return pymilvus
+
+
+def _quote(text: str) -> str:
+    """A Milvus expression string literal (backslashes and double quotes escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def category_filter(category: str | Sequence[str] | None) -> str:
+    """The filter expression of a category restriction ("" for none)."""
+    if category is None:
+        return ""
+    names = [category] if isinstance(category, str) else sorted(set(category))
+    return f"category in [{', '.join(_quote(n) for n in names)}]"
+
+
+def default_uri(store: "FeatureStore") -> str:
+    return str(backend_dir(store, NAME) / LOCAL_DB)
+
+
+def _is_local(uri: str) -> bool:
+    return uri.endswith(".db")
+
+
+class MilvusIndex:
+    """An open Milvus collection mirroring a feature store (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self, store: "FeatureStore", client: Any, uri: str, state: dict[str, Any],
+                 options: dict[str, Any]) -> None:
+        self.store = store
+        self.uri = uri
+        self._client = client
+        self._state = dict(state)
+        self._options = options
+        self._view = StoreView(store)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._closed = False
+
+    # ----- facts ---------------------------------------------------------------------------
+    @property
+    def collection(self) -> str:
+        """The physical collection holding the data (the alias is ``state["collection"]``)."""
+        return str(self._state["physical"])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    @property
+    def local(self) -> bool:
+        """Whether this is an embedded Milvus Lite database."""
+        return _is_local(self.uri)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def categories(self) -> dict[str, int]:
+        return self._view.categories()
+
+    def count(self) -> int:
+        """Rows the collection holds now (a ``count(*)`` query)."""
+        rows = self._call("count", self._client.query, self.collection, filter="", output_fields=["count(*)"],
+                          timeout=self._options["timeout"])
+        return int(rows[0]["count(*)"])
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        pymilvus = _pymilvus()
+        try:
+            return fn(*args, **kwargs)
+        except pymilvus.MilvusException as exc:
+            raise BackendIndexError(f"Milvus at {self.uri} failed to {what} collection {self.collection}: "
+                                    f"{getattr(exc, 'message', exc)}") from None
+
+    # ----- searching -----------------------------------------------------------------------
+    def _search_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        if not overrides:
+            return self._options
+        given = coerce_options(NAME, MILVUS_OPTIONS, overrides)
+        fixed = [n for n in given if MILVUS_OPTIONS[n].build or n in ("uri", "token_env")]
+        if fixed:
+            raise UsageError(f"{', '.join(fixed)} cannot change per query")
+        merged = {**self._options, **{k: v for k, v in given.items() if v is not None}}
+        check_positive(NAME, merged, ["efSearch", "nprobe"])
+        return merged
+
+    def _behind(self) -> bool:
+        return is_behind(self.store, self._view, self._state)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        category: str | Sequence[str] | None = None,
+        exclude_ids: Sequence[int] | None = None,
+        **search_options: Any,
+    ) -> list[list[SearchHit]]:
+        """Top ``k`` per query; the category restriction is a Milvus filter expression."""
+        options = self._search_options(search_options)
+        queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        if self._behind():
+            self.refresh()
+        all_ids, _ = self._view.snapshot()
+        mask = self._view.allowed_rows(category)
+        n_allowed = int(np.count_nonzero(mask))
+        if n_allowed == 0 or queries.shape[0] == 0:
+            return [[] for _ in range(queries.shape[0])]
+        wanted = k + (exclude is not None)
+        if n_allowed <= options["exact_below"] or wanted > MAX_TOPK:
+            return to_hits(self.store, exact_rows(self.store, queries, k, mask, exclude, options["chunk_rows"]))
+        ids = np.full((queries.shape[0], wanted), -1, dtype=np.int64)
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        index_type = self._state["build"]["index_type"]
+        params = {"ef": max(int(options["efSearch"]), wanted)} if index_type == "HNSW" else (
+            {"nprobe": int(options["nprobe"])} if index_type == "IVF_FLAT" else {})
+        expression = category_filter(category)
+        for lo in range(0, queries.shape[0], _QUERY_BATCH):
+            batch = queries[lo:lo + _QUERY_BATCH]
+            result = self._call("search", self._client.search, self.collection, data=list(batch), limit=wanted,
+                                filter=expression, anns_field="vector", output_fields=["id"],
+                                search_params={"metric_type": "IP", "params": params},
+                                timeout=options["timeout"])
+            for q, found in enumerate(result):
+                for j, hit in enumerate(list(found)[:wanted]):
+                    ids[lo + q, j] = int(hit["id"])
+                    scores[lo + q, j] = float(hit["distance"])
+        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
+        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
+        if redone:
+            logger.debug("milvus: %d of %d queries came back short and were answered exactly", redone, len(rows))
+        return to_hits(self.store, rows)
+
+    # ----- changing ------------------------------------------------------------------------
+    def _upsert_rows(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not ids.size:
+            return
+        categories = self._view.categories_of(ids)
+        splits = [r.split or "" for r in self.store.records_for(ids)]
+        batch = int(self._options["insert_batch"])
+        for lo in range(0, ids.size, batch):
+            rows = [{"id": int(i), "vector": v, "category": c, "split": s}
+                    for i, v, c, s in zip(ids[lo:lo + batch], vectors[lo:lo + batch],
+                                          categories[lo:lo + batch], splits[lo:lo + batch])]
+            # upsert, not insert: replaying rows after a crash must not duplicate them.
+            self._call("upsert into", self._client.upsert, self.collection, rows, timeout=self._options["timeout"])
+
+    def add(
+        self, vectors: np.ndarray, records: Sequence[CatalogRecord], failures: Sequence[dict[str, str]] = ()
+    ) -> np.ndarray:
+        """Append to the store, then upsert the rows into the collection (searchable at once)."""
+        ids = self.store.append(vectors, records, failures=failures)
+        self.refresh()
+        return ids
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Tombstone in the store and delete from the collection."""
+        removed = self.store.delete(ids)
+        self.refresh()
+        return removed
+
+    def refresh(self) -> None:
+        """Bring the collection in line with the store: upsert rows it lacks, delete tombstoned ids and
+        ids a repair dropped from the store; after tombstones were reset, upsert every live row again."""
+        with self._lock:
+            all_ids, live = self._view.snapshot()
+            covered = int(self._state["covered_next_id"])
+            n_deleted = int(len(self.store.deleted_ids))
+            tombstones_reset = n_deleted < int(self._state.get("covered_deleted", 0))
+            # Upserts are idempotent, so replaying after a crash or a reset never duplicates a row.
+            todo = live if tombstones_reset else (all_ids >= covered) & live
+            if todo.any():
+                progress = Progress("milvus catching up", int(todo.sum()))
+                for ids, block in iter_live_blocks(self.store, todo, self._options["chunk_rows"]):
+                    self._upsert_rows(ids, block)
+                    progress.add(ids.size)
+            old_rows = int(np.count_nonzero(all_ids < covered))
+            if old_rows < int(self._state.get("covered_rows", old_rows)):
+                self._delete_ids(np.setdiff1d(np.arange(covered, dtype=np.int64), all_ids))  # rows dropped
+            if n_deleted != int(self._state.get("covered_deleted", 0)):
+                self._delete_ids(np.asarray(self.store.deleted_ids, dtype=np.int64))
+            now = coverage(self.store, self._view)
+            now["covered_next_id"] = max(now["covered_next_id"], covered)
+            if any(int(self._state.get(key, -1)) != value for key, value in now.items()):
+                self._state.update(now)
+                self._dirty = True
+
+    def _delete_ids(self, ids: np.ndarray) -> None:
+        for lo in range(0, ids.size, _DELETE_BATCH):
+            self._call("delete from", self._client.delete, self.collection,
+                       ids=[int(i) for i in ids[lo:lo + _DELETE_BATCH]], timeout=self._options["timeout"])
+
+    def save(self) -> None:
+        """Record how much of the store the collection covers (Milvus made the rows durable already)."""
+        with self._lock:
+            if self._dirty:
+                write_state(self.store, NAME, self._state)
+                self._dirty = False
+
+    def close(self) -> None:
+        """Close the connection; the embedded Milvus Lite server stops with the last index using it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.close()
+        finally:
+            if self.local:
+                _release_lite(self.uri)
+
+
+def _release_lite(uri: str) -> None:
+    path = os.path.abspath(uri)
+    with _LITE_LOCK:
+        _LITE_USERS[path] = _LITE_USERS.get(path, 1) - 1
+        last = _LITE_USERS[path] <= 0
+        if last:
+            _LITE_USERS.pop(path, None)
+    if last:
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # pragma: no cover - only Lite URIs get here, and those need milvus-lite
+            return
+        server_manager_instance.release_server(path)
+
+
+def _connect(store: "FeatureStore", uri: str, options: dict[str, Any], *, creating: bool) -> Any:
+    """A ``MilvusClient`` for ``uri``; errors name the database and what to do."""
+    pymilvus = _pymilvus()
+    kwargs: dict[str, Any] = {"uri": uri, "timeout": options["timeout"]}
+    token = os.environ.get(options["token_env"] or "")
+    if token:
+        kwargs["token"] = token
+    if options.get("db_name"):
+        kwargs["db_name"] = options["db_name"]
+    local = _is_local(uri)
+    if local:
+        if not creating and not Path(uri).exists():
+            raise BackendIndexError(f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}")
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client = pymilvus.MilvusClient(**kwargs)
+    except pymilvus.MilvusException as exc:
+        reason = getattr(exc, "message", str(exc))
+        if local:
+            raise BackendIndexError(
+                f"could not open the Milvus Lite database {uri} ({reason}): it is open in another process (Milvus "
+                "Lite allows one; use a Milvus server with --backend-option uri=http://HOST:19530 to share it), "
+                f"or it is damaged; then {rebuild_hint(store, NAME)}") from None
+        raise ClothsimError(f"could not reach Milvus at {uri} ({reason}); is the server running, and is the token "
+                            f"in ${options['token_env']}?") from None
+    if local:
+        with _LITE_LOCK:
+            path = os.path.abspath(uri)
+            _LITE_USERS[path] = _LITE_USERS.get(path, 0) + 1
+    return client
+
+
+class MilvusBackend:
+    """The ``milvus`` plug-in: builds and reopens a collection over a store."""
+
+    name = NAME
+    description = ("Milvus collection via pymilvus: a Milvus Lite file in the index folder by default, a server "
+                   "or cluster with uri=http://HOST:19530; options collection, index_type, M, efSearch, ...")
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Options checked and typed, without connecting (``clothsim evaluate`` calls it first)."""
+        if "token" in options:
+            raise UsageError("the milvus backend takes no token option: put the token in the environment variable "
+                             "named by token_env (default MILVUS_TOKEN), so it is never written into the index")
+        given = coerce_options(NAME, MILVUS_OPTIONS, options)
+        check_positive(NAME, given, ["M", "efConstruction", "nlist", "efSearch", "nprobe", "insert_batch",
+                                     "chunk_rows"])
+        check_positive(NAME, given, ["exact_below"], minimum=0)
+        if given.get("index_type") is not None and given["index_type"].upper() not in INDEX_TYPES:
+            raise UsageError(f"milvus option index_type must be one of {', '.join(INDEX_TYPES)}, "
+                             f"got {given['index_type']!r}")
+        if given.get("index_type"):
+            given["index_type"] = given["index_type"].upper()
+        uri = given.get("uri")
+        if uri and not (_is_local(uri) or uri.split("://")[0] in ("http", "https", "tcp", "unix")):
+            raise UsageError(f"milvus option uri must be http://HOST:PORT (a server) or a path ending in .db "
+                             f"(Milvus Lite), got {uri!r}")
+        _pymilvus()
+        return given
+
+    def check_reachable(self, options: dict[str, Any]) -> None:
+        """For a server address, connect once now (before hours of encoding); Lite needs nothing."""
+        given = with_defaults(MILVUS_OPTIONS, self.check_options(options))
+        if given["uri"] and not _is_local(given["uri"]):
+            _connect(_NoStore(), given["uri"], given, creating=True).close()
+
+    def _runtime_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        resolved = with_defaults(MILVUS_OPTIONS, given)
+        return {n: resolved[n] for n, spec in MILVUS_OPTIONS.items() if not spec.build}
+
+    def build(self, store: "FeatureStore", **options: Any) -> MilvusIndex:
+        """Create a fresh collection, insert every live vector, index it, then switch to it."""
+        given = self.check_options(options)
+        resolved = with_defaults(MILVUS_OPTIONS, given)
+        uri = resolved["uri"] or default_uri(store)
+        client = _connect(store, uri, resolved, creating=True)
+        pymilvus = _pymilvus()
+        previous = _previous_state(store)
+        alias = resolved["collection"]
+        physical = f"{alias}_{secrets.token_hex(4)}"
+        build = {"index_type": resolved["index_type"], "collection": alias, "db_name": resolved["db_name"]}
+        if resolved["index_type"] == "HNSW":
+            build.update(M=resolved["M"], efConstruction=resolved["efConstruction"])
+            params: dict[str, Any] = {"M": resolved["M"], "efConstruction": resolved["efConstruction"]}
+        elif resolved["index_type"] == "IVF_FLAT":
+            build.update(nlist=resolved["nlist"])
+            params = {"nlist": resolved["nlist"]}
+        else:
+            params = {}
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
+        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=store.dim)
+        schema.add_field("category", pymilvus.DataType.VARCHAR, max_length=65535)
+        schema.add_field("split", pymilvus.DataType.VARCHAR, max_length=65535)
+        index_params = client.prepare_index_params()
+        index_params.add_index(field_name="vector", index_type=resolved["index_type"], metric_type="IP",
+                               params=params)
+        state = {"physical": physical, "uri": resolved["uri"], "covered_next_id": 0, "covered_rows": 0,
+                 "covered_deleted": 0, "build": build}
+        index = MilvusIndex(store, client, uri, state, self._runtime_options(given))
+        started = time.perf_counter()
+        try:
+            # Strong consistency: an item added is visible to the next search. The index is created without
+            # waiting on it (Milvus Lite has no timestamp service to wait with); sealed segments get it.
+            index._call("create", client.create_collection, physical, schema=schema, consistency_level="Strong",
+                        timeout=resolved["timeout"])
+            index._call("index", client.create_index, physical, index_params, timeout=resolved["timeout"],
+                        sync=False)
+            index._call("load", client.load_collection, physical, timeout=resolved["timeout"])
+            _, live = index._view.snapshot()
+            progress = Progress("milvus build", int(live.sum()))
+            for ids, block in iter_live_blocks(store, live, resolved["chunk_rows"]):
+                index._upsert_rows(ids, block)
+                progress.add(ids.size)
+            index._call("flush", client.flush, physical, timeout=None)  # seal the segments: indexes get built
+            _wait_for_index(index, physical)
+            index._state.update(coverage(store, index._view))
+        except BaseException:
+            _drop_quietly(client, physical)
+            index.close()
+            raise
+        same_place = bool(previous) and (previous.get("uri") or None) == (resolved["uri"] or None)
+        _point_alias(client, alias, physical,
+                     alias_exists=same_place and previous.get("build", {}).get("collection") == alias)
+        index._dirty = True
+        index.save()  # the commit point: from here on the new collection is the index
+        if same_place and previous.get("physical") not in (None, physical):
+            _drop_quietly(client, previous["physical"])
+        logger.info("milvus: built %s at %s over %d vectors in %.1f s", physical, uri, progress.done,
+                    time.perf_counter() - started)
+        return index
+
+    def open(self, store: "FeatureStore", **options: Any) -> MilvusIndex:
+        """Reconnect to the collection ``state.json`` names and check it still matches the store."""
+        given = self.check_options(options)
+        state = read_state(store, NAME)
+        check_build_options_match(NAME, store, MILVUS_OPTIONS, given, state.get("build", {}))
+        runtime = self._runtime_options(given)
+        uri = runtime["uri"] or state.get("uri") or default_uri(store)
+        client = _connect(store, uri, runtime, creating=False)
+        index = MilvusIndex(store, client, uri, state, runtime)
+        where = f"the Milvus Lite database {uri}" if _is_local(uri) else f"Milvus at {uri}"
+        try:
+            exists = client.has_collection(index.collection)
+            if not exists:
+                raise BackendIndexError(f"{where} has no collection {index.collection} (dropped, or the database "
+                                        f"was replaced); {rebuild_hint(store, NAME)}")
+            client.load_collection(index.collection)
+            if index._behind():
+                logger.warning("%s covers the store only up to id %d; catching up", where, state["covered_next_id"])
+                index.refresh()
+            expected = len(store)
+            found = index.count()
+            if found > expected:  # tombstones lost (e.g. a damaged delete log): mirror them again
+                index._delete_ids(np.asarray(store.deleted_ids, dtype=np.int64))
+                found = index.count()
+            if found != expected:
+                raise BackendIndexError(f"{where} holds {found} items in {index.collection}, the store {expected}: "
+                                        f"it is damaged or was changed outside clothsim; {rebuild_hint(store, NAME)}")
+        except _pymilvus().MilvusException as exc:
+            index.close()
+            raise BackendIndexError(f"{where} cannot be read ({getattr(exc, 'message', exc)}); it is damaged; "
+                                    f"{rebuild_hint(store, NAME)}") from None
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+
+def _wait_for_index(index: MilvusIndex, physical: str, poll_s: float = 0.5) -> None:
+    """Wait until every sealed row is in the vector index, so the first searches are not brute force."""
+    if index.local:
+        _drain_lite(index.uri, physical)
+        return
+    started = last_log = time.perf_counter()
+    while True:
+        info = index._call("describe the index of", index._client.describe_index, physical, "vector")
+        pending = int(info.get("pending_index_rows", 0) or 0)
+        if pending <= 0 or str(info.get("state", "Finished")) == "Failed":
+            if str(info.get("state")) == "Failed":
+                raise BackendIndexError(f"Milvus at {index.uri} failed to index {physical}: "
+                                        f"{info.get('index_state_fail_reason', '')}")
+            return
+        now = time.perf_counter()
+        if now - last_log > 30:
+            last_log = now
+            logger.info("milvus: %d rows of %s still being indexed (%.0f s)", pending, physical, now - started)
+        time.sleep(poll_s)
+
+
+def _drain_lite(uri: str, physical: str) -> None:
+    """Milvus Lite builds segment indexes on a background thread and reports them finished at once;
+    its engine's own drain point (``Collection._wait_for_bg``) is the only way to wait for them."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        entry = server_manager_instance._servers.get(os.path.abspath(uri))
+        wait = getattr(entry[1].get_collection(physical), "_wait_for_bg", None) if entry else None
+    except Exception as exc:  # internals of another package: never fail a build over them
+        logger.debug("milvus: cannot wait for Milvus Lite's index build (%s); searches may start slower", exc)
+        return
+    if wait is not None:
+        wait()
+
+
+class _NoStore:
+    """Stands in for a store in messages when only connectivity is checked."""
+
+    root = "<index>"
+
+
+def _previous_state(store: "FeatureStore") -> dict[str, Any] | None:
+    try:
+        return read_state(store, NAME)
+    except BackendIndexError:
+        return None
+
+
+def _point_alias(client: Any, alias: str, physical: str, alias_exists: bool) -> None:
+    """Make ``alias`` name the new collection, so other tools can query it by one stable name."""
+    pymilvus = _pymilvus()
+    first, second = (client.alter_alias, client.create_alias) if alias_exists else (client.create_alias,
+                                                                                    client.alter_alias)
+    try:
+        try:
+            first(physical, alias)
+        except pymilvus.MilvusException:
+            second(physical, alias)
+    except pymilvus.MilvusException as exc:
+        logger.warning("milvus: could not point alias %r at %r (%s); the index works without it", alias, physical,
+                       getattr(exc, "message", exc))
+
+
+def _drop_quietly(client: Any, collection: str) -> None:
+    try:
+        client.drop_collection(collection)
+    except _pymilvus().MilvusException as exc:
+        logger.warning("milvus: could not drop the old collection %r: %s", collection, getattr(exc, "message", exc))
