@@ -109,6 +109,11 @@ class SimilarityIndex:
         recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
         if report.reused and recorded == (backend, options):
             index = open_index(store)
+        elif recorded == (backend, options) and not report.rebuilt:
+            # A sync changed rows of a store this backend already indexes: catch up, no rebuild.
+            index = open_index(store)
+            index.refresh()
+            index.save()
         else:
             index = build_index(store, backend, **options)
         return cls(store, enc, index), report

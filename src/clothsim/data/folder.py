@@ -7,6 +7,11 @@ Two layouts are understood::
 
 Split folder names are matched case-insensitively; ``val`` and ``valid`` mean ``validation``.
 Images may sit deeper inside a category folder; the category is always the top folder's name.
+
+Every entry with an image extension is a catalogue entry, including those that cannot be an image: a
+dangling symbolic link, a link loop, a folder named ``x.jpg``, an unreadable file. They are kept in the
+catalogue so that indexing reports each of them by path with the reason, instead of leaving them out
+silently.
 """
 
 from __future__ import annotations
@@ -103,13 +108,29 @@ def read_folder_catalog(root: str | os.PathLike[str]) -> list[CatalogRecord]:
     return records
 
 
+def _is_entry(path: Path) -> bool:
+    """A file, or something named like one that indexing will report (a link that leads nowhere, a folder)."""
+    if not is_image_file(path):
+        return False
+    try:
+        return path.is_file() or path.is_symlink() or path.is_dir()
+    except OSError:  # e.g. a name too long to stat: still an entry, reported when indexed
+        return True
+
+
 def _read_categories(folder: Path, split: str | None) -> list[CatalogRecord]:
     records = []
+    odd: list[Path] = []
     for category_dir in sorted(folder.iterdir()):
         if not category_dir.is_dir() or category_dir.name.startswith("."):
             continue
-        for image in sorted(p for p in category_dir.rglob("*") if p.is_file() and is_image_file(p)):
+        for image in sorted(p for p in category_dir.rglob("*") if _is_entry(p)):
             records.append(CatalogRecord(path=str(image), category=category_dir.name, split=split))
+            if not image.is_file():
+                odd.append(image)
+    if odd:
+        logger.warning("%s: %d entries named like images are not readable files (e.g. %s); indexing reports "
+                       "each of them", folder, len(odd), odd[0])
     return records
 
 

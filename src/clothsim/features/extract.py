@@ -366,6 +366,7 @@ def extract_features(
     overwrite: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
+    engine: Any = None,
 ) -> ExtractionReport:
     """Make the feature store at ``store_dir`` hold exactly the encoded ``records``, encoding only what
     is missing or changed.
@@ -386,6 +387,8 @@ def extract_features(
             setting, or whose manifest is damaged, instead of refusing.
         progress: Show a tqdm progress bar.
         extra_manifest: More fields to stamp on the manifest (e.g. where the weights came from).
+        engine: What decodes and encodes (an :mod:`clothsim.engines` plug-in or its name); ``None``
+            decodes in local worker processes and encodes here.
 
     Raises:
         EmptyCatalogError: ``records`` is empty.
@@ -403,8 +406,12 @@ def extract_features(
     # Cropping changes the vectors, so it is part of what a store is checked against; it only has an
     # effect when some record has a box.
     crops = use_bbox and any(r.bbox is not None for r in records)
+    if isinstance(engine, str):
+        from clothsim.engines import resolve_engine
+
+        engine = resolve_engine(engine)  # before any work: an unavailable engine fails at once
     options = dict(batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
-                   use_bbox=use_bbox, crops=crops, progress=progress, extra_manifest=extra_manifest)
+                   use_bbox=use_bbox, crops=crops, progress=progress, extra_manifest=extra_manifest, engine=engine)
 
     if FeatureStore.exists(store_dir):
         try:
@@ -580,11 +587,17 @@ def _encode_missing(store: FeatureStore, encoder: Encoder, todo: list[tuple[Cata
     records = [r for r, _ in todo]
     size = options["checkpoint_every"]
     n_new = 0
-    shards = range((len(records) + size - 1) // size)
-    for done in iter_encoded_shards(records, shards, size, encoder.transform, encoder.embed,
-                                    batch_size=options["batch_size"], num_workers=options["num_workers"],
-                                    use_bbox=options["use_bbox"], progress=options["progress"],
-                                    desc=f"encoding ({encoder.name})"):
+    engine = options.get("engine")
+    if engine is not None:
+        shards = engine.iter_shards(records, size, encoder, batch_size=options["batch_size"],
+                                    num_workers=options["num_workers"], use_bbox=options["use_bbox"],
+                                    progress=options["progress"])
+    else:
+        shards = iter_encoded_shards(records, range((len(records) + size - 1) // size), size, encoder.transform,
+                                     encoder.embed, batch_size=options["batch_size"],
+                                     num_workers=options["num_workers"], use_bbox=options["use_bbox"],
+                                     progress=options["progress"], desc=f"encoding ({encoder.name})")
+    for done in shards:
         vectors = done.outputs if done.outputs is not None else np.zeros((0, encoder.dim), np.float32)
         indices = list(done.indices)
         failures = list(done.failures)
