@@ -418,6 +418,12 @@ class MilvusBackend:
         index_params = client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=resolved["index_type"], metric_type="IP",
                                params=params)
+        for param in index_params:
+            # pymilvus 3 sends build parameters as flat keys, which Milvus servers read but Milvus Lite
+            # ignores (it reads one JSON "params" entry, as older clients sent); send both.
+            configs = getattr(param, "_configs", None)
+            if isinstance(configs, dict) and params:
+                configs["params"] = dict(params)
         state = {"physical": physical, "uri": resolved["uri"], "covered_next_id": 0, "covered_rows": 0,
                  "covered_deleted": 0, "build": build}
         index = MilvusIndex(store, client, uri, state, self._runtime_options(given))
