@@ -340,12 +340,13 @@ def test_searching_from_an_unknown_id_is_404(client, item):
 # ----- start-up and concurrency ----------------------------------------------------------------
 def test_start_up_loads_once_and_fills_the_store_caches(catalog, tiny_encoder):
     store = catalog.store
-    store._items = store._by_id = store._deleted = None  # as a freshly opened store has them
+    store._reset_caches()  # as a freshly opened store has them
     before = tiny_encoder.calls
     create_app(catalog)
     assert tiny_encoder.calls == before + 1  # one warm-up batch
     # The lazily built caches are filled before any request thread can race to build them.
-    assert store._items is not None and store._by_id is not None and store._deleted is not None
+    assert store._table is not None and store._codes is not None and store._live is not None
+    assert store._all_ids is not None and store._deleted is not None
 
 
 def test_concurrent_requests_give_the_same_answers_as_sequential_ones(client, catalog):

@@ -39,6 +39,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=positive_int, default=None,
                         help="largest accepted image in pixels (default 64,000,000)")
     parser.add_argument("--max-k", type=positive_int, default=50, help="largest k a query may ask for (default 50)")
+    parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
+                        help="most memory the server may hold, in MiB (default 2048); uploads wait for room to "
+                             "decode and get 503 with Retry-After when there is none")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds a client may take to send its request headers (default 10)")
+    parser.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                        help="seconds a client may take to send a request body (default 60; 15 s without a byte "
+                             "also drops it)")
+    parser.add_argument("--max-connections", type=positive_int, default=64,
+                        help="open connections beyond which requests get 503 (default 64)")
     return parser
 
 
@@ -56,10 +66,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    for option in ("memory_budget_mb", "header_timeout", "body_timeout"):
+        if getattr(args, option) <= 0:
+            raise UsageError(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
     try:
         import uvicorn
 
         from clothsim.web.app import create_app
+        from clothsim.web.server import uvicorn_options
     except ImportError as exc:
         raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
     from clothsim.images import DEFAULT_MAX_PIXELS
@@ -68,8 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
                                  threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
-    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k)
+    try:
+        app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
+                         memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
+                         body_idle_timeout_s=min(15.0, args.body_timeout))
+    except ValueError as exc:  # a memory budget the index and encoder alone already exceed
+        raise UsageError(f"--memory-budget-mb: {exc}") from exc
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
                        "fetch its images", args.host)
@@ -77,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     # One process: the model and index are loaded once and shared by the request threads.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                access_log=bool(args.verbose))
+                access_log=bool(args.verbose),
+                **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections))
     return 0

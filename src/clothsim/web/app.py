@@ -11,7 +11,9 @@ Routes:
   JavaScript from a CDN, so they need a browser with internet access.
 
 Errors are JSON ``{"detail": ...}``: 413 for uploads over the byte or pixel limit, 415 for files that
-are not decodable images, 404 for unknown ids, 422 for missing, conflicting or out-of-range fields.
+are not decodable images, 404 for unknown ids, 422 for missing, conflicting or out-of-range fields, 408
+for a request body that stalls or trickles past its deadline, 503 (with ``Retry-After``) when the memory
+budget for decoding is taken. Errors quote at most a short prefix of what the client sent.
 """
 
 # No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -30,7 +33,7 @@ from clothsim import __version__
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.base import SearchHit
-from clothsim.web.limits import BodySizeLimitMiddleware
+from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.schemas import (
     CategoriesResponse,
     CategoryCount,
@@ -40,7 +43,7 @@ from clothsim.web.schemas import (
     QueryInfo,
     SearchResponse,
 )
-from clothsim.web.service import QueryRejected, SearchService
+from clothsim.web.service import ECHO_CHARS, QueryRejected, SearchService
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,10 @@ DEFAULT_MAX_K = 50
 # Room for multipart boundaries, part headers and the small text fields around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
-_STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422}
+_STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422, "busy": 503}
+DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+FILENAME_CHARS = 100
 _ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 415)}
 
 
@@ -72,6 +78,11 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_k: int = DEFAULT_MAX_K,
     decode_slots: int = 4,
+    memory_budget_mb: float | None = None,
+    queue_timeout_s: float = 10.0,
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    verify_index: bool = True,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
@@ -81,13 +92,25 @@ def create_app(
             this plus a small allowance for the multipart framing).
         max_pixels: Largest accepted image in pixels; bigger ones get 413 before they are decoded.
         max_k: Largest ``k`` a query may ask for.
-        decode_slots: Uploads decoded at full size at the same time (bounds memory).
+        decode_slots: Uploads decoded at full size at the same time.
+        memory_budget_mb: The most the server process should hold resident, in MiB; uploads reserve what
+            decoding them needs from what start-up left, and wait (then get 503) when it is taken.
+            ``None``: only ``decode_slots`` bounds them.
+        queue_timeout_s: How long an upload waits for memory before 503.
+        body_idle_timeout_s: A request body that sends nothing for this long is dropped (408).
+        body_timeout_s: A request body not complete after this long is dropped (408).
+        verify_index: Check every checksum of the index first; a damaged index is refused.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
+
+    Raises:
+        StoreIntegrityError: the index is damaged (and ``verify_index``).
     """
     service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                            max_k=max_k, decode_slots=decode_slots)
+                            max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
+                            memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
+                            verify_index=verify_index)
     app = FastAPI(
         title="clothsim",
         version=__version__,
@@ -98,10 +121,27 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    # Added last, so it runs first: a stalled body is dropped before anything waits on it.
+    app.add_middleware(BodyTimeoutMiddleware, idle_timeout_s=body_idle_timeout_s, total_timeout_s=body_timeout_s)
 
     @app.exception_handler(QueryRejected)
     async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400))
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own report, with each offending input cut to a short prefix (never echoed whole).
+        errors = []
+        for error in exc.errors():
+            error = {key: value for key, value in error.items() if key not in ("ctx", "url")}
+            if "input" in error:
+                value = error["input"]
+                error["input"] = value if isinstance(value, (int, float, bool)) or value is None \
+                    else str(value)[:ECHO_CHARS]
+            error["msg"] = str(error.get("msg", ""))[:200]
+            errors.append(error)
+        return JSONResponse({"detail": errors}, status_code=422)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -151,12 +191,17 @@ def create_app(
                                                f"'id' (a catalogue item); got {which}")
         service.check_query(k, category)
         if image is not None:
-            # Read one byte past the limit: enough to know it is over without holding more.
-            data = image.file.read(service.max_upload_bytes + 1)
-            upload = service.decode_upload(data)
-            hits = service.search_image(upload.image, k, category)
-            query = QueryInfo(kind="upload", filename=image.filename, size_bytes=upload.size_bytes,
-                              width=upload.width, height=upload.height)
+            size = image.size
+            if size is None:
+                size = image.file.seek(0, 2)
+                image.file.seek(0)
+            result = service.search_upload(image.file, size, k, category)
+            hits = result.hits
+            name = image.filename
+            if name is not None and len(name) > FILENAME_CHARS:
+                name = name[:FILENAME_CHARS] + "..."
+            query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
+                              width=result.width, height=result.height)
         else:
             hits = service.search_item(item_id, k, category)
             query = QueryInfo(kind="item", id=item_id, category=service.item_category(item_id),

@@ -1,46 +1,84 @@
 """What the web application does with a catalogue, kept apart from HTTP so it can be tested alone.
 
 One :class:`SearchService` is built at start-up around an open :class:`clothsim.SimilarityIndex`;
-request threads share it. Thread safety, decided here once:
+request threads share it. Thread safety and memory, decided here once:
 
-* the store's lazily built caches (items, id map, tombstones, categories) are filled in
-  :meth:`SearchService.warm_up` before the first request, so request threads only read them;
+* at start-up the index is checked in full (every checksum) and the store's lazily built caches
+  (metadata, category codes, tombstones) are filled, so a damaged index never serves and request
+  threads only read the caches;
 * the encoder runs one batch at a time under a lock: the :class:`~clothsim.encoders.base.Encoder`
   contract does not promise thread safety, and on a CPU one torch forward pass already uses every core;
-* full-size decodes are bounded by a semaphore so a burst of large uploads cannot exhaust memory;
-  decoding and the top-k scan themselves run in parallel (Pillow and numpy release the GIL).
+* memory is bounded by a budget in bytes (:class:`MemoryBudget`): an upload reserves what decoding it
+  will hold at most (its bytes plus :data:`DECODE_BYTES_PER_PIXEL` per pixel, known from the header
+  before any pixel is decoded) from reading it to the end of encoding; when the budget is taken, a
+  request waits up to ``queue_timeout_s`` and is then refused with 503 and ``Retry-After``;
+* full-size decodes are also bounded in number (``decode_slots``); decoding and the top-k scan run in
+  parallel (Pillow and numpy release the GIL).
+
+Error messages echo at most a short prefix of what the client sent.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from clothsim.similarity_index import SimilarityIndex
 from clothsim.errors import ClothsimError
+from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
+from clothsim.similarity_index import SimilarityIndex
 
 logger = logging.getLogger(__name__)
+
+#: Bytes a full-size decode holds per pixel at its peak (measured 8.2 for a 64-megapixel JPEG: the RGB
+#: image, its upright copy and Pillow's working memory), with a margin.
+DECODE_BYTES_PER_PIXEL = 10
+#: Memory kept out of the request budget for everything else a request allocates (JSON, threads, torch).
+HEADROOM_BYTES = 96 * 1024 * 1024
+#: Characters of client input an error message may quote.
+ECHO_CHARS = 40
+
+
+def short(text: object, limit: int = ECHO_CHARS) -> str:
+    """``text`` as ``repr``, cut to ``limit`` characters with its full length said when it was longer."""
+    value = str(text)
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class QueryRejected(ClothsimError, ValueError):
     """A query the service will not run; ``kind`` says why, ``message`` is fit to show a user.
 
     Kinds: ``"too_large"`` (bytes or pixels over a limit), ``"not_image"`` (undecodable),
-    ``"unknown_item"`` (no such id), ``"bad_request"`` (anything else about the arguments).
+    ``"unknown_item"`` (no such id), ``"bad_request"`` (anything else about the arguments),
+    ``"busy"`` (the memory budget is taken; ``retry_after`` says in how many seconds to try again).
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,61 @@ class DecodedUpload:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class UploadResult:
+    """What :meth:`SearchService.search_upload` found, with what the response reports about the upload."""
+
+    width: int
+    height: int
+    size_bytes: int
+    hits: list[SearchHit]
+
+
+class MemoryBudget:
+    """A byte budget shared by request threads: :meth:`hold` reserves, waits, or refuses.
+
+    Args:
+        capacity: Bytes that requests may hold together.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
+        self.capacity = int(capacity)
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int, timeout: float) -> Iterator[None]:
+        """Reserve ``nbytes`` for the ``with`` block, waiting up to ``timeout`` seconds.
+
+        Raises:
+            QueryRejected: ``too_large`` if ``nbytes`` exceeds the whole budget, ``busy`` if it did not
+                free up in time.
+        """
+        nbytes = int(nbytes)
+        if nbytes > self.capacity:
+            raise QueryRejected("too_large", f"decoding this image needs about {nbytes / 2**20:.0f} MiB, more than "
+                                             f"this server's request memory budget of {self.capacity / 2**20:.0f} MiB")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.used + nbytes > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise QueryRejected("busy", "the server is busy decoding other large uploads; try again shortly",
+                                        retry_after=max(1, int(round(timeout))))
+                self._cond.wait(left)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
 class SearchService:
     """Similarity search over one catalogue, safe to call from many request threads.
 
@@ -62,6 +155,15 @@ class SearchService:
         max_pixels: Largest accepted image, in pixels (width x height), checked before decoding.
         max_k: Largest number of results one query may ask for.
         decode_slots: How many uploads may be decoded at full size at the same time.
+        memory_budget_bytes: The most the whole process should hold (resident). Requests get what is
+            left after start-up, less :data:`HEADROOM_BYTES`. ``None``: uploads are bounded by
+            ``decode_slots`` full-size decodes only.
+        queue_timeout_s: How long a request waits for memory before it is refused with ``busy``.
+        verify_index: Check every checksum of the index at start-up and refuse to serve a damaged one.
+
+    Raises:
+        StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
+        ValueError: a limit below one, or a memory budget that start-up alone already uses.
     """
 
     def __init__(
@@ -72,38 +174,63 @@ class SearchService:
         max_pixels: int,
         max_k: int,
         decode_slots: int = 4,
+        memory_budget_bytes: int | None = None,
+        queue_timeout_s: float = 10.0,
+        verify_index: bool = True,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if queue_timeout_s < 0:
+            raise ValueError(f"queue_timeout_s must not be negative, got {queue_timeout_s}")
         self.index = index
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.max_k = max_k
+        self.queue_timeout_s = float(queue_timeout_s)
+        self.memory_budget_bytes = memory_budget_bytes
         self._encoder_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self._categories: dict[str, int] = {}
-        self.warm_up()
+        self.warm_up(verify=verify_index)
+        self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
 
     # ----- start-up -----------------------------------------------------------------------
-    def warm_up(self) -> None:
-        """Fill every lazy cache and run the encoder once, so requests never race to build them."""
+    def warm_up(self, verify: bool = True) -> None:
+        """Check the index, fill every lazy cache and run the encoder once, so requests never race to
+        build them and a damaged index never serves."""
         started = time.perf_counter()
         store = self.index.store
-        items = store.items()
-        store.deleted_ids  # noqa: B018 - a cached property read for its side effect
-        if items:
-            try:
-                store.get(items[0].id)  # builds the id -> item map
-            except KeyError:
-                pass  # the first item was deleted; the map is built all the same
+        if verify:
+            report = store.verify(full=True)
+            if report.problems:
+                first = report.problems[0]
+                more = f" ({len(report.problems) - 1} more: `clothsim verify {store.root}`)" \
+                    if len(report.problems) > 1 else ""
+                raise StoreIntegrityError(first.path, first.message + more, store.root,
+                                          repairable=first.kind != "manifest")
+        store.warm()
         self._categories = self.index.categories()
         with self._encoder_lock:
             self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
         logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)",
                     len(self.index), len(self._categories), self.index.encoder.name,
                     time.perf_counter() - started)
+
+    def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int) -> MemoryBudget:
+        if total is None:
+            return MemoryBudget(slots * (max_upload + max_pixels * DECODE_BYTES_PER_PIXEL))
+        at_rest = resident_bytes() or 0
+        capacity = int(total) - at_rest - HEADROOM_BYTES
+        if capacity < 64 * 1024 * 1024:
+            raise ValueError(f"a memory budget of {total / 2**20:.0f} MiB leaves too little for requests: the index "
+                             f"and encoder already use {at_rest / 2**20:.0f} MiB, and {HEADROOM_BYTES / 2**20:.0f} MiB "
+                             "is kept aside; give at least "
+                             f"{(at_rest + HEADROOM_BYTES + 64 * 2**20) / 2**20:.0f} MiB")
+        logger.info("memory budget %.0f MiB: %.0f MiB at rest, %.0f MiB for requests", total / 2**20,
+                    at_rest / 2**20, capacity / 2**20)
+        return MemoryBudget(capacity)
 
     # ----- read-only facts ------------------------------------------------------------------
     def categories(self) -> dict[str, int]:
@@ -132,17 +259,18 @@ class SearchService:
     def _record(self, item_id: int):
         try:
             return self.index.store.get(item_id).record
-        except KeyError:
-            raise QueryRejected("unknown_item", f"no item with id {item_id} in the index") from None
+        except (KeyError, OverflowError, ValueError):
+            raise QueryRejected("unknown_item", f"no item with id {short(item_id)} in the index") from None
 
     # ----- queries ------------------------------------------------------------------------
     def check_query(self, k: int, category: str | None) -> None:
         """Refuse ``k`` outside 1..max_k and categories the index does not have."""
         if not 1 <= k <= self.max_k:
-            raise QueryRejected("bad_request", f"k must be between 1 and {self.max_k}, got {k}")
+            raise QueryRejected("bad_request", f"k must be between 1 and {self.max_k}, got {short(k)}")
         if category is not None and category not in self._categories:
-            raise QueryRejected("bad_request",
-                                f"unknown category {category!r}; the index has {sorted(self._categories)}")
+            known = sorted(self._categories)
+            shown = ", ".join(repr(c) for c in known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+            raise QueryRejected("bad_request", f"unknown category {short(category)}; the index has {shown}")
 
     def decode_upload(self, data: bytes) -> DecodedUpload:
         """Turn uploaded bytes into an RGB image, refusing oversized and undecodable files.
@@ -154,31 +282,60 @@ class SearchService:
             raise QueryRejected("too_large", f"the file is {len(data)} bytes; the limit is {self.max_upload_bytes}")
         if not data:
             raise QueryRejected("not_image", "the file is empty")
-        width, height = self._probe_size(data)
-        if width * height > self.max_pixels:
-            raise QueryRejected("too_large", f"the image is {width}x{height} = {width * height} pixels; "
-                                             f"the limit is {self.max_pixels}")
+        width, height = self.probe(io.BytesIO(data))
         with self._decode_slots:
             try:
                 image = load_image(data, max_pixels=self.max_pixels)
             except ImageDecodeError as exc:
                 raise QueryRejected("not_image", f"the file is not an image this server can read "
-                                                f"({exc.reason})") from exc
+                                                f"({exc.reason[:200]})") from exc
         return DecodedUpload(image, width, height, len(data))
 
+    def probe(self, stream: BinaryIO) -> tuple[int, int]:
+        """Width and height from the header alone (a decompression bomb is measured, not expanded);
+        refuses images over the pixel limit. The stream is left where it was."""
+        position = stream.tell()
+        try:
+            width, height = self._probe_size(stream)
+        finally:
+            stream.seek(position)
+        if width * height > self.max_pixels:
+            raise QueryRejected("too_large", f"the image is {width}x{height} = {width * height} pixels; "
+                                             f"the limit is {self.max_pixels}")
+        return width, height
+
     @staticmethod
-    def _probe_size(data: bytes) -> tuple[int, int]:
-        # Only the header is read here, so a decompression bomb is measured, not expanded. No
-        # warnings.catch_warnings(): it swaps process-wide state and request threads would race on it;
+    def _probe_size(stream: BinaryIO) -> tuple[int, int]:
+        # No warnings.catch_warnings(): it swaps process-wide state and request threads would race on it;
         # Pillow's bomb warning is caught in case the application's warning filters made it an error.
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(stream) as img:
                 return img.size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise QueryRejected("too_large", f"the image has too many pixels ({exc})") from exc
+            raise QueryRejected("too_large", f"the image has too many pixels ({str(exc)[:200]})") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             raise QueryRejected("not_image", "the file is not an image this server can read "
                                              f"({type(exc).__name__})") from exc
+
+    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None) -> UploadResult:
+        """Probe, admit (memory budget), read, decode, encode and search one uploaded file.
+
+        Raises:
+            QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
+        """
+        self.check_query(k, category)
+        if size_bytes > self.max_upload_bytes:
+            raise QueryRejected("too_large", f"the file is {size_bytes} bytes; the limit is {self.max_upload_bytes}")
+        if size_bytes == 0:
+            raise QueryRejected("not_image", "the file is empty")
+        width, height = self.probe(stream)
+        cost = size_bytes + width * height * DECODE_BYTES_PER_PIXEL
+        with self.budget.hold(cost, self.queue_timeout_s):
+            data = stream.read(self.max_upload_bytes + 1)
+            upload = self.decode_upload(data)
+            del data
+            hits = self.search_image(upload.image, k, category)
+        return UploadResult(upload.width, upload.height, upload.size_bytes, hits)
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""

@@ -1,0 +1,78 @@
+"""How ``clothsim serve`` runs uvicorn: a header deadline, a connection limit, short keep-alive.
+
+uvicorn bounds idle keep-alive connections but not a client that opens a connection and sends its
+request headers slowly (or never finishes them): such a client holds a socket and a slot forever.
+:class:`HeaderTimeoutProtocol` closes a connection whose request headers are not complete within
+``header_timeout_s`` of their first byte (or of the connection opening). Bodies are bounded by
+:class:`clothsim.web.limits.BodyTimeoutMiddleware`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request headers take too long."""
+
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # a new request starts on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_timer()
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            logger.info("closing a connection from %s: request headers not complete after %.0f s",
+                        self.client, self.header_timeout_s)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+
+def uvicorn_options(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` that bound slow and numerous clients.
+
+    Args:
+        header_timeout_s: Longest time for a request's headers to arrive.
+        max_connections: Open connections (and tasks) beyond which new requests get 503.
+    """
+    if header_timeout_s <= 0 or max_connections < 1:
+        raise ValueError(f"header_timeout_s must be positive and max_connections at least 1, got "
+                         f"{header_timeout_s} and {max_connections}")
+    protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
+    return {"http": protocol, "limit_concurrency": int(max_connections), "timeout_keep_alive": KEEP_ALIVE_S,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
