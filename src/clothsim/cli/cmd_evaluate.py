@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.cli.options import add_data_options, add_extraction_options, positive_int
+from clothsim.cli.options import add_backend_options_flag, add_data_options, add_extraction_options, positive_int
 from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS
 from clothsim.specs import split_names
 
@@ -19,8 +19,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="example:\n  clothsim evaluate --data ../shared/data/clothing-dataset-small \\\n"
                "      --encoders vgg16,efficientnet_lite0,ensemble:vgg16+efficientnet_lite0 \\\n"
                "      --weights vgg16=vgg16_features_imagenet.pth --out report/ --cache cache/\n"
+               "  clothsim evaluate --data DIR --encoders efficientnet_lite0 --backend faiss-hnsw --backend milvus \\\n"
+               "      --backend-option faiss-hnsw:efSearch=32 --out report/\n"
                "ensemble:a+b fits that ensemble on the train/validation splits first; ensemble:FOLDER uses one\n"
-               "fitted by `clothsim fit-ensemble`.",
+               "fitted by `clothsim fit-ensemble`. Every encoder's and backend's requirements are checked before\n"
+               "anything is encoded.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="catalogue: a folder per category, a CSV file, ...")
     add_data_options(parser)
@@ -37,21 +40,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tsne-points", type=int, default=1000,
                         help="points in the t-SNE maps, 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query and point samples (default 0)")
+    from clothsim.index.registry import backend_registry
+
+    parser.add_argument("--backend", action="append", default=None, choices=backend_registry.declared_names(),
+                        help="also measure this index backend on each encoder's gallery (repeatable): P@k, "
+                             "recall@10 against exact search, build time, time per query")
+    add_backend_options_flag(parser, "an option of the backends (repeatable): KEY=VALUE for every --backend, "
+                                     "NAME:KEY=VALUE for one, e.g. faiss-hnsw:efSearch=32")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.evaluation import compare_encoders, write_report
+    from clothsim.evaluation.backends import split_backend_options
+    from clothsim.index.ann_common import parse_option_pairs
     from clothsim.specs import parse_name_paths
 
     part_weights = parse_name_paths(args.weights)  # before the slow part, so a typo fails fast
+    backends = list(args.backend or [])
+    backend_options = split_backend_options(backends, parse_option_pairs(args.backend_option))
     records = read_catalog(args.data, format=args.format)
     comparison = compare_encoders(
         records, args.encoders, args.out, cache=args.cache, part_weights=part_weights,
         data_name=str(args.data), device=args.device, grid_queries=args.grid_queries,
         tsne_points=max(0, args.tsne_points), seed=args.seed, batch_size=args.batch_size,
-        num_workers=args.workers, progress=not args.quiet)
+        num_workers=args.workers, progress=not args.quiet, backends=backends, backend_options=backend_options)
     paths = write_report(comparison, args.out)
     print(paths["md"].read_text(encoding="utf-8").split("\n\n![")[0])
     print(f"\nreport written to {paths['html']} (also report.md, report.json)")

@@ -35,6 +35,32 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def backend_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the index-backend table (one row per encoder and backend; empty if none)."""
+    ks = comparison.settings.get("ks", [1, 5, 10])
+    header = ["encoder", "backend", "options", *[f"P@{k}" for k in ks], f"mAP@{comparison.settings.get('map_k', 10)}",
+              "recall@10 vs exact", "build s", "ms/query"]
+    rows = []
+    for r in comparison.results:
+        for b in r.backends:
+            options = ", ".join(f"{k}={v}" for k, v in sorted(b.options.items())) or "defaults"
+            rows.append([r.label, b.backend, options, *[_number(b.precision.get(k)) for k in ks],
+                         _number(b.map_at_k), _number(b.recall_at_10), _number(b.build_s, 2),
+                         _number(b.ms_per_query, 2)])
+    return header, rows
+
+
+def _backend_markdown(comparison: Comparison) -> list[str]:
+    header, rows = backend_rows(comparison)
+    if not rows:
+        return []
+    return ["## Index backends", "",
+            "Each backend built over the gallery and searched with the same queries; recall@10 is the share "
+            "of the exact top 10 it finds (1.000: the same neighbours as exact search).", "",
+            "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(row) + " |" for row in rows], ""]
+
+
 def render_markdown(comparison: Comparison) -> str:
     """The report as Markdown: the table, notes, skipped encoders and links to the charts."""
     header, rows = table_rows(comparison)
@@ -58,6 +84,7 @@ def render_markdown(comparison: Comparison) -> str:
             note += f"; {r.details['method']} of {weights} ({r.details.get('weights_chosen_by')})"
         lines.append(note)
     lines.append("")
+    lines += _backend_markdown(comparison)
     for key, path in comparison.figures.items():
         lines += [f"![{key}]({path})", ""]
     for label, path in comparison.confusions.items():
@@ -100,6 +127,12 @@ def render_html(comparison: Comparison, out_dir: str | Path) -> str:
             cells.append(f"<td{mark}>{esc(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     body.append("</table>")
+    b_header, b_rows = backend_rows(comparison)
+    if b_rows:
+        body.append("<h2>Index backends (recall@10 against exact search)</h2><table><tr>"
+                    + "".join(f"<th>{esc(h)}</th>" for h in b_header) + "</tr>")
+        body += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in b_rows]
+        body.append("</table>")
     for r in comparison.results:
         body.append(f"<p><b>{esc(r.label)}</b>: throughput {esc(r.throughput_source)}"
                     + (f"; parts {esc(', '.join(r.details['parts']))} with weights "

@@ -12,6 +12,38 @@ from clothsim.metrics import RetrievalReport
 
 
 @dataclass
+class BackendResult:
+    """One index backend's numbers on an encoder's gallery, measured against exact search.
+
+    Attributes:
+        backend: The backend name (``faiss-hnsw``, ``milvus``, ...).
+        options: The options it was built and searched with.
+        precision: ``{k: precision@k}`` of the backend's own rankings.
+        map_at_k: mAP at the comparison's cut-off, from the backend's rankings.
+        recall_at_10: Mean fraction of the exact top 10 that the backend's top 10 holds.
+        build_s: Seconds to build (and save) the backend over the gallery.
+        ms_per_query: Mean milliseconds per query, all queries sent as one batch.
+        n_queries: Queries searched.
+    """
+
+    backend: str
+    options: dict[str, Any]
+    precision: dict[int, float]
+    map_at_k: float
+    recall_at_10: float
+    build_s: float
+    ms_per_query: float
+    n_queries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "options": dict(self.options),
+                "precision": {str(k): float(v) for k, v in self.precision.items()},
+                "map_at_k": float(self.map_at_k), "recall_at_10_vs_exact": float(self.recall_at_10),
+                "build_s": float(self.build_s), "ms_per_query": float(self.ms_per_query),
+                "n_queries": self.n_queries}
+
+
+@dataclass
 class EncoderResult:
     """One encoder's numbers on the comparison's query/gallery protocol.
 
@@ -27,6 +59,7 @@ class EncoderResult:
         n_failed: Images that could not be decoded and were left out.
         stores: ``{role: store folder}`` (``queries``, ``gallery``, or ``all``).
         details: Encoder-specific facts (an ensemble's weights and parts).
+        backends: Index backends measured on this encoder's gallery (empty unless asked for).
     """
 
     name: str
@@ -40,6 +73,7 @@ class EncoderResult:
     n_failed: int = 0
     stores: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    backends: list[BackendResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +87,7 @@ class EncoderResult:
             "n_failed": self.n_failed,
             "stores": dict(self.stores),
             "details": self.details,
+            "backends": [b.to_dict() for b in self.backends],
         }
 
 

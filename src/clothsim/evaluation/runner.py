@@ -16,6 +16,8 @@ from clothsim.encoders.base import Encoder
 from clothsim.encoders.registry import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUnavailableError
 from clothsim.evaluation import plots
+from clothsim.evaluation.backends import RECALL_K, check_backends, evaluate_backend
+from clothsim.evaluation.requirements import check_encoders
 from clothsim.evaluation.cache import (
     encoder_slug,
     extract_split,
@@ -47,8 +49,10 @@ class _Prepared:
         self.encoder, self.label, self.dirs, self.reused, self.details = encoder, label, dirs, reused, details
 
 
-def _prepare_plain(name: str, records, splits, cache, part_weights, device, options) -> _Prepared:
-    encoder = create_encoder(name, weights=part_weights.get(name), device=device)
+def _prepare_plain(name: str, records, splits, cache, part_weights, device, options,
+                   encoder: Encoder | None = None) -> _Prepared:
+    if encoder is None:
+        encoder = create_encoder(name, weights=part_weights.get(name), device=device)
     reused = True
     for split in splits:
         report = extract_split(records, split, encoder, cache, weights=part_weights.get(name), **options)
@@ -143,6 +147,8 @@ def compare_encoders(
     grid_k: int = 5,
     tsne_points: int = 1000,
     seed: int = 0,
+    backends: Sequence[str] = (),
+    backend_options: dict[str, dict[str, Any]] | None = None,
     **extract_options: Any,
 ) -> Comparison:
     """Evaluate every encoder on the same queries and gallery and draw the comparison charts.
@@ -164,15 +170,23 @@ def compare_encoders(
         grid_k: Hits per query in the grids.
         tsne_points: Points in the t-SNE maps (seeded subsample); 0 leaves the maps out.
         seed: Seed of every sample.
+        backends: Index backends to measure on each encoder's gallery (e.g. ``["faiss-hnsw", "milvus"]``):
+            each is built over the gallery, searched with the same queries and scored like exact search,
+            with its recall@10 against exact search.
+        backend_options: ``{backend: {option: value}}``.
         extract_options: For :func:`~clothsim.features.extract_features` (batch_size, num_workers, ...).
 
     Returns:
         The :class:`~clothsim.evaluation.results.Comparison` (the report files are written by
         :func:`clothsim.evaluation.report.write_report`).
 
+    Every requirement (encoder names, weights files, ensembles' splits, backends and their options,
+    a database server's address) is checked before the first image is encoded.
+
     Raises:
         EmptyCatalogError: ``records`` is empty.
-        ValueError: No encoders, or repeated names.
+        UsageError: No encoders, repeated names, an unknown encoder or backend, a bad backend option.
+        DataError: An ensemble to fit on a catalogue without a train split.
     """
     if not records:
         raise EmptyCatalogError("the catalogue has no images to evaluate")
@@ -182,9 +196,13 @@ def compare_encoders(
         raise UsageError(f"encoders are repeated: {list(encoders)}")
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache is not None else out_dir / "stores"
     part_weights = dict(part_weights or {})
+    backends = list(backends)
+    backend_options = {name: dict((backend_options or {}).get(name, {})) for name in backends}
+    check_backends(backends, backend_options)  # all of it before the first image is encoded
+    checked = check_encoders(records, encoders, part_weights, device)
+    images_dir.mkdir(parents=True, exist_ok=True)
     query_split, gallery_split = choose_protocol(records)
     loo = query_split is None
     splits: list[str | None] = [None] if loo else [query_split, gallery_split]
@@ -195,7 +213,8 @@ def compare_encoders(
     comparison = Comparison(data_name, protocol, loo, query_split, gallery_split,
                             settings={"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed,
                                       "grid_queries": grid_queries, "grid_k": grid_k, "tsne_points": tsne_points,
-                                      "cache": str(cache)})
+                                      "cache": str(cache), "backends": backends,
+                                      "backend_options": backend_options})
 
     from clothsim.data.plots import plot_category_distribution
 
@@ -208,15 +227,24 @@ def compare_encoders(
     all_categories = sorted({r.category for r in queries} | {r.category for r in gallery})
 
     for name in encoders:
+        if name in checked.skipped:
+            logger.warning("skipping %s: %s", name, checked.skipped[name])
+            comparison.skipped.append(SkippedEncoder(name, checked.skipped[name]))
+            continue
         try:
-            prepare = _prepare_ensemble if name.startswith("ensemble:") else _prepare_plain
-            prepared = prepare(name, records, splits, cache, part_weights, device, extract_options)
+            if name.startswith("ensemble:"):
+                prepared = _prepare_ensemble(name, records, splits, cache, part_weights, device, extract_options)
+            else:
+                prepared = _prepare_plain(name, records, splits, cache, part_weights, device, extract_options,
+                                          encoder=checked.encoders.pop(name, None))
         except WeightsUnavailableError as exc:
             logger.warning("skipping %s: %s", name, exc)
             comparison.skipped.append(SkippedEncoder(name, str(exc)))
             continue
         result, tsne = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
                                      tsne_paths, out_dir, comparison)
+        for backend in backends:
+            result.backends.append(_evaluate_backend(backend, backend_options[backend], prepared, loo, splits))
         comparison.results.append(result)
         if tsne is not None:
             maps.append(tsne)
@@ -233,6 +261,18 @@ def compare_encoders(
         if maps:
             comparison.figures["tsne"] = relative(plots.plot_embedding_maps(maps, images_dir / "tsne.png"), out_dir)
     return comparison
+
+
+def _evaluate_backend(backend: str, options: dict[str, Any], prepared: _Prepared, loo: bool, splits):
+    """One backend over this encoder's gallery store, scored against the exact ranking."""
+    query_store = FeatureStore.open(prepared.dirs[splits[0]])
+    gallery_store = query_store if loo else FeatureStore.open(prepared.dirs[splits[1]])
+    q_vec, q_items = query_store.load_vectors()
+    g_vec, g_items = (q_vec, q_items) if loo else gallery_store.load_vectors()
+    rows, _ = rank(q_vec, None if loo else g_vec, RECALL_K, leave_one_out=loo)
+    gallery_ids = np.array([it.id for it in g_items], dtype=np.int64)
+    exact_ids = gallery_ids[rows] if rows.size else np.zeros((len(q_items), 0), dtype=np.int64)
+    return evaluate_backend(backend, options, gallery_store, q_vec, q_items, exact_ids, loo, KS, 10)
 
 
 def _evaluate_one(name, prepared: _Prepared, loo, splits, categories, grid_paths, grid_k, tsne_paths,
