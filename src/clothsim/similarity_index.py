@@ -21,6 +21,7 @@ from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RU
 from clothsim.encoders.base import Encoder
 from clothsim.encoders.registry import create_encoder
 from clothsim.encoders.weights import weights_source
+from clothsim.engines import configure_engine
 from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.errors import UsageError
 from clothsim.features.store import FeatureStore
@@ -64,6 +65,8 @@ class SimilarityIndex:
         calibration_method: str = "minmax",
         backend: str = DEFAULT_INDEX_BACKEND,
         backend_options: dict[str, Any] | None = None,
+        engine: str = "local",
+        engine_options: dict[str, Any] | None = None,
         **extract_options: Any,
     ) -> tuple["SimilarityIndex", ExtractionReport]:
         """Encode ``records`` into an index folder at ``out_dir`` and open it for search.
@@ -80,6 +83,9 @@ class SimilarityIndex:
             backend: Index backend plug-in (see ``clothsim.index.list_backends()``); recorded in the
                 folder, so :meth:`open` uses it again.
             backend_options: Options of the backend, recorded with it.
+            engine: What decodes and encodes: ``"local"`` (this machine) or ``"ray"`` (a Ray cluster;
+                ``engine_options`` ``ray_address`` such as ``"auto"`` or ``"ray://HOST:10001"`` and
+                ``actors``). The index is the same whichever engine built it.
             extract_options: For :func:`clothsim.features.extract_features` (batch_size, num_workers,
                 dtype, use_bbox, overwrite, progress, ...).
 
@@ -87,6 +93,7 @@ class SimilarityIndex:
             The open index and the extraction report (what was encoded, what was skipped and why).
         """
         plugin = backend_registry.get(backend)  # an unknown backend fails before hours of encoding
+        chosen_engine = configure_engine(engine, **(engine_options or {}))
         check_options = getattr(plugin, "check_options", None)
         if check_options is not None:  # and so does a misspelt backend option
             check_options(dict(backend_options or {}))
@@ -99,7 +106,8 @@ class SimilarityIndex:
             enc = encoder if isinstance(encoder, Encoder) else create_encoder(
                 encoder, weights=weights, device=device, runtime=runtime, threads=threads)
         extra = {"weights_source": weights_source(weights)}
-        report = extract_features(records, enc, out_dir, extra_manifest=extra, **extract_options)
+        report = extract_features(records, enc, out_dir, extra_manifest=extra, engine=chosen_engine,
+                                  **extract_options)
         if precision == "int8":
             from clothsim.runtimes.int8 import keep_in_index
 

@@ -7,6 +7,7 @@ import argparse
 from clothsim.cli.options import (
     add_backend_option,
     add_data_options,
+    add_engine_options,
     add_encoder_options,
     add_extraction_options,
     add_precision_options,
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_encoder_options(parser)
     add_precision_options(parser)
     add_backend_option(parser)
+    add_engine_options(parser)
     add_extraction_options(parser)
     parser.add_argument("--float16", action="store_true", help="store vectors as float16 (half the disk)")
     parser.add_argument("--no-bbox", action="store_true", help="ignore bounding boxes in the annotations")
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         records, args.out, encoder=args.encoder, weights=args.weights, device=args.device,
         runtime=args.runtime, threads=args.threads, precision=args.precision,
         calibration_images=args.calibration_images, calibration_method=args.calibration_method,
-        backend=args.backend, backend_options=parse_option_pairs(args.backend_option),
+        backend=args.backend, backend_options=parse_option_pairs(args.backend_option), engine=args.engine,
+        engine_options={"ray_address": args.ray_address, "actors": args.actors} if args.engine == "ray" else None,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
         use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
         checkpoint_every=args.checkpoint_every,

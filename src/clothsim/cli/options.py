@@ -73,3 +73,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    from clothsim.engines import DEFAULT_ENGINE, engine_registry
+
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=engine_registry.declared_names(),
+                        help="what decodes and encodes: local (this machine, default) or ray (a Ray cluster); "
+                             "the index is the same")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --engine ray: 'auto' (the cluster this machine belongs to), "
+                             "ray://HOST:10001, or nothing to start Ray on this machine")
+    parser.add_argument("--actors", type=positive_int, default=None,
+                        help="with --engine ray: most encoding actors (default: half the cluster's CPUs)")

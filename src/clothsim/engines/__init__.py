@@ -69,4 +69,28 @@ def resolve_engine(name: str) -> ExtractionEngine:
     return engine
 
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "ExtractionEngine", "engine_registry", "resolve_engine"]
+class ConfiguredEngine:
+    """An engine with its options bound (``ray_address``, ``actors``, ...), passed on to every call."""
+
+    def __init__(self, engine: ExtractionEngine, **options: Any) -> None:
+        self.engine = engine
+        self.options = options
+        self.description = engine.description
+
+    def unavailable_reason(self) -> str | None:
+        return self.engine.unavailable_reason()
+
+    def iter_shards(self, records: Sequence["CatalogRecord"], shard_size: int, encoder: "Encoder",
+                    **kwargs: Any) -> Iterator["EncodedShard"]:
+        return self.engine.iter_shards(records, shard_size, encoder, **kwargs, **self.options)
+
+
+def configure_engine(name: str, **options: Any) -> ExtractionEngine:
+    """The engine called ``name`` with ``options`` bound (``None`` values dropped), checked to run here."""
+    engine = resolve_engine(name)
+    options = {key: value for key, value in options.items() if value is not None}
+    return ConfiguredEngine(engine, **options) if options else engine
+
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "ConfiguredEngine", "ExtractionEngine", "configure_engine",
+           "engine_registry", "resolve_engine"]
