@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
+# A category filter that leaves at most this many live items is answered by exact search over them: it
+# reads at most ~100 MB of 1280-d vectors, and graph search under a narrow filter misses most of the
+# nearest allowed items when the filter excludes the query's own neighbourhood (measured: recall@10
+# 0.28-0.75 for HNSW at 2-20 % selectivity on clustered data, 1.0 exact).
+EXACT_BELOW = 20_000
 
 
 class BackendIndexError(ClothsimError, RuntimeError):

@@ -20,8 +20,9 @@ import hashlib
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, DataError, UsageError
 from clothsim.fileio import atomic_path
 from clothsim.index.ann_common import (
+    EXACT_BELOW,
     BackendIndexError,
     OptionSpec,
     Progress,
@@ -65,7 +67,8 @@ HNSW = "faiss-hnsw"
 IVFPQ = "faiss-ivfpq"
 
 _COMMON = {
-    "exact_below": OptionSpec(int, 0, False, "search exactly when at most this many live items match a filter"),
+    "exact_below": OptionSpec(int, EXACT_BELOW, False, "a category filter matching at most this many live items "
+                                                       f"is searched exactly (default {EXACT_BELOW}; 0: never)"),
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 HNSW_OPTIONS: dict[str, OptionSpec] = {
@@ -92,6 +95,27 @@ def _faiss():
     except ImportError as exc:
         raise ClothsimError(f"the FAISS backends need faiss-cpu ({exc}): {INSTALL_HINT}") from exc
     return faiss
+
+
+# Below this many queries a search runs on one OpenMP thread: FAISS parallelises over queries, and for one
+# query the threads only wait on each other (measured: 0.4 ms on one thread, 1.3-1.9 ms on two).
+SMALL_BATCH = 8
+
+
+@contextmanager
+def _threads_for(n_queries: int) -> Iterator[None]:
+    """One OpenMP thread for small batches. The setting is per calling thread, so concurrent request
+    threads and a build running elsewhere keep theirs."""
+    if n_queries >= SMALL_BATCH:
+        yield
+        return
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _sha256(path: Path) -> str:
@@ -199,10 +223,10 @@ class FaissIndex:
         n_allowed = int(np.count_nonzero(mask))
         if n_allowed == 0 or queries.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
-        if n_allowed <= options["exact_below"]:
+        if category is not None and n_allowed <= options["exact_below"]:
             return to_hits(self.store, exact_rows(self.store, queries, k, mask, exclude, options["chunk_rows"]))
         wanted = k + (exclude is not None)
-        with self._lock.read():
+        with self._lock.read(), _threads_for(queries.shape[0]):
             # No selector only when every vector in the engine is a live row; deleted items (and rows a
             # repair dropped) stay in the graph and are kept out by the selector.
             every_live = category is None and int(self._engine.ntotal) == n_allowed

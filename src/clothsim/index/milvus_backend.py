@@ -29,6 +29,7 @@ import numpy as np
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
 from clothsim.index.ann_common import (
+    EXACT_BELOW,
     BackendIndexError,
     OptionSpec,
     Progress,
@@ -79,7 +80,8 @@ MILVUS_OPTIONS: dict[str, OptionSpec] = {
     "nprobe": OptionSpec(int, 32, False, "IVF_FLAT lists scanned per query; also a per-query argument"),
     "insert_batch": OptionSpec(int, 1000, False, "rows per insert request"),
     "timeout": OptionSpec(float, 120.0, False, "seconds per request"),
-    "exact_below": OptionSpec(int, 0, False, "search exactly when at most this many live items match a filter"),
+    "exact_below": OptionSpec(int, EXACT_BELOW, False, "a category filter matching at most this many live items "
+                                                       f"is searched exactly (default {EXACT_BELOW}; 0: never)"),
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 
@@ -204,7 +206,7 @@ class MilvusIndex:
         if n_allowed == 0 or queries.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
         wanted = k + (exclude is not None)
-        if n_allowed <= options["exact_below"] or wanted > MAX_TOPK:
+        if (category is not None and n_allowed <= options["exact_below"]) or wanted > MAX_TOPK:
             return to_hits(self.store, exact_rows(self.store, queries, k, mask, exclude, options["chunk_rows"]))
         ids = np.full((queries.shape[0], wanted), -1, dtype=np.int64)
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)

@@ -1,0 +1,302 @@
+"""Index backends at catalogue scale: build time, disk, memory, latency, throughput and recall@10 against
+exact search, on clustered vectors (not uniform noise, on which approximate search means nothing).
+
+The data is a seeded Gaussian mixture shaped like image features: ``--clusters`` centres, each cluster
+spread along a few directions of its own (a low intrinsic dimension) plus a little isotropic noise,
+L2-normalised; category = cluster modulo ``--categories``. It is written once into a feature store
+through clothsim's own API; each backend is then built, and searched, in a fresh child process (so
+RSS, the open time and the first query are that backend's alone)::
+
+    .venv/bin/python benchmarks/index_scale.py --rows 100000 --dim 1280
+    .venv/bin/python benchmarks/index_scale.py --rows 1000000 --dim 1280 --json \\
+        --max-rows faiss-hnsw=300000 --max-rows milvus=200000
+
+``--max-rows NAME=N`` measures a backend on the first N rows only (a build that would not finish in
+reasonable time on this machine); its row is marked with the size it was measured at. Recall is always
+against exact search over the same rows. Filtered queries ask for one random category (1 of
+``--categories``), the harder case: its nearest items usually lie outside the query's cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+K = 10
+
+
+# ----- data ----------------------------------------------------------------------------------------
+class Mixture:
+    """The seeded clustered distribution; points are generated chunk by chunk (bounded memory)."""
+
+    def __init__(self, dim: int, clusters: int, seed: int, rank: int = 16) -> None:
+        rng = np.random.default_rng(seed)
+        self.dim, self.clusters, self.seed, self.rank = dim, clusters, seed, rank
+        self.centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
+        self.bases = (rng.normal(size=(clusters, rank, dim)) / np.sqrt(dim)).astype(np.float32)
+
+    def points(self, start: int, n: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, stream, start])
+        cluster = rng.integers(self.clusters, size=n)
+        z = rng.normal(size=(n, self.rank)).astype(np.float32)
+        x = self.centres[cluster] + 0.6 * np.einsum("nr,nrd->nd", z, self.bases[cluster])
+        x += rng.normal(size=(n, self.dim)).astype(np.float32) * (0.05 / np.sqrt(self.dim))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x.astype(np.float32), cluster
+
+
+def build_store(root: Path, rows: int, mix: Mixture, categories: int, dtype: str, chunk: int = 50_000) -> float:
+    from clothsim.data.records import CatalogRecord
+    from clothsim.features.store import FeatureStore
+
+    started = time.perf_counter()
+    store = FeatureStore.create(root, {"encoder": "bench-mixture", "weights": f"seed{mix.seed}", "dim": mix.dim,
+                                       "preprocessing": None}, dtype=dtype)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        x, cluster = mix.points(start, n)
+        store.append(x, [CatalogRecord(f"item/{start + i}.jpg", f"c{int(c) % categories:02d}")
+                         for i, c in enumerate(cluster)])
+        print(f"  store: {start + n:,} / {rows:,} rows", file=sys.stderr, flush=True)
+    return time.perf_counter() - started
+
+
+def ground_truth(root: Path, queries: np.ndarray, filters: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact top-10 ids for every query, unfiltered and with its filter (one batched pass each)."""
+    from clothsim.features.store import FeatureStore
+    from clothsim.index.topk import topk_over_blocks
+
+    store = FeatureStore.open(root)
+    started = time.perf_counter()
+    plain, _ = topk_over_blocks(queries, store.iter_blocks(16384), K)
+    codes, names = store.category_codes()
+    filtered = np.full((len(queries), K), -1, dtype=np.int64)
+    for name in sorted(set(filters)):
+        rows = [i for i, f in enumerate(filters) if f == name]
+        mask = codes == names.index(name)
+        ids, _ = topk_over_blocks(queries[rows], store.iter_blocks(16384, mask), K)
+        filtered[rows, : ids.shape[1]] = ids
+    return plain, filtered, time.perf_counter() - started
+
+
+def folder_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
+
+
+# ----- the child process -----------------------------------------------------------------------------
+def rss_mib() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB."""
+    current = peak = 0.0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    return current, peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from clothsim.features.store import FeatureStore
+    from clothsim.index import build_index, open_index
+
+    spec = json.loads(args.worker)
+    root, name, options = Path(spec["store"]), spec["backend"], spec["options"]
+    if spec["phase"] == "build":
+        started = time.perf_counter()
+        index = build_index(FeatureStore.open(root), name, **options)
+        build_s = time.perf_counter() - started
+        close = getattr(index, "close", None)
+        if close:
+            close()
+        return {"build_s": build_s, "build_peak_rss_mib": rss_mib()[1]}
+
+    work = Path(spec["work"])
+    queries = np.load(work / "queries.npy")
+    filters = json.loads((work / "filters.json").read_text())
+    truth = np.load(work / f"{root.name}-truth-plain.npy")
+    truth_f = np.load(work / f"{root.name}-truth-filtered.npy")
+    started = time.perf_counter()
+    index = open_index(FeatureStore.open(root), name, **options)
+    opened = time.perf_counter()
+    index.search(queries[:1], K)
+    first = time.perf_counter()
+    out = {"open_s": opened - started, "open_plus_first_query_s": first - started}
+
+    n_single = spec["single_queries"]
+    lat, found = [], []
+    for i in range(n_single):
+        t = time.perf_counter()
+        hits = index.search(queries[i:i + 1], K)[0]
+        lat.append(time.perf_counter() - t)
+        found.append([h.id for h in hits])
+    flat, found_f = [], []
+    for i in range(n_single):
+        t = time.perf_counter()
+        hits = index.search(queries[i:i + 1], K, category=filters[i])[0]
+        flat.append(time.perf_counter() - t)
+        found_f.append([h.id for h in hits])
+    batch = spec["batch"]
+    n_batched = min(len(queries), max(batch, spec["batched_queries"]))
+    t = time.perf_counter()
+    for lo in range(0, n_batched, batch):
+        index.search(queries[lo:lo + batch], K)
+    batched_s = time.perf_counter() - t
+
+    def recall(got: list[list[int]], ref: np.ndarray) -> float:
+        return float(np.mean([len(set(g) & set(r[r >= 0].tolist())) / max(int((r >= 0).sum()), 1)
+                              for g, r in zip(got, ref)]))
+
+    current, peak = rss_mib()
+    out.update({
+        "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
+        "single_qps": float(n_single / sum(lat)), "qps": float(n_batched / batched_s),
+        "recall_at_10": recall(found, truth[:n_single]),
+        "filtered_p50_ms": 1000 * float(np.percentile(flat, 50)),
+        "filtered_recall_at_10": recall(found_f, truth_f[:n_single]),
+        "rss_mib": current, "peak_rss_mib": peak, "single_queries": n_single, "batched_queries": n_batched,
+    })
+    close = getattr(index, "close", None)
+    if close:
+        close()
+    return out
+
+
+def run_child(spec: dict, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec['backend']} {spec['phase']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----- the driver --------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--backends", nargs="+", default=["exact", "faiss-hnsw", "faiss-ivfpq", "milvus"])
+    parser.add_argument("--queries", type=int, default=200, help="single queries per backend (default 200)")
+    parser.add_argument("--exact-queries", type=int, default=20,
+                        help="single queries for the exact backend, which scans everything (default 20)")
+    parser.add_argument("--batch", type=int, default=64, help="queries per batched call (default 64)")
+    parser.add_argument("--clusters", type=int, default=None, help="mixture components (default rows/1000)")
+    parser.add_argument("--categories", type=int, default=50)
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend-option", action="append", default=[], metavar="NAME:KEY=VALUE",
+                        help="an option of one backend, e.g. faiss-hnsw:M=16 (repeatable)")
+    parser.add_argument("--max-rows", action="append", default=[], metavar="NAME=N",
+                        help="measure a backend on the first N rows only (repeatable)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the stores go (default a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per child process")
+    parser.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    from clothsim.index.ann_common import parse_option_pairs
+
+    options: dict[str, dict] = {name: {} for name in args.backends}
+    for key, value in parse_option_pairs(args.backend_option).items():
+        name, _, option = key.partition(":")
+        if name not in options or not option:
+            raise SystemExit(f"--backend-option {key}: give NAME:KEY=VALUE with NAME one of {args.backends}")
+        options[name][option] = value
+    sizes = {name: args.rows for name in args.backends}
+    for item in args.max_rows:
+        name, _, n = item.partition("=")
+        if name not in sizes:
+            raise SystemExit(f"--max-rows {item}: {name!r} is not among --backends")
+        sizes[name] = min(args.rows, int(n))
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="clothsim-index-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    mix = Mixture(args.dim, args.clusters or max(10, args.rows // 1000), args.seed)
+    n_q = max(args.queries, args.batch)
+    queries, _ = mix.points(0, n_q, stream=1)  # fresh points of the same clusters
+    rng = np.random.default_rng(args.seed + 1)
+    filters = [f"c{int(c):02d}" for c in rng.integers(min(args.categories, mix.clusters), size=n_q)]
+    np.save(work / "queries.npy", queries)
+    (work / "filters.json").write_text(json.dumps(filters))
+    results = []
+    try:
+        stores: dict[int, Path] = {}
+        for n in sorted(set(sizes.values()), reverse=True):
+            root = work / f"store-{n}"
+            if not (root / "manifest.json").is_file():
+                print(f"writing a store of {n:,} x {args.dim} ({args.dtype}) ...", file=sys.stderr, flush=True)
+                seconds = build_store(root, n, mix, args.categories, args.dtype)
+                print(f"  written in {seconds:.0f} s", file=sys.stderr, flush=True)
+            if not (work / f"{root.name}-truth-plain.npy").is_file():
+                plain, filtered, seconds = ground_truth(root, queries, filters)
+                np.save(work / f"{root.name}-truth-plain.npy", plain)
+                np.save(work / f"{root.name}-truth-filtered.npy", filtered)
+                print(f"  exact ground truth for {n_q} queries (plain and filtered) in {seconds:.0f} s",
+                      file=sys.stderr, flush=True)
+            stores[n] = root
+        for name in args.backends:
+            root = stores[sizes[name]]
+            print(f"{name} over {sizes[name]:,} rows ...", file=sys.stderr, flush=True)
+            base = {"store": str(root), "backend": name, "options": options[name], "work": str(work)}
+            built = {"build_s": 0.0, "build_peak_rss_mib": None}
+            if name != "exact":
+                built = run_child({**base, "phase": "build"}, args.timeout)
+            single = args.exact_queries if name == "exact" else args.queries
+            measured = run_child({**base, "phase": "query", "single_queries": min(single, n_q), "batch": args.batch,
+                                  "batched_queries": args.exact_queries * 3 if name == "exact" else n_q},
+                                 args.timeout)
+            disk = folder_mib(root) - folder_mib(root / "backends") if name == "exact" else \
+                folder_mib(root / "backends" / name)
+            row = {"backend": name, "rows": sizes[name], "dim": args.dim, "options": options[name],
+                   "disk_mib": disk, **built, **measured}
+            results.append(row)
+            print(f"  built {row['build_s']:.1f} s, recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, "
+                  f"{row['qps']:.0f} q/s batched", file=sys.stderr, flush=True)
+            if name != "exact":
+                shutil.rmtree(root / "backends" / name, ignore_errors=True)  # disk back for the next one
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    exact = next((r for r in results if r["backend"] == "exact"), None)
+    for row in results:
+        same_rows = exact is not None and exact["rows"] == row["rows"]
+        row["speedup_vs_exact"] = row["single_qps"] / exact["single_qps"] if same_rows else None
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results, args)
+    return 0
+
+
+def print_table(results: list[dict], args: argparse.Namespace) -> None:
+    print(f"clustered vectors ({args.clusters or max(10, args.rows // 1000)} clusters, {args.categories} categories), "
+          f"dim {args.dim}, {args.dtype}, k={K}, {os.cpu_count()} CPU cores")
+    head = (f"{'backend':<12} {'rows':>9} {'build s':>8} {'disk MiB':>9} {'RSS MiB':>8} {'open+1st s':>10} "
+            f"{'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9} {'recall@10':>9} {'filt p50':>8} {'filt rec':>8}")
+    print(head)
+    for r in results:
+        print(f"{r['backend']:<12} {r['rows']:>9,} {r['build_s']:>8.1f} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
+              f"{r['open_plus_first_query_s']:>10.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>9.0f} "
+              f"{r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
