@@ -4,11 +4,14 @@ settings win on the validation split.
     .venv/bin/python benchmarks/train_tuned.py lower --data ../shared/data/clothing-dataset-small --images 96
     .venv/bin/python benchmarks/train_tuned.py sweep --data ../shared/data/clothing-dataset-small \
         --cache-dir /work/cache/tuned --out /work/cache/tuned-models
+    .venv/bin/python benchmarks/train_tuned.py test --data ../shared/data/clothing-dataset-small \
+        --cache-dir /work/cache/tuned /work/cache/tuned-models/ms-l1
 
 ``lower`` times the frozen lower part (efficientnet_lite0 up to the cut) in eager torch and in ONNX Runtime
 on the same decoded views and checks that both give the same maps. ``sweep`` trains a few settings on one
 shared cache with the test split never read (``evaluate_test=False``) and prints validation P@5 per
-setting, best first: the winner is what the README's ``clothsim train`` command uses.
+setting, best first: the winner is what the README's ``clothsim train`` command uses. ``test`` then scores
+finished model folders on the test split (read here for the first time) against the pretrained default.
 """
 
 from __future__ import annotations
@@ -86,6 +89,63 @@ def sweep(args: argparse.Namespace) -> None:
         print(f"{name:8s}  {best:7.3f}  {epoch:10d}  {ran:10d}  {seconds:7.0f}")
 
 
+def test_report(args: argparse.Namespace) -> None:
+    """Test P@k of finished model folders (picked on validation) against the pretrained default.
+
+    It reads the train views cached by the sweep and caches the test split once (plain view), then
+    scores each model exactly as ``fit_tuned`` does at its end.
+    """
+    import json
+    from pathlib import Path
+
+    from clothsim.data import read_catalog
+    from clothsim.training.tuned_cache import AugmentConfig, LowerPart, cache_split
+    from clothsim.training.tuned_encoder import load_tuned_encoder
+    from clothsim.training.tuned_trainer import TuneConfig, _test_report, assign_splits
+
+    records = read_catalog(args.data)
+    for folder in args.models:
+        meta = json.loads((Path(folder) / "config.json").read_text())
+        settings = dict(meta["train_config"])
+        settings["augment"] = AugmentConfig(**settings["augment"])
+        config = TuneConfig(**settings)
+        rows = assign_splits(records, config.val_fraction, config.test_fraction, config.seed)
+        encoder = load_tuned_encoder(folder)
+        network = encoder.graph.network
+        part = LowerPart(encoder_backbone(config), encoder.graph.lower, network.config.cut)
+        part.use_onnx()
+
+        def cache(split_rows, views, what):
+            return cache_split(part, split_rows, views, Path(args.cache_dir), config.augment, config.seed,
+                               num_workers=1, what=what)
+
+        train_cache = cache([r for r in rows if r.split == "train"], config.views, "train")
+        layers = pretrained_upper(config, network.config.cut)
+        report, _ = _test_report(rows, train_cache, network, layers, torch.device("cpu"), config, cache, [1, 5, 10])
+        pre, tuned = report["pretrained"], report["tuned"]
+        print(f"{folder}: best epoch {meta['best_epoch']} (validation P@5 {meta['best_val_p@5']:.3f}); "
+              f"test {report['n_queries']} queries against {report['n_gallery']} train images")
+        for name, rep in (("pretrained default", pre), ("tuned", tuned)):
+            print(f"  {name:18s} " + "  ".join(f"P@{k} {v:.3f}" for k, v in rep["precision"].items())
+                  + f"  mAP@10 {rep['map_at_k']:.3f}")
+        print("  per category P@5 (pretrained -> tuned): " + ", ".join(
+            f"{c} {pre['per_category_precision'][c]['5']:.2f}->{v['5']:.2f}"
+            for c, v in sorted(tuned["per_category_precision"].items())), flush=True)
+
+
+def encoder_backbone(config):
+    from clothsim import create_encoder
+
+    return create_encoder(config.backbone, runtime="torch")
+
+
+def pretrained_upper(config, cut: int) -> torch.nn.Module:
+    from clothsim.training.tuned_model import backbone_layers
+
+    layers, _ = backbone_layers(encoder_backbone(config))
+    return torch.nn.Sequential(*layers[cut:]).eval().requires_grad_(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -100,10 +160,14 @@ def main() -> None:
     sw.add_argument("--epochs", type=int, default=30)
     sw.add_argument("--patience", type=int, default=5)
     sw.add_argument("--only", nargs="*", choices=list(SWEEP))
+    te = sub.add_parser("test")
+    te.add_argument("--data", required=True)
+    te.add_argument("--cache-dir", required=True)
+    te.add_argument("models", nargs="+")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    (measure_lower if args.what == "lower" else sweep)(args)
+    {"lower": measure_lower, "sweep": sweep, "test": test_report}[args.what](args)
 
 
 if __name__ == "__main__":
