@@ -176,7 +176,9 @@ class SimilarityIndex:
 
     def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Encode query images (paths, bytes or PIL images) with the index's encoder."""
-        pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
+        side = self.encoder.decode_min_side  # decoded as at indexing time: reduced where that is exact
+        pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img, min_side=side)
+               for img in images]
         return self.encoder.encode_images(pil)
 
     def search(
@@ -202,7 +204,8 @@ class SimilarityIndex:
         images, kept, failures = [], [], []
         for record in records:
             try:
-                images.append(load_image(record.path, bbox=record.bbox if crop else None))
+                images.append(load_image(record.path, bbox=record.bbox if crop else None,
+                                         min_side=self.encoder.decode_min_side))
                 kept.append(record)
             except UNUSABLE_IMAGE_ERRORS as exc:
                 logger.warning("not added: %s", exc)

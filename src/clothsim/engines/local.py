@@ -27,4 +27,5 @@ class LocalEngine:
         shards = range((len(records) + shard_size - 1) // shard_size)
         yield from iter_encoded_shards(records, shards, shard_size, encoder.transform, encoder.embed,
                                        batch_size=batch_size, num_workers=num_workers, use_bbox=use_bbox,
-                                       progress=progress, desc=f"encoding ({encoder.name})")
+                                       progress=progress, desc=f"encoding ({encoder.name})",
+                                       min_side=getattr(encoder, "decode_min_side", None))

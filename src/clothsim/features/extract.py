@@ -105,10 +105,12 @@ class ExtractionReport:
 class _ImageDataset(Dataset):
     """Decodes and transforms one record; errors come back as values, not exceptions."""
 
-    def __init__(self, records: Sequence[CatalogRecord], transform: Callable[[Any], Any], use_bbox: bool):
+    def __init__(self, records: Sequence[CatalogRecord], transform: Callable[[Any], Any], use_bbox: bool,
+                 min_side: int | None = None):
         self.records = records
         self.transform = transform
         self.use_bbox = use_bbox
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.records)
@@ -116,7 +118,7 @@ class _ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
         record = self.records[index]
         try:
-            image = load_image(record.path, bbox=record.bbox if self.use_bbox else None)
+            image = load_image(record.path, bbox=record.bbox if self.use_bbox else None, min_side=self.min_side)
         except UNUSABLE_IMAGE_ERRORS as exc:
             return index, None, str(exc)
         return index, self.transform(image), None
@@ -161,16 +163,18 @@ def iter_encoded_shards(
     use_bbox: bool = True,
     progress: bool = True,
     desc: str = "encoding",
+    min_side: int | None = None,
 ) -> Iterator[EncodedShard]:
     """Decode (in worker processes) and run ``compute`` over the given shards, yielding each when done.
 
     The one loop behind every resumable extraction (feature stores, the Siamese feature-map cache): the
-    caller decides which shards are missing and how a finished shard is written.
+    caller decides which shards are missing and how a finished shard is written. ``min_side`` lets JPEGs
+    decode at a reduced scale down to that short side (see :func:`clothsim.images.load_image`).
     """
     # Batches never straddle two shards, so each shard is complete when its last batch arrives.
     batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
                for s in shards for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
-    loader = DataLoader(_ImageDataset(records, transform, use_bbox), batch_sampler=batches,
+    loader = DataLoader(_ImageDataset(records, transform, use_bbox, min_side), batch_sampler=batches,
                         collate_fn=_collate, num_workers=num_workers)
     pending: dict[int, dict[str, list]] = {}
     with tqdm(total=sum(len(b) for b in batches), unit="img", desc=desc, disable=not progress) as bar:
@@ -596,7 +600,8 @@ def _encode_missing(store: FeatureStore, encoder: Encoder, todo: list[tuple[Cata
         shards = iter_encoded_shards(records, range((len(records) + size - 1) // size), size, encoder.transform,
                                      encoder.embed, batch_size=options["batch_size"],
                                      num_workers=options["num_workers"], use_bbox=options["use_bbox"],
-                                     progress=options["progress"], desc=f"encoding ({encoder.name})")
+                                     progress=options["progress"], desc=f"encoding ({encoder.name})",
+                                     min_side=getattr(encoder, "decode_min_side", None))
     for done in shards:
         vectors = done.outputs if done.outputs is not None else np.zeros((0, encoder.dim), np.float32)
         indices = list(done.indices)
