@@ -194,6 +194,8 @@ class EfficientNetLite0Plugin:
     dim = lite.FEATURE_DIM
     input_size = 224
     description = "EfficientNet-Lite0 head features, average-pooled (default; small and fast on CPU)"
+    # int8 measured on clothing-dataset-small (benchmarks/int8_precision.py): P@5 0.781 against 0.783.
+    int8_validated = True
 
     def create(self, weights: str | Path | None, device: str) -> Encoder:
         return build_efficientnet_lite0(weights, device)
