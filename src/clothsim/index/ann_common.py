@@ -49,6 +49,14 @@ class BackendIndexError(ClothsimError, RuntimeError):
     """
 
 
+def quiet_faiss_loader() -> None:
+    """FAISS's loader logs every CPU-feature probe at INFO (eight lines per process, on every command);
+    unless someone set its level, only its warnings are shown."""
+    loader = logging.getLogger("faiss.loader")
+    if loader.level == logging.NOTSET:
+        loader.setLevel(logging.WARNING)
+
+
 # ----- options ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OptionSpec:

@@ -49,6 +49,7 @@ from clothsim.index.ann_common import (
     id_bitmap,
     is_behind,
     iter_live_blocks,
+    quiet_faiss_loader,
     read_state,
     rebuild_hint,
     to_hits,
@@ -72,8 +73,10 @@ _COMMON = {
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 HNSW_OPTIONS: dict[str, OptionSpec] = {
-    "M": OptionSpec(int, 32, True, "graph neighbours per node"),
-    "efConstruction": OptionSpec(int, 80, True, "search depth while building"),
+    # M=16/efConstruction=64 builds about twice as fast as 32/80 on two cores, for recall@10 0.97-0.99
+    # against 1.00 at efSearch 64-128 on clustered 1280-d data (30k rows); raise them for harder data.
+    "M": OptionSpec(int, 16, True, "graph neighbours per node"),
+    "efConstruction": OptionSpec(int, 64, True, "search depth while building"),
     "efSearch": OptionSpec(int, 64, False, "search depth per query; also a per-query argument"),
     **_COMMON,
 }
@@ -90,6 +93,7 @@ _SPECS = {HNSW: HNSW_OPTIONS, IVFPQ: IVFPQ_OPTIONS}
 
 
 def _faiss():
+    quiet_faiss_loader()
     try:
         import faiss
     except ImportError as exc:

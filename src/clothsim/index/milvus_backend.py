@@ -21,8 +21,9 @@ import os
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from clothsim.index.ann_common import (
     finish_rows,
     is_behind,
     iter_live_blocks,
+    quiet_faiss_loader,
     read_state,
     rebuild_hint,
     to_hits,
@@ -73,8 +75,8 @@ MILVUS_OPTIONS: dict[str, OptionSpec] = {
     "db_name": OptionSpec(str, None, True, "database on the server (default: the server's default)"),
     "collection": OptionSpec(str, "clothsim", True, "collection alias (the data is in <collection>_<hex>)"),
     "index_type": OptionSpec(str, "HNSW", True, f"vector index: {', '.join(INDEX_TYPES)}"),
-    "M": OptionSpec(int, 32, True, "HNSW neighbours per node"),
-    "efConstruction": OptionSpec(int, 80, True, "HNSW search depth while building"),
+    "M": OptionSpec(int, 16, True, "HNSW neighbours per node (as faiss-hnsw)"),
+    "efConstruction": OptionSpec(int, 64, True, "HNSW search depth while building"),
     "nlist": OptionSpec(int, 1024, True, "IVF_FLAT lists"),
     "efSearch": OptionSpec(int, 64, False, "HNSW search depth per query; also a per-query argument"),
     "nprobe": OptionSpec(int, 32, False, "IVF_FLAT lists scanned per query; also a per-query argument"),
@@ -92,11 +94,28 @@ _LITE_LOCK = threading.Lock()
 
 
 def _pymilvus():
+    quiet_faiss_loader()  # Milvus Lite imports FAISS
     try:
         import pymilvus
     except ImportError as exc:
         raise ClothsimError(f"the milvus backend needs pymilvus and milvus-lite ({exc}): {INSTALL_HINT}") from exc
     return pymilvus
+
+
+@contextmanager
+def _quiet_engine_logs() -> Iterator[None]:
+    """Hold back pymilvus's and Milvus Lite's own error logs (a traceback per failed call) while a database
+    is opened: the error clothsim raises names the database and the fix, which is what a user needs."""
+    loggers = [logging.getLogger(name) for name in ("pymilvus", "pymilvus.decorators", "milvus_lite",
+                                                    "milvus_lite.adapter.grpc.servicer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _quote(text: str) -> str:
@@ -468,6 +487,10 @@ class MilvusBackend:
         check_build_options_match(NAME, store, MILVUS_OPTIONS, given, state.get("build", {}))
         runtime = self._runtime_options(given)
         uri = runtime["uri"] or state.get("uri") or default_uri(store)
+        with _quiet_engine_logs():
+            return self._open(store, state, runtime, uri)
+
+    def _open(self, store: "FeatureStore", state: dict[str, Any], runtime: dict[str, Any], uri: str) -> MilvusIndex:
         client = _connect(store, uri, runtime, creating=False)
         index = MilvusIndex(store, client, uri, state, runtime)
         where = f"the Milvus Lite database {uri}" if _is_local(uri) else f"Milvus at {uri}"
