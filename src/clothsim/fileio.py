@@ -252,18 +252,28 @@ def file_digest(path: str | Path) -> FileDigest:
 def remove_path(path: str | Path) -> None:
     """Delete a file or a folder tree if it is there (a durable step, so faults can be injected)."""
     path = Path(path)
-    fault_point(f"remove {path.name}")
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    try:
+        fault_point(f"remove {path.name}")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS and not isinstance(exc, DiskWriteError):
+            raise _disk_error(exc, path) from exc
+        raise
 
 
 def rename_path(src: str | Path, dst: str | Path) -> None:
     """Rename ``src`` to ``dst`` (same file system) and flush the folder(s)."""
     src, dst = Path(src), Path(dst)
-    fault_point(f"rename {src.name} -> {dst.name}")
-    os.rename(src, dst)
+    try:
+        fault_point(f"rename {src.name} -> {dst.name}")
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS and not isinstance(exc, DiskWriteError):
+            raise _disk_error(exc, dst) from exc
+        raise
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)

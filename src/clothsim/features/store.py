@@ -929,6 +929,9 @@ class FeatureStore:
                 remove_path(path)
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # clean-up is optional: the next writer tries again
+                logger.warning("could not remove leftover %s (%s); the next write tries again", path, exc)
+                return
         self._gc_done = True
 
     def _new_name(self) -> str:
