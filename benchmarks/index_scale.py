@@ -257,16 +257,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} over {sizes[name]:,} rows ...", file=sys.stderr, flush=True)
             base = {"store": str(root), "backend": name, "options": options[name], "work": str(work)}
             built = {"build_s": 0.0, "build_peak_rss_mib": None}
-            if name != "exact":
-                built = run_child({**base, "phase": "build"}, args.timeout)
-            single = args.exact_queries if name == "exact" else args.queries
-            measured = run_child({**base, "phase": "query", "single_queries": min(single, n_q), "batch": args.batch,
-                                  "batched_queries": args.exact_queries * 3 if name == "exact" else n_q},
-                                 args.timeout)
+            load_before = os.getloadavg()[0]
+            try:
+                if name != "exact":
+                    built = run_child({**base, "phase": "build"}, args.timeout)
+                single = args.exact_queries if name == "exact" else args.queries
+                measured = run_child({**base, "phase": "query", "single_queries": min(single, n_q),
+                                      "batch": args.batch,
+                                      "batched_queries": args.exact_queries * 3 if name == "exact" else n_q},
+                                     args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one backend must not lose the others
+                print(f"  {name} failed: {str(exc)[-500:]}", file=sys.stderr, flush=True)
+                results.append({"backend": name, "rows": sizes[name], "error": str(exc)[-500:]})
+                shutil.rmtree(root / "backends" / name, ignore_errors=True)
+                continue
             disk = folder_mib(root) - folder_mib(root / "backends") if name == "exact" else \
                 folder_mib(root / "backends" / name)
             row = {"backend": name, "rows": sizes[name], "dim": args.dim, "options": options[name],
-                   "disk_mib": disk, **built, **measured}
+                   "disk_mib": disk, **built, **measured,
+                   "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
             results.append(row)
             print(f"  built {row['build_s']:.1f} s, recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, "
                   f"{row['qps']:.0f} q/s batched", file=sys.stderr, flush=True)
@@ -275,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    exact = next((r for r in results if r["backend"] == "exact"), None)
+    exact = next((r for r in results if r["backend"] == "exact" and "error" not in r), None)
     for row in results:
+        if "error" in row:
+            continue
         same_rows = exact is not None and exact["rows"] == row["rows"]
         row["speedup_vs_exact"] = row["single_qps"] / exact["single_qps"] if same_rows else None
     if args.json:
@@ -293,9 +304,13 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             f"{'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9} {'recall@10':>9} {'filt p50':>8} {'filt rec':>8}")
     print(head)
     for r in results:
+        if "error" in r:
+            print(f"{r['backend']:<12} {r['rows']:>9,} failed: {r['error'][-200:]}")
+            continue
         print(f"{r['backend']:<12} {r['rows']:>9,} {r['build_s']:>8.1f} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
               f"{r['open_plus_first_query_s']:>10.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>9.0f} "
-              f"{r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f}")
+              f"{r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f}  "
+              f"(load {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]})")
 
 
 if __name__ == "__main__":
