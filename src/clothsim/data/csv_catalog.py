@@ -65,7 +65,12 @@ def read_csv_catalog(
     records: list[CatalogRecord] = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames
+        try:
+            header = reader.fieldnames  # reads the first row: it can be undecodable or malformed too
+        except csv.Error as exc:
+            raise AnnotationFormatError(str(path), 1, f"CSV syntax error: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise AnnotationFormatError(str(path), None, f"not UTF-8 text: {exc}") from exc
         if not header:
             raise AnnotationFormatError(str(path), 1, "empty file: expected a header row")
         for required in (path_column, category_column):
