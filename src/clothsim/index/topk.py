@@ -293,7 +293,8 @@ def scan_topk(
                 block = converter.convert(part.vectors[lo:hi])
             else:
                 block = np.asarray(part.vectors[lo:hi], dtype=np.float32)
-            scores = converter.matmul(queries, block) if converter is not None else queries @ block.T
+            with np.errstate(invalid="ignore", over="ignore"):  # damaged rows are reported just below
+                scores = converter.matmul(queries, block) if converter is not None else queries @ block.T
             _check_range(scores, limit, part.label)  # before masking: damage in any row read is reported
             if keep is not None and not keep.all():
                 scores[:, ~keep] = -np.inf
@@ -387,7 +388,8 @@ def _scan_half_single(queries: np.ndarray, parts: Sequence[ScanPart], k: int, ex
                 continue
             if keep is not None and n_keep < GATHER_BELOW * (hi - lo):
                 local = np.flatnonzero(keep)
-                approx = np.asarray(part.vectors[lo + local], dtype=np.float32) @ queries[0]  # exact already
+                with np.errstate(invalid="ignore", over="ignore"):
+                    approx = np.asarray(part.vectors[lo + local], dtype=np.float32) @ queries[0]  # exact already
                 ids = part.id_start + lo + local
                 _check_range(approx[None, :], limit, part.label)
             else:
