@@ -432,7 +432,9 @@ def _gather_scores(query: np.ndarray, parts: Sequence[ScanPart], ids: np.ndarray
         inside = (ids >= part.id_start) & (ids < part.id_start + part.vectors.shape[0])
         if inside.any():
             where = np.flatnonzero(inside)
-            rows = np.asarray(part.vectors[np.sort(ids[where]) - part.id_start], dtype=np.float32)
+            rows = np.asarray(part.vectors[np.sort(ids[where]) - part.id_start], dtype=np.float64)
             order = np.argsort(ids[where], kind="stable")
-            scores[where[order]] = rows @ query
+            # Row by row in float64 (einsum, not BLAS, whose rounding depends on a row's position in the
+            # block): identical rows get identical scores, so their tie goes to the lower id.
+            scores[where[order]] = np.einsum("ij,j->i", rows, query.astype(np.float64))
     return scores
