@@ -252,11 +252,11 @@ def test_ctrl_c_leaves_nothing_behind_and_exits_130(tmp_path, capsys, monkeypatc
 
     real, calls = store_module.write_parquet, {"n": 0}
 
-    def interrupted_write(path, table):
+    def interrupted_write(path, table, *rest):
         calls["n"] += 1
         if calls["n"] == 2:  # in the middle of the second checkpoint, after its vectors were written
             raise KeyboardInterrupt
-        return real(path, table)
+        return real(path, table, *rest)
 
     monkeypatch.setattr(store_module, "write_parquet", interrupted_write)
     assert main(argv) == 130

@@ -223,13 +223,13 @@ def write_npy_parts(
     return writer.digest()
 
 
-def write_parquet(path: str | Path, table: Any) -> FileDigest:
+def write_parquet(path: str | Path, table: Any, row_group_size: int | None = None) -> FileDigest:
     """Write a pyarrow table as a Parquet file atomically; returns the file's size and checksum."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, str(tmp), compression="zstd")
+        pq.write_table(table, str(tmp), compression="zstd", row_group_size=row_group_size)
         # Hashed from the page cache right after writing: small next to the vectors, and one code path.
         digest = file_digest(tmp)
     return digest

@@ -72,6 +72,8 @@ DTYPES = ("float32", "float16")
 AUTO_VERIFY_BYTES = 64 * 1024 * 1024
 #: How far a stored vector's norm may be from 1 (float16 rounding stays well inside).
 NORM_TOLERANCE = 1e-2
+#: Rows per Parquet row group: a hit's record is read with its row group only, not the whole segment.
+ROW_GROUP_ROWS = 8192
 #: Segments smaller than this are merged by :meth:`FeatureStore.compact` once there are enough of them.
 COMPACT_ROWS = 65536
 COMPACT_MIN_SMALL = 16
@@ -278,6 +280,8 @@ class FeatureStore:
         self._gc_done = False
         self._arrays: dict[str, np.ndarray] = {}
         self._tables: dict[str, Any] = {}
+        self._category_columns: dict[str, Any] = {}
+        self._row_groups: dict[tuple[str, int], Any] = {}
         self._reset_caches()
 
     # ----- opening and creating -------------------------------------------------------------
@@ -479,6 +483,8 @@ class FeatureStore:
         names = {s["name"] for s in segs}
         self._arrays = {n: a for n, a in self._arrays.items() if n in names}
         self._tables = {n: t for n, t in self._tables.items() if n in names}
+        self._category_columns = {n: c for n, c in self._category_columns.items() if n in names}
+        self._row_groups = {key: t for key, t in self._row_groups.items() if key[0] in names}
         self._all_ids: np.ndarray | None = None
         self._deleted: np.ndarray | None = None
         self._live: np.ndarray | None = None
@@ -488,7 +494,7 @@ class FeatureStore:
     def warm(self) -> None:
         """Load every lazily built cache now (metadata, category codes, tombstones), e.g. before serving
         requests from several threads, so that they only ever read them."""
-        self.metadata_table()
+        self.metadata_table()  # every segment's full table: hits are then looked up without reading files
         self.category_codes()
         self.live_mask()
         self.all_ids()
@@ -665,7 +671,8 @@ class FeatureStore:
             import pyarrow as pa
             import pyarrow.compute as pc
 
-            column = self.metadata_table().column("category")
+            chunks = [self._segment_categories(self._segment(seg)) for seg in self._manifest["segments"]]
+            column = pa.chunked_array(chunks, type=pa.string())
             categories = sorted(str(v) for v in pc.unique(column).to_pylist())
             codes = pc.index_in(column, value_set=pa.array(categories, type=column.type))
             array = codes.to_numpy(zero_copy_only=False).astype(np.int32) if len(column) else np.zeros(0, np.int32)
@@ -687,7 +694,80 @@ class FeatureStore:
         dead = ~self.live_mask()[positions]
         if dead.any():
             raise KeyError(f"no item with id {int(ids[dead][0])} in {self.root}")
-        return [_row_to_record(r) for r in self.metadata_table().take(positions).to_pylist()]
+        seg_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        records: list[CatalogRecord | None] = [None] * ids.size
+        segments = self.segments
+        for seg in np.unique(seg_of):
+            where = np.flatnonzero(seg_of == seg)
+            rows = self._segment_rows(segments[seg], positions[where] - self._offsets[seg])
+            for w, row in zip(where, rows):
+                records[w] = _row_to_record(row)
+        return records  # type: ignore[return-value]
+
+    def _segment_categories(self, segment: Segment) -> Any:
+        """One segment's category column alone (what filters and counts need), read once."""
+        cached = self._category_columns.get(segment.name)
+        if cached is None:
+            table = self._tables.get(segment.name)
+            if table is None and not self.is_legacy:
+                table = self._read_parquet(segment, columns=["category"])
+            elif table is None:
+                table = self._segment_table(segment)
+            cached = table.column("category").combine_chunks()
+            self._category_columns[segment.name] = cached
+        return cached
+
+    def _segment_rows(self, segment: Segment, local: np.ndarray) -> list[dict[str, Any]]:
+        """Rows ``local`` of one segment as dicts, reading only the row groups that hold them."""
+        table = self._tables.get(segment.name)
+        if table is not None or self.is_legacy:
+            table = table if table is not None else self._segment_table(segment)
+            return table.take(local).to_pylist()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(segment.metadata_path).metadata
+            sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreIntegrityError(segment.metadata_path, f"cannot be read as metadata ({type(exc).__name__}: "
+                                      f"{str(exc)[:200]})", self.root) from None
+        if int(sizes.sum()) != segment.rows:
+            raise StoreIntegrityError(segment.metadata_path, f"has {int(sizes.sum())} metadata rows, the manifest "
+                                      f"says {segment.rows}", self.root)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        groups = np.searchsorted(starts, local, side="right") - 1
+        out: list[dict[str, Any] | None] = [None] * local.size
+        for g in np.unique(groups):
+            key = (segment.name, int(g))
+            part = self._row_groups.get(key)
+            if part is None:
+                part = self._read_parquet(segment, row_group=int(g))
+                self._row_groups[key] = part
+            where = np.flatnonzero(groups == g)
+            for w, row in zip(where, part.take(local[where] - starts[g]).to_pylist()):
+                out[w] = row
+        return out  # type: ignore[return-value]
+
+    def _read_parquet(self, segment: Segment, columns: list[str] | None = None, row_group: int | None = None) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = segment.metadata_path
+        try:
+            if row_group is not None:
+                table = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+                return table.cast(_metadata_schema()) if columns is None else table
+            table = pq.read_table(path, columns=columns)
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            raise StoreIntegrityError(path, f"cannot be read as metadata ({type(exc).__name__}: "
+                                            f"{str(exc)[:200]})", self.root) from None
+        if table.num_rows != segment.rows:
+            raise StoreIntegrityError(path, f"has {table.num_rows} metadata rows, the manifest says {segment.rows}",
+                                      self.root)
+        if "category" in table.column_names and table.column("category").null_count:
+            raise StoreIntegrityError(path, "has rows without a category", self.root)
+        return table
 
     def get(self, item_id: int) -> StoredItem:
         """The record stored under ``item_id``; ``KeyError`` if unknown or deleted."""
@@ -948,7 +1028,7 @@ class FeatureStore:
         base = self.root / SEGMENTS / name
         self._txn_files.extend([base.with_suffix(".npy"), base.with_suffix(".parquet")])
         vec_digest = write_npy_parts(base.with_suffix(".npy"), [vectors], (rows, self.dim), self.dtype)
-        meta_digest = write_parquet(base.with_suffix(".parquet"), table)
+        meta_digest = write_parquet(base.with_suffix(".parquet"), table, ROW_GROUP_ROWS)
         id_start = int(self._manifest["next_id"])
         self._manifest["segments"].append({"name": name, "id_start": id_start, "rows": int(rows),
                                            "vectors": vec_digest.to_dict(), "metadata": meta_digest.to_dict()})
@@ -1085,7 +1165,7 @@ class FeatureStore:
             # The .npy file stays where it is (never rewritten from now on); only its checksum is new.
             meta_path = segment.vectors_path.with_suffix(".parquet")
             self._txn_files.append(meta_path)
-            meta = write_parquet(meta_path, _record_columns(records, sources))
+            meta = write_parquet(meta_path, _record_columns(records, sources), ROW_GROUP_ROWS)
             new_segments.append({"name": segment.name, "id_start": int(seg["id_start"]), "rows": int(seg["rows"]),
                                  "vectors": file_digest(segment.vectors_path).to_dict(), "metadata": meta.to_dict()})
             kept_ids.append(np.arange(int(seg["id_start"]), int(seg["id_start"]) + int(seg["rows"])))
@@ -1162,7 +1242,7 @@ class FeatureStore:
                 vec = write_npy_parts(base.with_suffix(".npy"), (self._array(p) for p in parts), (rows, self.dim),
                                       self.dtype)
                 meta = write_parquet(base.with_suffix(".parquet"),
-                                     pa.concat_tables([self._segment_table(p) for p in parts]))
+                                     pa.concat_tables([self._segment_table(p) for p in parts]), ROW_GROUP_ROWS)
                 merged[group[0]] = {"name": name, "id_start": parts[0].id_start, "rows": rows,
                                     "vectors": vec.to_dict(), "metadata": meta.to_dict()}
             drop = {j for group in groups for j in group[1:]}
