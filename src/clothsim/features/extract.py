@@ -131,6 +131,12 @@ def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, 
     return [i for i, _ in good], batch, bad
 
 
+def _single_threaded(worker_id: int) -> None:
+    # A decoding worker runs one image at a time; torch's default of one thread per core in every worker
+    # would fight the encoder's threads for the same cores.
+    torch.set_num_threads(1)
+
+
 def catalog_hash(records: Sequence[CatalogRecord]) -> str:
     """A digest of the catalogue (paths, labels, boxes), to tell a resumed run it is the same work."""
     digest = hashlib.sha256()
@@ -175,7 +181,8 @@ def iter_encoded_shards(
     batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
                for s in shards for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
     loader = DataLoader(_ImageDataset(records, transform, use_bbox, min_side), batch_sampler=batches,
-                        collate_fn=_collate, num_workers=num_workers)
+                        collate_fn=_collate, num_workers=num_workers,
+                        worker_init_fn=_single_threaded if num_workers else None)
     pending: dict[int, dict[str, list]] = {}
     with tqdm(total=sum(len(b) for b in batches), unit="img", desc=desc, disable=not progress) as bar:
         for good, batch, bad in loader:
