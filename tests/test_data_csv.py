@@ -119,3 +119,13 @@ def test_write_rejects_separator_in_attribute(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'a|b'"):
         write_csv_catalog(bad, tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_uri_paths_are_kept_as_written(tmp_path):
+    from clothsim.data.csv_catalog import read_csv_catalog
+
+    csv_path = tmp_path / "remote.csv"
+    csv_path.write_text("path,category\ns3://shop-photos/dresses/1.jpg,dress\nlocal/2.jpg,hat\n")
+    records = read_csv_catalog(csv_path)
+    assert records[0].path == "s3://shop-photos/dresses/1.jpg"  # not joined to the CSV's folder
+    assert records[1].path == str(tmp_path / "local" / "2.jpg")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clothsim.cli.main import main
-from clothsim.data import read_folder_catalog
+from clothsim.data import CatalogRecord, read_folder_catalog
 from clothsim.features import FeatureStore
 from clothsim.similarity_index import SimilarityIndex
 
@@ -57,11 +57,13 @@ def _vectors(folder: Path) -> tuple[np.ndarray, list[tuple[int, str]], list[dict
 
 def test_ray_builds_the_local_index(ray_cluster, shop, tmp_path):
     records = read_folder_catalog(shop)
+    # One photo named by a URI, as on object storage: both engines read it through pyarrow.
+    records.append(CatalogRecord(next((shop / "dress").glob("*.jpg")).as_uri(), "dress"))
     local, local_report = SimilarityIndex.build(records, tmp_path / "local", num_workers=0, progress=False)
     distributed, ray_report = SimilarityIndex.build(records, tmp_path / "ray", engine="ray",
                                                     engine_options={"ray_address": ray_cluster, "actors": 2},
                                                     batch_size=8, checkpoint_every=16, progress=False)
-    assert local_report.n_encoded == ray_report.n_encoded == 40
+    assert local_report.n_encoded == ray_report.n_encoded == 41
     local_vectors, local_ids, local_failures = _vectors(tmp_path / "local")
     ray_vectors, ray_ids, ray_failures = _vectors(tmp_path / "ray")
     assert ray_ids == local_ids  # same ids for the same records

@@ -105,3 +105,12 @@ def test_reduce_on_decode_keeps_the_vectors(tmp_path):
     full = encoder.encode_images([load_image(p) for p in paths])
     reduced = encoder.encode_images([load_image(p, min_side=encoder.decode_min_side) for p in paths])
     assert np.sum(full * reduced, axis=1).min() >= 0.999
+
+
+def test_uris_are_read_through_pyarrow(tmp_path):
+    path = _big_jpeg(tmp_path / "remote.jpg", size=(300, 400))
+    assert load_image(path.as_uri()).size == load_image(path).size == (300, 400)
+    with pytest.raises(FileNotFoundError):
+        load_image((tmp_path / "gone.jpg").as_uri())
+    with pytest.raises(ImageDecodeError, match="nosuchscheme://bucket/a.jpg"):
+        load_image("nosuchscheme://bucket/a.jpg")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,6 +71,24 @@ def _crop(img: Image.Image, bbox: tuple[int, int, int, int], source: str) -> Ima
     return img.crop((x1, y1, x2, y2))
 
 
+# s3://, gs://, hdfs://, file://...: catalogues on shared or object storage (clusters).
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _read_uri(uri: str) -> bytes:
+    """The bytes of an object that pyarrow's filesystem layer can open."""
+    from pyarrow import fs
+
+    try:
+        filesystem, inner = fs.FileSystem.from_uri(uri)
+        with filesystem.open_input_file(inner) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # unknown scheme, no credentials, network
+        raise ImageDecodeError(uri, f"cannot read it: {exc}") from exc
+
+
 def _reduce_on_decode(img: Image.Image, bbox: tuple[int, int, int, int] | None, min_side: int) -> float:
     """Ask the JPEG decoder for the smallest DCT scale (1/2, 1/4, 1/8) that keeps the short side of the
     image, or of its box, at ``min_side`` pixels or more; returns the factor coordinates shrink by.
@@ -95,7 +114,8 @@ def load_image(
     """Open an image file (or bytes / file object) as an upright RGB PIL image.
 
     Args:
-        source: A path, raw bytes or a binary file object.
+        source: A path, a URI that pyarrow's filesystem layer opens (``s3://bucket/a.jpg``,
+            ``file:///data/a.jpg``), raw bytes or a binary file object.
         bbox: Optional ``(x1, y1, x2, y2)`` crop, applied after EXIF orientation, clipped to the image.
         max_pixels: Refuse images with more pixels than this (``None``: no limit).
         min_side: When given, a JPEG may be decoded at a reduced scale as long as the short side of the
@@ -107,6 +127,8 @@ def load_image(
         FileNotFoundError: ``source`` is a path that does not exist.
     """
     name = str(source) if isinstance(source, (str, Path)) else "<upload>"
+    if isinstance(source, str) and _URI.match(source):
+        source = _read_uri(source)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:

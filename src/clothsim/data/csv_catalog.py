@@ -151,6 +151,9 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
     return out
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _parse_row(
     row: dict[str | None, str | None],
     path: Path,
@@ -169,9 +172,12 @@ def _parse_row(
     category = cell(category_column)
     if not category:
         raise AnnotationFormatError(str(path), line, f"empty {category_column!r} for image {image!r}")
-    image_path = Path(image).expanduser()
-    if not image_path.is_absolute():
-        image_path = base / image_path
+    if _URI.match(image):
+        image_path = image  # object storage (s3://, gs://, hdfs://...): opened by pyarrow, kept as written
+    else:
+        image_path = Path(image).expanduser()
+        if not image_path.is_absolute():
+            image_path = base / image_path
 
     split: str | None = cell(optional["split"]).lower() or None
     if split is not None:
@@ -182,7 +188,7 @@ def _parse_row(
             )
     attributes = tuple(a.strip() for a in _ATTRIBUTE_SEPARATORS.split(cell(optional["attributes"])) if a.strip())
     return CatalogRecord(
-        path=os.path.normpath(image_path),
+        path=image_path if isinstance(image_path, str) else os.path.normpath(image_path),
         category=category,
         split=split,
         item_id=cell(optional["item_id"]) or None,

@@ -34,21 +34,6 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'clothsim[distributed]'  (Ray Data)"
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def read_image_bytes(path: str) -> bytes | str:
-    """The bytes behind ``path`` (a local path or a pyarrow filesystem URI)."""
-    if _is_uri(path):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_input_file(inner) as handle:
-            return handle.read()
-    return path.removeprefix("file://")
-
-
 class EncodeBatch:
     """One Ray actor: builds the encoder once, then decodes and encodes batches of records.
 
@@ -94,16 +79,12 @@ class EncodeBatch:
         errors = np.full(len(rows), "", dtype=object)
         for position, (path, box) in enumerate(zip(batch["path"], batch["bbox"])):
             bbox = tuple(int(v) for v in box) if self.use_bbox and len(box) == 4 else None
-            path = str(path)
             try:
-                image = load_image(read_image_bytes(path), bbox=bbox, min_side=self.min_side)
+                image = load_image(str(path), bbox=bbox, min_side=self.min_side)  # local paths and URIs
                 tensors.append(self.transform(image))
                 good.append(position)
             except UNUSABLE_IMAGE_ERRORS as exc:
-                # Bytes read from a URI decode as "<upload>": name the object instead.
-                errors[position] = str(exc).replace("<upload>", path) if _is_uri(path) else str(exc)
-            except OSError as exc:  # a remote filesystem that cannot open the object
-                errors[position] = f"{path}: {type(exc).__name__}: {exc}"
+                errors[position] = str(exc)
         vectors = np.zeros((len(rows), self.encoder.dim), dtype=np.float32)
         if good:
             vectors[good] = self.encoder.embed(default_collate(tensors))

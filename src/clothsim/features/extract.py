@@ -207,8 +207,11 @@ def probe_entry(path: str) -> Signature | str:
     """``(size, mtime_ns)`` of a catalogue entry's file, or the reason it cannot be encoded.
 
     The reasons name what the entry is: a missing file, a dangling symbolic link, a link loop, a folder,
-    something that is not a regular file, or a file this process may not read.
+    something that is not a regular file, or a file this process may not read. A URI (``s3://...``) is
+    asked of pyarrow's filesystem layer.
     """
+    if "://" in path:
+        return _probe_uri(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -228,6 +231,22 @@ def probe_entry(path: str) -> Signature | str:
     if not os.access(path, os.R_OK):
         return "permission denied (not readable)"
     return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _probe_uri(uri: str) -> Signature | str:
+    from pyarrow import fs
+
+    try:
+        filesystem, inner = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(inner)
+    except (OSError, ValueError) as exc:
+        return f"cannot be read ({exc})"
+    if info.type == fs.FileType.NotFound:
+        return "file not found"
+    if info.type != fs.FileType.File:
+        return "a directory, not an image file" if info.type == fs.FileType.Directory else "not a regular file"
+    mtime = info.mtime_ns if info.mtime_ns is not None else 0
+    return int(info.size or 0), int(mtime)
 
 
 def _record_key(path: str, category: str, split: Any, item_id: Any, attributes: Any, bbox: Any) -> tuple:
