@@ -11,7 +11,7 @@ an index of the bundled clothing sample built first with the default encoder, th
 For each it prints the status codes, errors, latency p50/p99 and how long the server held slow clients,
 and at the end the server's peak resident memory (VmHWM) next to its budget.
 
-    .venv/bin/python benchmarks/web_abuse.py --memory-budget-mb 1536
+    .venv/bin/python benchmarks/web_abuse.py --memory-budget-mb 2048
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def slow_clients(port: int, n: int, payload: bytes, wait_s: float) -> dict:
 
 def uploads(url: str, payloads: list[bytes], clients: int, name: str) -> dict:
     """Post every payload as an upload from ``clients`` threads; status codes and latency."""
-    latencies, codes, errors = [], Counter(), Counter()
+    latencies, codes, errors, details = [], Counter(), Counter(), {}
     lock = threading.Lock()
 
     def one(data: bytes) -> None:
@@ -133,11 +133,14 @@ def uploads(url: str, payloads: list[bytes], clients: int, name: str) -> dict:
         with lock:
             codes[code] += 1
             latencies.append(time.perf_counter() - started)
+            if response.status_code != 200 and code not in details:
+                details[code] = response.text[:160]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, payloads))
     return {"requests": len(payloads), "clients": clients, "codes": dict(codes), "errors": dict(errors),
+            "details": details,
             "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
             "seconds": time.perf_counter() - started}
 
@@ -145,7 +148,7 @@ def uploads(url: str, payloads: list[bytes], clients: int, name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="an index folder (default: build one of the bundled sample)")
-    parser.add_argument("--memory-budget-mb", type=float, default=1536)
+    parser.add_argument("--memory-budget-mb", type=float, default=2048, help="as `clothsim serve` (default 2048)")
     parser.add_argument("--slow", type=int, default=50, help="slow connections per slow-client test")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients sending 64 MP photos")
     parser.add_argument("--rounds", type=int, default=2, help="64 MP photos per client")
