@@ -63,7 +63,7 @@ class CountingRuntime:
     def unavailable_reason(self):
         return None
 
-    def prepare(self, encoder):
+    def prepare(self, encoder, threads=None):
         return encoder
 
 

@@ -101,7 +101,8 @@ class NamedRuntime:
         self.runtime = runtime
 
     def prepare(self, encoder: "Encoder", threads: int | None = None) -> "Encoder":
-        prepared = self.runtime.prepare(encoder, threads=threads)
+        # ``threads`` only when asked for, so a runtime written without the option still works.
+        prepared = self.runtime.prepare(encoder) if threads is None else self.runtime.prepare(encoder, threads=threads)
         prepared.runtime = self.name
         return prepared
 
