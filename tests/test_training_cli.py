@@ -16,7 +16,7 @@ from clothsim.training import fit
 from clothsim.training import siamese_encoder as se
 
 
-def tiny_base(name="tiny-cnn", weights=None, device="cpu") -> TorchCNNEncoder:
+def tiny_base(name="tiny-cnn", weights=None, device="cpu", runtime="torch") -> TorchCNNEncoder:
     torch.manual_seed(0)
     trunk = nn.Sequential(nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.ReLU())
     return TorchCNNEncoder("tiny-cnn", 6, Preprocessing(input_size=16, resize_size=16), trunk, "tiny-v1", device)

@@ -409,7 +409,8 @@ def test_serve_command_binds_to_loopback_by_default(catalog, monkeypatch, capsys
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     monkeypatch.setattr(SimilarityIndex, "open", classmethod(lambda cls, *args, **kwargs: catalog))
-    assert main(["serve", "--index", "unused", "--max-k", "7"]) == 0
+    # The budget is checked against this whole test process's memory: give it room.
+    assert main(["serve", "--index", "unused", "--max-k", "7", "--memory-budget-mb", "100000"]) == 0
     (app, kwargs), = calls
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8000
     assert app.state.service.max_k == 7

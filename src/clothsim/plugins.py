@@ -49,6 +49,7 @@ class PluginRegistry(Generic[P]):
         self.kind = kind
         self._plugins: dict[str, P] = {}
         self._broken: dict[str, str] = {}
+        self._in_code: set[str] = set()
         self._loaded = False
         self._lock = threading.Lock()
 
@@ -91,9 +92,11 @@ class PluginRegistry(Generic[P]):
         if name in self._plugins:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._plugins[name] = self._instantiate(name, plugin)
+        self._in_code.add(name)
 
     def unregister(self, name: str) -> None:
         self._plugins.pop(name, None)
+        self._in_code.discard(name)
 
     # ----- looking up ------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -133,8 +136,8 @@ class PluginRegistry(Generic[P]):
 
     def reload(self) -> None:
         """Forget what was read from entry points (after installing a plug-in in a running process)."""
-        with self._lock:
-            self._plugins.clear()
+        with self._lock:  # what was registered in code stays: no entry point would bring it back
+            self._plugins = {n: p for n, p in self._plugins.items() if n in self._in_code}
             self._broken.clear()
             self._loaded = False
 

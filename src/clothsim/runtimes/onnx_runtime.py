@@ -236,6 +236,8 @@ class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
         self.threads = threads or default_threads()
         self.session = _session(self.model_path, self.threads)
         self._input = self.session.get_inputs()[0].name
+        shape = self.session.get_inputs()[0].shape
+        self._input_hw = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else None
         self._maps_session: Any = None
 
     @property
@@ -257,6 +259,9 @@ class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
             raise ValueError(f"{self.name}: batch must have shape (N, 3, H, W), got {array.shape}")
         if array.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._input_hw is not None and tuple(array.shape[2:]) != self._input_hw:
+            # The export fixed the image size of the preprocessing; any other size is torch's to run.
+            return self.source.embed(batch)
         return l2_normalize(self.session.run(None, {self._input: array})[0])
 
     def feature_maps(self, batch: Any) -> "torch.Tensor":
