@@ -37,20 +37,38 @@ K = 10
 
 # ----- data ----------------------------------------------------------------------------------------
 class Mixture:
-    """The seeded clustered distribution; points are generated chunk by chunk (bounded memory)."""
+    """The seeded clustered distribution; points are generated chunk by chunk (bounded memory).
 
-    def __init__(self, dim: int, clusters: int, seed: int, rank: int = 16) -> None:
+    A cluster centre is ``shared * g + category_weight * S[category] + own * u[cluster]`` (unit
+    directions, normalised): a component every item has (pooled ReLU features are all positive, so
+    two unrelated garments still have cosine ~0.2-0.4), one per category (a dress is closer to a
+    dress than to a shoe) and one per cluster. ``shared = category_weight = 0`` gives clusters with
+    nothing in common (cosine ~0 between any two), a harder case than image features. Within a
+    cluster, items vary along ``rank`` directions of its own with standard deviation ``spread`` each.
+    """
+
+    def __init__(self, dim: int, clusters: int, seed: int, rank: int = 16, categories: int = 50,
+                 shared: float = 0.55, category_weight: float = 0.45, spread: float = 0.2) -> None:
         rng = np.random.default_rng(seed)
-        self.dim, self.clusters, self.seed, self.rank = dim, clusters, seed, rank
-        self.centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
+        self.dim, self.clusters, self.seed, self.rank, self.spread = dim, clusters, seed, rank, spread
+        self.categories = categories
+
+        def unit(n: int) -> np.ndarray:
+            v = rng.normal(size=(n, dim)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+        own = unit(clusters)
+        common, per_category = unit(1), unit(categories)
+        own_weight = np.sqrt(max(1e-6, 1.0 - shared ** 2 - category_weight ** 2))
+        centres = shared * common + category_weight * per_category[np.arange(clusters) % categories] + own_weight * own
+        self.centres = (centres / np.linalg.norm(centres, axis=1, keepdims=True)).astype(np.float32)
         self.bases = (rng.normal(size=(clusters, rank, dim)) / np.sqrt(dim)).astype(np.float32)
 
     def points(self, start: int, n: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, stream, start])
         cluster = rng.integers(self.clusters, size=n)
         z = rng.normal(size=(n, self.rank)).astype(np.float32)
-        x = self.centres[cluster] + 0.6 * np.einsum("nr,nrd->nd", z, self.bases[cluster])
+        x = self.centres[cluster] + self.spread * np.einsum("nr,nrd->nd", z, self.bases[cluster])
         x += rng.normal(size=(n, self.dim)).astype(np.float32) * (0.05 / np.sqrt(self.dim))
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x.astype(np.float32), cluster
@@ -66,7 +84,7 @@ def build_store(root: Path, rows: int, mix: Mixture, categories: int, dtype: str
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         x, cluster = mix.points(start, n)
-        store.append(x, [CatalogRecord(f"item/{start + i}.jpg", f"c{int(c) % categories:02d}")
+        store.append(x, [CatalogRecord(f"item/{start + i}.jpg", f"c{int(c) % mix.categories:02d}")
                          for i, c in enumerate(cluster)])
         print(f"  store: {start + n:,} / {rows:,} rows", file=sys.stderr, flush=True)
     return time.perf_counter() - started
@@ -130,7 +148,8 @@ def worker(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     index = open_index(FeatureStore.open(root), name, **options)
     opened = time.perf_counter()
-    index.search(queries[:1], K)
+    extra = spec.get("search_options", {})
+    index.search(queries[:1], K, **extra)
     first = time.perf_counter()
     out = {"open_s": opened - started, "open_plus_first_query_s": first - started}
 
@@ -138,20 +157,20 @@ def worker(args: argparse.Namespace) -> dict:
     lat, found = [], []
     for i in range(n_single):
         t = time.perf_counter()
-        hits = index.search(queries[i:i + 1], K)[0]
+        hits = index.search(queries[i:i + 1], K, **extra)[0]
         lat.append(time.perf_counter() - t)
         found.append([h.id for h in hits])
     flat, found_f = [], []
     for i in range(n_single):
         t = time.perf_counter()
-        hits = index.search(queries[i:i + 1], K, category=filters[i])[0]
+        hits = index.search(queries[i:i + 1], K, category=filters[i], **extra)[0]
         flat.append(time.perf_counter() - t)
         found_f.append([h.id for h in hits])
     batch = spec["batch"]
     n_batched = min(len(queries), max(batch, spec["batched_queries"]))
     t = time.perf_counter()
     for lo in range(0, n_batched, batch):
-        index.search(queries[lo:lo + batch], K)
+        index.search(queries[lo:lo + batch], K, **extra)
     batched_s = time.perf_counter() - t
 
     def recall(got: list[list[int]], ref: np.ndarray) -> float:
@@ -193,6 +212,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="queries per batched call (default 64)")
     parser.add_argument("--clusters", type=int, default=None, help="mixture components (default rows/1000)")
     parser.add_argument("--categories", type=int, default=50)
+    parser.add_argument("--shared", type=float, default=0.55,
+                        help="weight of the direction every item shares (default 0.55; 0 with --category-weight 0: "
+                             "clusters with nothing in common)")
+    parser.add_argument("--category-weight", type=float, default=0.45,
+                        help="weight of the direction a category's clusters share (default 0.45)")
+    parser.add_argument("--spread", type=float, default=0.2,
+                        help="spread of a cluster along each of its 16 directions (default 0.2)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="NAME:KEY=V1,V2",
+                        help="query a backend again with each value of a search option, e.g. "
+                             "faiss-hnsw:efSearch=64,128,256 (one row each; no rebuild)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend-option", action="append", default=[], metavar="NAME:KEY=VALUE",
@@ -220,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         if name not in options or not option:
             raise SystemExit(f"--backend-option {key}: give NAME:KEY=VALUE with NAME one of {args.backends}")
         options[name][option] = value
+    sweeps: dict[str, tuple[str, list]] = {}
+    for item in args.sweep:
+        target, _, values = item.partition("=")
+        name, _, key = target.partition(":")
+        if name not in options or not key or not values:
+            raise SystemExit(f"--sweep {item}: give NAME:KEY=V1,V2 with NAME one of {args.backends}")
+        sweeps[name] = (key, [parse_option_pairs([f"v={v}"])["v"] for v in values.split(",")])
     sizes = {name: args.rows for name in args.backends}
     for item in args.max_rows:
         name, _, n = item.partition("=")
@@ -229,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="clothsim-index-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    mix = Mixture(args.dim, args.clusters or max(10, args.rows // 1000), args.seed)
+    mix = Mixture(args.dim, args.clusters or max(10, args.rows // 1000), args.seed,
+                  categories=args.categories, shared=args.shared, category_weight=args.category_weight,
+                  spread=args.spread)
     n_q = max(args.queries, args.batch)
     queries, _ = mix.points(0, n_q, stream=1)  # fresh points of the same clusters
     rng = np.random.default_rng(args.seed + 1)
@@ -257,28 +295,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} over {sizes[name]:,} rows ...", file=sys.stderr, flush=True)
             base = {"store": str(root), "backend": name, "options": options[name], "work": str(work)}
             built = {"build_s": 0.0, "build_peak_rss_mib": None}
-            load_before = os.getloadavg()[0]
+            single = args.exact_queries if name == "exact" else args.queries
+            query = {**base, "phase": "query", "single_queries": min(single, n_q), "batch": args.batch,
+                     "batched_queries": args.exact_queries * 3 if name == "exact" else n_q}
+            variants = [{}] + [{sweeps[name][0]: v} for v in sweeps.get(name, (None, []))[1]]
             try:
                 if name != "exact":
                     built = run_child({**base, "phase": "build"}, args.timeout)
-                single = args.exact_queries if name == "exact" else args.queries
-                measured = run_child({**base, "phase": "query", "single_queries": min(single, n_q),
-                                      "batch": args.batch,
-                                      "batched_queries": args.exact_queries * 3 if name == "exact" else n_q},
-                                     args.timeout)
+                disk = folder_mib(root) - folder_mib(root / "backends") if name == "exact" else \
+                    folder_mib(root / "backends" / name)
+                for search_options in variants:
+                    load_before = os.getloadavg()[0]
+                    measured = run_child({**query, "search_options": search_options}, args.timeout)
+                    row = {"backend": name, "rows": sizes[name], "dim": args.dim, "options": options[name],
+                           "search_options": search_options, "disk_mib": disk, **built, **measured,
+                           "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+                    results.append(row)
+                    print(f"  built {row['build_s']:.1f} s, {search_options or 'defaults'}: recall@10 "
+                          f"{row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, {row['qps']:.0f} q/s batched",
+                          file=sys.stderr, flush=True)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one backend must not lose the others
                 print(f"  {name} failed: {str(exc)[-500:]}", file=sys.stderr, flush=True)
                 results.append({"backend": name, "rows": sizes[name], "error": str(exc)[-500:]})
-                shutil.rmtree(root / "backends" / name, ignore_errors=True)
-                continue
-            disk = folder_mib(root) - folder_mib(root / "backends") if name == "exact" else \
-                folder_mib(root / "backends" / name)
-            row = {"backend": name, "rows": sizes[name], "dim": args.dim, "options": options[name],
-                   "disk_mib": disk, **built, **measured,
-                   "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
-            results.append(row)
-            print(f"  built {row['build_s']:.1f} s, recall@10 {row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, "
-                  f"{row['qps']:.0f} q/s batched", file=sys.stderr, flush=True)
             if name != "exact":
                 shutil.rmtree(root / "backends" / name, ignore_errors=True)  # disk back for the next one
     finally:
@@ -300,14 +338,15 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
     print(f"clustered vectors ({args.clusters or max(10, args.rows // 1000)} clusters, {args.categories} categories), "
           f"dim {args.dim}, {args.dtype}, k={K}, {os.cpu_count()} CPU cores")
-    head = (f"{'backend':<12} {'rows':>9} {'build s':>8} {'disk MiB':>9} {'RSS MiB':>8} {'open+1st s':>10} "
+    head = (f"{'backend':<12} {'search':<16} {'rows':>9} {'build s':>8} {'disk MiB':>9} {'RSS MiB':>8} {'open+1st s':>10} "
             f"{'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9} {'recall@10':>9} {'filt p50':>8} {'filt rec':>8}")
     print(head)
     for r in results:
         if "error" in r:
             print(f"{r['backend']:<12} {r['rows']:>9,} failed: {r['error'][-200:]}")
             continue
-        print(f"{r['backend']:<12} {r['rows']:>9,} {r['build_s']:>8.1f} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
+        search = ",".join(f"{k}={v}" for k, v in r["search_options"].items()) or "defaults"
+        print(f"{r['backend']:<12} {search:<16} {r['rows']:>9,} {r['build_s']:>8.1f} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
               f"{r['open_plus_first_query_s']:>10.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>9.0f} "
               f"{r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f}  "
               f"(load {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]})")

@@ -42,7 +42,7 @@ from clothsim.index.ann_common import (
     coerce_options,
     complete_rows,
     coverage,
-    exact_rows,
+    exact_hits,
     finish_rows,
     is_behind,
     iter_live_blocks,
@@ -75,10 +75,10 @@ MILVUS_OPTIONS: dict[str, OptionSpec] = {
     "db_name": OptionSpec(str, None, True, "database on the server (default: the server's default)"),
     "collection": OptionSpec(str, "clothsim", True, "collection alias (the data is in <collection>_<hex>)"),
     "index_type": OptionSpec(str, "HNSW", True, f"vector index: {', '.join(INDEX_TYPES)}"),
-    "M": OptionSpec(int, 16, True, "HNSW neighbours per node (as faiss-hnsw)"),
-    "efConstruction": OptionSpec(int, 64, True, "HNSW search depth while building"),
+    "M": OptionSpec(int, 32, True, "HNSW neighbours per node (as faiss-hnsw)"),
+    "efConstruction": OptionSpec(int, 80, True, "HNSW search depth while building"),
     "nlist": OptionSpec(int, 1024, True, "IVF_FLAT lists"),
-    "efSearch": OptionSpec(int, 64, False, "HNSW search depth per query; also a per-query argument"),
+    "efSearch": OptionSpec(int, 128, False, "HNSW search depth per query; also a per-query argument"),
     "nprobe": OptionSpec(int, 32, False, "IVF_FLAT lists scanned per query; also a per-query argument"),
     "insert_batch": OptionSpec(int, 1000, False, "rows per insert request"),
     "timeout": OptionSpec(float, 120.0, False, "seconds per request"),
@@ -226,7 +226,7 @@ class MilvusIndex:
             return [[] for _ in range(queries.shape[0])]
         wanted = k + (exclude is not None)
         if (category is not None and n_allowed <= options["exact_below"]) or wanted > MAX_TOPK:
-            return to_hits(self.store, exact_rows(self.store, queries, k, mask, exclude, options["chunk_rows"]))
+            return exact_hits(self.store, queries, k, category, exclude)
         ids = np.full((queries.shape[0], wanted), -1, dtype=np.int64)
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         index_type = self._state["build"]["index_type"]
