@@ -9,9 +9,9 @@ Names are resolved on first use, so ``import clothsim`` does not load torch.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+
+from clothsim._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -39,7 +39,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clothsim' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -5,8 +5,7 @@ Names are resolved on first use, so importing this package loads neither torch n
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clothsim._lazy import lazy_getattr
 
 _EXPORTS = {
     "DEFAULT_ENCODER": "clothsim.defaults",
@@ -24,7 +23,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clothsim.encoders' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

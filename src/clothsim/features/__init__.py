@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clothsim._lazy import lazy_getattr
 
 _EXPORTS = {
     "ExtractionReport": "clothsim.features.extract",
@@ -15,7 +14,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clothsim.features' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
