@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from clothsim.cli.main import main
 from clothsim.data import CatalogRecord, read_folder_catalog
 from clothsim.features import FeatureStore
+from clothsim.fileio import FAULT_AT_ENV, FAULT_MATCH_ENV
 from clothsim.similarity_index import SimilarityIndex
 
 ray = pytest.importorskip("ray")
@@ -87,13 +87,11 @@ def test_a_killed_driver_resumes_to_the_local_result(ray_cluster, tmp_path):
     argv = [sys.executable, "-m", "clothsim.cli.main", "-q", "index", str(gallery), "--out", str(target),
             "--engine", "ray", "--ray-address", ray_cluster, "--actors", "2", "--batch-size", "8",
             "--checkpoint-every", "16"]
-    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while _committed_rows(target) < 32 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert driver.poll() is None, "the driver finished before it could be killed; give it more photos"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    # The driver kills itself (SIGKILL) just before its 4th manifest commit, while the actors are busy:
+    # a deterministic mid-run kill, not a race against how fast this machine encodes.
+    env = dict(os.environ, **{FAULT_AT_ENV: "4", FAULT_MATCH_ENV: "rename manifest.json"})
+    killed = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = _committed_rows(target)
     assert 0 < partial < 220
 

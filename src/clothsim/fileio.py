@@ -12,8 +12,10 @@ traceback; the temporary file is removed on the way out.
 Fault injection (for the crash-consistency tests): every durable step calls :func:`fault_point`. With
 ``CLOTHSIM_FAULT_AT=N`` in the environment the N-th step (counted from 1 in this process) kills the
 process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default) or fails with ENOSPC
-(``CLOTHSIM_FAULT_KIND=enospc``); ``CLOTHSIM_FAULT_TRACE=FILE`` appends each step's name to FILE. Without
-these variables a step costs one dictionary lookup.
+(``CLOTHSIM_FAULT_KIND=enospc``); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
+TEXT (e.g. ``rename manifest.json``: the N-th commit, wherever other writes fall);
+``CLOTHSIM_FAULT_TRACE=FILE`` appends each step's name to FILE. Without these variables a step costs one
+dictionary lookup.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ os.umask(_UMASK)
 FAULT_AT_ENV = "CLOTHSIM_FAULT_AT"
 FAULT_KIND_ENV = "CLOTHSIM_FAULT_KIND"
 FAULT_TRACE_ENV = "CLOTHSIM_FAULT_TRACE"
+FAULT_MATCH_ENV = "CLOTHSIM_FAULT_MATCH"
 _fault_count = 0
 
 # Errors that mean "the disk cannot take this write" rather than "the caller named a wrong path".
@@ -67,6 +70,9 @@ def fault_point(name: str) -> None:
     """One durable step; see the module docstring for the fault-injection environment variables."""
     trace, at = os.environ.get(FAULT_TRACE_ENV), os.environ.get(FAULT_AT_ENV)
     if trace is None and at is None:
+        return
+    match = os.environ.get(FAULT_MATCH_ENV)
+    if match and match not in name:
         return
     global _fault_count
     _fault_count += 1
