@@ -275,6 +275,32 @@ def test_cli_records_the_backend_and_search_reopens_it(faiss_index_dir, colour_c
     assert "faiss-hnsw has no option 'nope'; known: M" in capsys.readouterr().err
 
 
+def test_verify_checks_the_faiss_file(faiss_index_dir, capsys):
+    assert main(["verify", str(faiss_index_dir)]) == 0
+    assert "backend faiss-hnsw: ok" in capsys.readouterr().out
+    state = json.loads((faiss_index_dir / "backends" / "faiss-hnsw" / "state.json").read_text())
+    path = faiss_index_dir / "backends" / "faiss-hnsw" / state["file"]
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01  # same size: only the checksum can tell
+    path.write_bytes(bytes(flipped))
+    assert main(["verify", str(faiss_index_dir), "--quick"]) == 0  # sizes only, as documented
+    capsys.readouterr()
+    assert main(["verify", str(faiss_index_dir), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["problems"] == []  # the store itself is intact
+    [backend] = report["backends"]
+    assert backend["backend"] == "faiss-hnsw" and not backend["ok"]
+    assert str(path) in backend["problems"][0] and "checksum" in backend["problems"][0]
+    path.write_bytes(good[:-100])
+    assert main(["verify", str(faiss_index_dir), "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED backend faiss-hnsw: {path} is truncated" in out and "--overwrite" in out
+    path.unlink()
+    assert main(["verify", str(faiss_index_dir)]) == 1
+    assert "is missing" in capsys.readouterr().out
+
+
 def test_cli_unknown_backend_and_bad_option_exit_2(colour_catalog, tmp_path, capsys):
     data_dir = str(Path(colour_catalog[0].path).parents[1])
     with pytest.raises(SystemExit) as exc:

@@ -26,6 +26,7 @@ from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
 from clothsim.index.ann_common import BackendIndexError  # noqa: E402
 from clothsim.index.milvus_backend import category_filter  # noqa: E402
+from clothsim.index.registry import check_backends  # noqa: E402
 
 DIM = 32
 RECALL_FLOOR = 0.95  # measured 0.99+ on this data with the default HNSW (M=32, efSearch=128)
@@ -147,6 +148,9 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
         path.unlink()  # rows gone: the count no longer matches the store
     with pytest.raises(BackendIndexError, match=rf"{db}.*holds 0 items.*the store 500.*--overwrite"):
         open_index(FeatureStore.open(root))
+    [check] = check_backends(FeatureStore.open(root))  # what `clothsim verify` reports
+    assert check.name == "milvus" and check.checked and "holds 0 items" in check.problems[0]
+    assert check_backends(FeatureStore.open(root), full=False)[0].ok  # --quick does not start Milvus
     state = root / "backends" / "milvus" / "state.json"
     record = json.loads(state.read_text())
     state.write_text(json.dumps({**record, "format_version": 7}))
@@ -158,10 +162,12 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     shutil.rmtree(db)
     with pytest.raises(BackendIndexError, match=rf"{db} is missing.*--overwrite"):
         open_index(FeatureStore.open(root))
+    assert f"{db} is missing" in check_backends(FeatureStore.open(root), full=False)[0].problems[0]
     # --overwrite (a fresh build) repairs it.
     rebuilt = build_index(FeatureStore.open(root), "milvus")
     assert rebuilt.count() == 500
     rebuilt.close()
+    assert check_backends(FeatureStore.open(root))[0].ok
 
 
 def test_a_database_open_in_another_process_is_named(tmp_path, opened):

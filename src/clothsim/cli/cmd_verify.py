@@ -10,8 +10,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "verify", help="check an index for damage (sizes, headers, checksums)",
         description="Read every file of an index folder and compare it with the size and SHA-256 its manifest "
-                    "records (format-1 indexes, which have no checksums, get every vector's norm checked). "
-                    "Exit status 0 when it is intact, 1 when something is damaged or unfinished.",
+                    "records (format-1 indexes, which have no checksums, get every vector's norm checked), "
+                    "then the files of every index backend saved in it (a FAISS file against its checksum, "
+                    "a Milvus collection against the store's row count). Exit status 0 when it is intact, 1 when something is damaged or unfinished.",
         epilog="examples:\n  clothsim verify catalog/\n  clothsim verify catalog/ --quick      # sizes and headers only\n"
                "  clothsim verify catalog/ --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,20 +24,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from clothsim.features.store import FeatureStore, repair_hint
+    from clothsim.index.registry import check_backends
 
     store = FeatureStore.open(args.index, allow_unfinished=True, verify=False, check_files=False)
     report = store.verify(full=not args.quick)
     pending = store.sync_pending
     unfinished = bool(pending)
+    # Backend files are only meaningful over an intact store: checking them over a damaged one would
+    # report the same damage twice, under another name.
+    backends = check_backends(store, full=not args.quick) if report.ok else []
+    backend_problems = sum(len(check.problems) for check in backends)
+    ok = report.ok and not unfinished and not backend_problems
     if args.json:
         print(json.dumps({
-            "index": str(store.root), "ok": report.ok and not unfinished, "format_version": report.format_version,
+            "index": str(store.root), "ok": ok, "format_version": report.format_version,
             "segments": report.segments, "rows": report.rows, "live": report.live,
             "bytes_checked": report.bytes_checked, "checksums": report.checksums and not args.quick,
             "unfinished": unfinished, "problems": [{"path": str(p.path), "problem": p.message, "kind": p.kind}
                                                    for p in report.problems],
-            "leftovers": [str(p) for p in report.leftovers], "seconds": round(report.seconds, 3)}, indent=2))
-        return 0 if report.ok and not unfinished else 1
+            "leftovers": [str(p) for p in report.leftovers], "seconds": round(report.seconds, 3),
+            "backends": [{"backend": c.name, "folder": str(c.folder), "checked": c.checked, "ok": c.ok,
+                          "problems": c.problems, "note": c.note} for c in backends]}, indent=2))
+        return 0 if ok else 1
     what = "sizes and headers" if args.quick else ("checksums" if report.checksums else
                                                    "vector norms (format 1 has no checksums)")
     print(f"{store.root}: format {report.format_version}, {report.segments} segment(s), {report.rows} rows "
@@ -45,13 +54,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"DAMAGED {problem.path}: {problem.message}")
     for path in report.leftovers:
         print(f"leftover {path} (harmless; the next `clothsim index` removes it)")
+    for check in backends:
+        if check.problems:
+            for problem in check.problems:
+                print(f"DAMAGED backend {check.name}: {problem}")
+        elif check.checked:
+            print(f"backend {check.name}: ok ({'sizes' if args.quick else 'checksums and contents'} checked)")
+        else:
+            print(f"backend {check.name}: {check.note}")
     if unfinished:
         kind = "first build" if pending.get("first_build") else "update"
         print(f"UNFINISHED: a `clothsim index` {kind} was interrupted; run the same command again to finish it")
     if report.problems:
         print(f"{len(report.problems)} problem(s). {repair_hint(store.root)}")
         return 1
-    if unfinished:
+    if unfinished or backend_problems:
         return 1
     print("ok")
     return 0

@@ -97,3 +97,17 @@ class IndexBackendPlugin(Protocol):
     def open(self, store: "FeatureStore", **options: Any) -> IndexBackend:
         """Reopen an index built earlier by :meth:`build` over ``store``."""
         ...
+
+
+@runtime_checkable
+class CheckableBackendPlugin(Protocol):
+    """An optional extra of an :class:`IndexBackendPlugin`: checking its saved files without serving them.
+
+    ``clothsim verify`` calls it for every backend saved in an index folder; a plug-in without it is
+    listed as not checked.
+    """
+
+    def check_saved(self, store: "FeatureStore", *, full: bool = True) -> list[str]:
+        """Problems found in what the backend saved over ``store`` (empty when intact). ``full`` reads
+        whole files (checksums); without it, only records, sizes and presence are checked."""
+        ...

@@ -376,10 +376,24 @@ class FaissIndex:
         Raises:
             BackendIndexError: the file changed since it was written.
         """
-        path = self.folder / self._state["file"]
-        if _sha256(path) != self._state["sha256"]:
-            raise BackendIndexError(f"{path} does not match its checksum in {self.folder / 'state.json'}: it was "
-                                    f"damaged; {rebuild_hint(self.store, self.name)}")
+        problems = _check_file(self.store, self.name, self._state, full=True)
+        if problems:
+            raise BackendIndexError(problems[0])
+
+
+def _check_file(store: "FeatureStore", name: str, state: dict[str, Any], full: bool) -> list[str]:
+    """Presence and size of the saved index file, and with ``full`` its SHA-256, against ``state``."""
+    path = backend_dir(store, name) / str(state.get("file"))
+    if not path.is_file():
+        return [f"{path} is missing; {rebuild_hint(store, name)}"]
+    size = path.stat().st_size
+    if size != state.get("file_bytes"):
+        return [f"{path} is truncated or damaged ({size} bytes, {state.get('file_bytes')} were written); "
+                f"{rebuild_hint(store, name)}"]
+    if full and _sha256(path) != state.get("sha256"):
+        return [f"{path} does not match its checksum in {path.parent / 'state.json'}: it was damaged; "
+                f"{rebuild_hint(store, name)}"]
+    return []
 
 
 def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool) -> Any:
@@ -437,18 +451,23 @@ class _FaissPlugin:
     def _new_engine(self, store, resolved, n_live, live) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
+    def check_saved(self, store: "FeatureStore", *, full: bool = True) -> list[str]:
+        """``state.json`` (format, owner store) and the index file's size and, with ``full``, SHA-256."""
+        try:
+            state = read_state(store, self.name)
+        except BackendIndexError as exc:
+            return [str(exc)]
+        return _check_file(store, self.name, state, full)
+
     def open(self, store: "FeatureStore", **options: Any) -> FaissIndex:
         """Reopen the saved index (memory-mapped for HNSW); refuses missing, damaged or foreign files."""
         given = self.check_options(options)
         state = read_state(store, self.name)
         check_build_options_match(self.name, store, _SPECS[self.name], given, state.get("build", {}))
-        path = backend_dir(store, self.name) / str(state.get("file"))
-        if not path.is_file():
-            raise BackendIndexError(f"{path} is missing; {rebuild_hint(store, self.name)}")
-        size = path.stat().st_size
-        if size != state.get("file_bytes"):
-            raise BackendIndexError(f"{path} is truncated or damaged ({size} bytes, {state.get('file_bytes')} "
-                                    f"were written); {rebuild_hint(store, self.name)}")
+        problems = _check_file(store, self.name, state, full=False)
+        if problems:
+            raise BackendIndexError(problems[0])
+        path = backend_dir(store, self.name) / str(state["file"])
         engine = _read_engine(store, self.name, path, mapped=self.name == HNSW)
         if engine.d != store.dim or engine.ntotal != state.get("ntotal"):
             raise BackendIndexError(f"{path} holds {engine.ntotal} vectors of dim {engine.d}; {state.get('ntotal')} "

@@ -480,6 +480,24 @@ class MilvusBackend:
                     time.perf_counter() - started)
         return index
 
+    def check_saved(self, store: "FeatureStore", *, full: bool = True) -> list[str]:
+        """``state.json``, the Milvus Lite file's presence and, with ``full``, the collection itself: it is
+        opened (Milvus Lite starts, or the server is reached) and its row count compared with the store."""
+        try:
+            state = read_state(store, NAME)
+        except BackendIndexError as exc:
+            return [str(exc)]
+        uri = state.get("uri") or default_uri(store)
+        if _is_local(uri) and not Path(uri).exists():
+            return [f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}"]
+        if not full:
+            return []
+        try:
+            self.open(store).close()
+        except BackendIndexError as exc:
+            return [str(exc)]
+        return []
+
     def open(self, store: "FeatureStore", **options: Any) -> MilvusIndex:
         """Reconnect to the collection ``state.json`` names and check it still matches the store."""
         given = self.check_options(options)

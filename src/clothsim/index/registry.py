@@ -6,10 +6,12 @@ The backend an index was built with is recorded once, in its store's manifest (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothsim.defaults import DEFAULT_INDEX_BACKEND
-from clothsim.index.base import IndexBackend, IndexBackendPlugin
+from clothsim.index.base import CheckableBackendPlugin, IndexBackend, IndexBackendPlugin
 from clothsim.plugins import INDEX_BACKENDS, PluginRegistry
 
 if TYPE_CHECKING:
@@ -48,3 +50,43 @@ def open_index(store: "FeatureStore", backend: str | None = None, **options: Any
     if name == recorded:
         options = {**store.manifest.get("index_options", {}), **options}
     return backend_registry.get(name).open(store, **options)
+
+
+@dataclass
+class BackendCheck:
+    """What :func:`check_backends` found for one backend saved in an index folder."""
+
+    name: str
+    folder: Path
+    checked: bool  # False: no plug-in of that name, or the plug-in cannot check its files
+    problems: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_backends(store: "FeatureStore", full: bool = True) -> list[BackendCheck]:
+    """Check every backend saved over ``store``: the one its manifest records, and any other folder
+    under ``backends/`` (built by ``clothsim evaluate --backend``, say). The exact backend has no files
+    beyond the store, which :meth:`FeatureStore.verify` checks."""
+    root = Path(store.root) / "backends"
+    names = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    recorded = store.manifest.get("index_backend")
+    if recorded and recorded != DEFAULT_INDEX_BACKEND:
+        names.add(recorded)  # a recorded backend whose folder vanished is a problem, not nothing
+    checks = []
+    for name in sorted(names):
+        check = BackendCheck(name, root / name, checked=False)
+        if name not in backend_registry:
+            check.note = f"no index backend plug-in named {name!r} is installed; not checked"
+        else:
+            plugin = backend_registry.get(name)
+            if isinstance(plugin, CheckableBackendPlugin):
+                check.checked = True
+                check.problems = list(plugin.check_saved(store, full=full))
+            else:
+                check.note = f"the {name} plug-in cannot check its files; not checked"
+        checks.append(check)
+    return checks
