@@ -78,7 +78,11 @@ def test_evaluate_command_end_to_end(colour_catalog, tmp_path: Path, capsys):
     assert report["results"][0]["metrics"]["precision"]["5"] == pytest.approx(direct.precision[5])
 
     md = (out / "report.md").read_text()
-    assert "| encoder | dim | P@1 | P@5 | P@10 | mAP@10 | images/s |" in md
+    assert "| encoder | dim | P@1 | P@5 | P@10 | mAP@10 | instance R@1 | images/s |" in md
+    # The instance guard ran on every gallery photo (12 < the default sample of 1000), for every encoder.
+    assert {r["instance_guard"]["n_queries"] for r in report["results"]} == {12}
+    assert all(0 <= r["instance_guard"]["recall_at_1"] <= 1 for r in report["results"])
+    assert "Instance R@1: each of 12 gallery photos" in md
     assert "**test-unavailable** skipped: " + _tiny_encoders.UNAVAILABLE_MESSAGE in md
     html = (out / "report.html").read_text()
     assert html.count("<img ") == 4 + 3 + 3  # 4 shared charts, a confusion matrix and a grid per encoder

@@ -8,6 +8,20 @@ from clothsim.cli.options import add_backend_options_flag, add_data_options, add
 from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS
 from clothsim.specs import split_names
 
+DEFAULT_INSTANCE_QUERIES = 1000  # clothsim.evaluation.instance's default; not imported: --help stays light
+
+
+def _count_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of photos or 'all', not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -40,6 +54,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tsne-points", type=int, default=1000,
                         help="points in the t-SNE maps, 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query and point samples (default 0)")
+    parser.add_argument("--instance-queries", type=_count_or_all, default=DEFAULT_INSTANCE_QUERIES, metavar="N",
+                        help="instance guard: N gallery photos (seeded), altered (crop, colour jitter, JPEG 70), "
+                             "must find their original; reports instance R@1. 'all' for every gallery photo, "
+                             f"0 to leave it out (default {DEFAULT_INSTANCE_QUERIES})")
     from clothsim.index.registry import backend_registry
 
     parser.add_argument("--backend", action="append", default=None, choices=backend_registry.declared_names(),
@@ -65,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         records, args.encoders, args.out, cache=args.cache, part_weights=part_weights,
         data_name=str(args.data), device=args.device, grid_queries=args.grid_queries,
         tsne_points=max(0, args.tsne_points), seed=args.seed, batch_size=args.batch_size,
-        num_workers=args.workers, progress=not args.quiet, backends=backends, backend_options=backend_options)
+        num_workers=args.workers, progress=not args.quiet, backends=backends, backend_options=backend_options,
+        instance_queries=args.instance_queries)
     paths = write_report(comparison, args.out)
     print(paths["md"].read_text(encoding="utf-8").split("\n\n![")[0])
     print(f"\nreport written to {paths['html']} (also report.md, report.json)")

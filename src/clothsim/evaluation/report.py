@@ -23,6 +23,9 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     header = ["encoder", "dim", *[f"P@{k}" for k in ks], f"mAP@{comparison.settings.get('map_k', 10)}"]
     if comparison.has_recall:
         header += [f"R@{k}" for k in RECALL_COLUMNS]
+    with_instance = any(r.instance is not None for r in comparison.results)
+    if with_instance:
+        header.append("instance R@1")
     header.append("images/s")
     rows = []
     for r in comparison.results:
@@ -30,6 +33,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         if comparison.has_recall:
             recall = r.report.recall_at_k or {}
             row += [_number(recall.get(k)) for k in RECALL_COLUMNS]
+        if with_instance:
+            row.append(_number(r.instance.recall_at_1) if r.instance is not None else "n/a")
         row.append(_number(r.images_per_second, 1))
         rows.append(row)
     return header, rows
@@ -71,6 +76,11 @@ def render_markdown(comparison: Comparison) -> str:
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines.append("")
+    guarded = next((r.instance for r in comparison.results if r.instance is not None), None)
+    if guarded is not None:
+        lines += [f"Instance R@1: each of {guarded.n_queries} gallery photos, altered (a crop keeping 80-100% "
+                  "of it, slight colour jitter, JPEG quality 70), queried against the gallery; the share that "
+                  f"finds its original first (seed {guarded.seed}).", ""]
     for s in comparison.skipped:
         lines.append(f"- **{s.name}** skipped: {s.reason}")
     if comparison.skipped:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from clothsim.evaluation.instance import InstanceResult
 from clothsim.metrics import RetrievalReport
 
 
@@ -60,6 +61,7 @@ class EncoderResult:
         stores: ``{role: store folder}`` (``queries``, ``gallery``, or ``all``).
         details: Encoder-specific facts (an ensemble's weights and parts).
         backends: Index backends measured on this encoder's gallery (empty unless asked for).
+        instance: The instance guard's recall@1 (``None`` when it was left out).
     """
 
     name: str
@@ -74,6 +76,7 @@ class EncoderResult:
     stores: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     backends: list[BackendResult] = field(default_factory=list)
+    instance: "InstanceResult | None" = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class EncoderResult:
             "stores": dict(self.stores),
             "details": self.details,
             "backends": [b.to_dict() for b in self.backends],
+            "instance_guard": self.instance.to_dict() if self.instance is not None else None,
         }
 
 

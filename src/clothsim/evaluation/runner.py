@@ -17,6 +17,14 @@ from clothsim.encoders.registry import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUnavailableError
 from clothsim.evaluation import plots
 from clothsim.evaluation.backends import RECALL_K, check_backends, evaluate_backend
+from clothsim.evaluation.instance import (
+    DEFAULT_INSTANCE_QUERIES,
+    INSTANCE_SPLIT,
+    InstanceResult,
+    copies_folder,
+    instance_recall,
+    make_altered_copies,
+)
 from clothsim.evaluation.requirements import check_encoders
 from clothsim.evaluation.cache import (
     encoder_slug,
@@ -149,6 +157,7 @@ def compare_encoders(
     seed: int = 0,
     backends: Sequence[str] = (),
     backend_options: dict[str, dict[str, Any]] | None = None,
+    instance_queries: int | None = DEFAULT_INSTANCE_QUERIES,
     **extract_options: Any,
 ) -> Comparison:
     """Evaluate every encoder on the same queries and gallery and draw the comparison charts.
@@ -174,6 +183,9 @@ def compare_encoders(
             each is built over the gallery, searched with the same queries and scored like exact search,
             with its recall@10 against exact search.
         backend_options: ``{backend: {option: value}}``.
+        instance_queries: Gallery photos (a seeded sample) whose altered copies are queried against the
+            gallery for the instance guard's recall@1 (see :mod:`clothsim.evaluation.instance`); ``None``
+            for every gallery photo, 0 to leave the guard out.
         extract_options: For :func:`~clothsim.features.extract_features` (batch_size, num_workers, ...).
 
     Returns:
@@ -214,7 +226,8 @@ def compare_encoders(
                             settings={"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed,
                                       "grid_queries": grid_queries, "grid_k": grid_k, "tsne_points": tsne_points,
                                       "cache": str(cache), "backends": backends,
-                                      "backend_options": backend_options})
+                                      "backend_options": backend_options,
+                                      "instance_queries": instance_queries})
 
     from clothsim.data.plots import plot_category_distribution
 
@@ -225,6 +238,10 @@ def compare_encoders(
     tsne_paths = set(random.Random(seed).sample(pool, min(tsne_points, len(pool)))) if tsne_points > 0 else set()
     maps: list[tuple[str, np.ndarray, list[str]]] = []
     all_categories = sorted({r.category for r in queries} | {r.category for r in gallery})
+    copies: list[CatalogRecord] = []
+    if instance_queries is None or instance_queries > 0:
+        copies = make_altered_copies(gallery, copies_folder(cache, gallery, instance_queries, seed),
+                                     limit=instance_queries, seed=seed)
 
     for name in encoders:
         if name in checked.skipped:
@@ -243,6 +260,8 @@ def compare_encoders(
             continue
         result, tsne = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
                                      tsne_paths, out_dir, comparison)
+        if copies:
+            result.instance = _evaluate_instance(prepared, copies, cache, splits[-1], seed, extract_options)
         for backend in backends:
             result.backends.append(_evaluate_backend(backend, backend_options[backend], prepared, loo, splits))
         comparison.results.append(result)
@@ -273,6 +292,19 @@ def _evaluate_backend(backend: str, options: dict[str, Any], prepared: _Prepared
     gallery_ids = np.array([it.id for it in g_items], dtype=np.int64)
     exact_ids = gallery_ids[rows] if rows.size else np.zeros((len(q_items), 0), dtype=np.int64)
     return evaluate_backend(backend, options, gallery_store, q_vec, q_items, exact_ids, loo, KS, 10)
+
+
+def _evaluate_instance(prepared: _Prepared, copies: Sequence[CatalogRecord], cache: Path, gallery_split,
+                       seed: int, extract_options: dict[str, Any]) -> InstanceResult:
+    """The instance guard for one encoder: its vectors of the altered copies against its gallery."""
+    extract_split(copies, INSTANCE_SPLIT, prepared.encoder, cache, **extract_options)
+    copy_vec, copy_items = FeatureStore.open(split_store_dir(cache, prepared.encoder.name, INSTANCE_SPLIT)).load_vectors()
+    g_vec, g_items = FeatureStore.open(prepared.dirs[gallery_split]).load_vectors()
+    result = instance_recall(copy_vec, [it.record.item_id for it in copy_items], g_vec,
+                             [it.record.path for it in g_items], seed=seed)
+    logger.info("%s: instance guard recall@1 %.3f over %d altered copies", prepared.label, result.recall_at_1,
+                result.n_queries)
+    return result
 
 
 def _evaluate_one(name, prepared: _Prepared, loo, splits, categories, grid_paths, grid_k, tsne_paths,
