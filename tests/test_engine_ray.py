@@ -4,7 +4,6 @@ whose driver is killed finishes, when run again, to exactly the local result."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal

@@ -9,7 +9,6 @@ through ``create_encoder`` and ``SimilarityIndex``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -241,6 +241,11 @@ def write_parquet(path: str | Path, table: Any, row_group_size: int | None = Non
     return digest
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file on disk, read in chunks."""
+    return file_digest(path).sha256
+
+
 def file_digest(path: str | Path) -> FileDigest:
     """Size and SHA-256 of a file on disk, read in chunks (memory stays bounded)."""
     digest = hashlib.sha256()

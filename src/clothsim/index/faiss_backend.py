@@ -16,7 +16,6 @@ delete loads a private copy.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, DataError, UsageError
-from clothsim.fileio import atomic_path
+from clothsim.fileio import atomic_path, file_digest
 from clothsim.index.ann_common import (
     EXACT_BELOW,
     BackendIndexError,
@@ -73,10 +72,12 @@ _COMMON = {
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 HNSW_OPTIONS: dict[str, OptionSpec] = {
-    # Measured on clustered 1280-d data, 100k rows, an otherwise idle 2-core machine: M=32/efConstruction=80
-    # builds as fast as 16/64 (32 s) and reaches recall@10 1.00 at efSearch 128 (16/64: 0.97).
+    # Measured on clustered 1280-d data (benchmarks/index_scale.py's mixture), 2 cores: at 100k, M=32 builds
+    # as fast as M=16 and reaches recall@10 1.00 at efSearch 128 (M=16: 0.97). At 1M, efConstruction 80
+    # left recall@10 at 0.934 (0.941 at efSearch 256): the graph, not the search, was short; 200 gives
+    # 0.988 at efSearch 128 for a build about 1.5x longer (566 s at 1M, idle machine).
     "M": OptionSpec(int, 32, True, "graph neighbours per node"),
-    "efConstruction": OptionSpec(int, 80, True, "search depth while building"),
+    "efConstruction": OptionSpec(int, 200, True, "search depth while building"),
     "efSearch": OptionSpec(int, 128, False, "search depth per query; also a per-query argument"),
     **_COMMON,
 }
@@ -120,14 +121,6 @@ def _threads_for(n_queries: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pq_m_default(dim: int) -> int:
@@ -359,7 +352,7 @@ class FaissIndex:
                 new_file = f"index-{generation:06d}.faiss"
                 with atomic_path(folder / new_file) as tmp:
                     _faiss().write_index(self._engine, str(tmp))
-                    size, digest = tmp.stat().st_size, _sha256(tmp)
+                    size, digest = tmp.stat().st_size, file_digest(tmp).sha256
                 self._state.update(file=new_file, generation=generation, file_bytes=size, sha256=digest,
                                    ntotal=int(self._engine.ntotal))
                 logger.info("%s: wrote %s (%.1f MiB) in %.1f s", self.name, folder / new_file, size / 2**20,
@@ -390,7 +383,7 @@ def _check_file(store: "FeatureStore", name: str, state: dict[str, Any], full: b
     if size != state.get("file_bytes"):
         return [f"{path} is truncated or damaged ({size} bytes, {state.get('file_bytes')} were written); "
                 f"{rebuild_hint(store, name)}"]
-    if full and _sha256(path) != state.get("sha256"):
+    if full and file_digest(path).sha256 != state.get("sha256"):
         return [f"{path} does not match its checksum in {path.parent / 'state.json'}: it was damaged; "
                 f"{rebuild_hint(store, name)}"]
     return []

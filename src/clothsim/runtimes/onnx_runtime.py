@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from clothsim.errors import ClothsimError, UsageError
+from clothsim.fileio import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -112,14 +113,6 @@ def cache_path(encoder: "Encoder", part: str = "vectors") -> Path:
     return default_cache_dir() / "onnx" / f"{slug}{suffix}-{export_key(encoder, part)}.onnx"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _damage(path: Path, meta_path: Path) -> str | None:
     """Why the cached export at ``path`` cannot be used, or ``None`` when it is intact."""
     if not path.is_file():
@@ -130,7 +123,7 @@ def _damage(path: Path, meta_path: Path) -> str | None:
         return f"its record {meta_path.name} is unreadable ({exc})"
     if meta.get("size") != path.stat().st_size:
         return f"size {path.stat().st_size} bytes, recorded {meta.get('size')}"
-    if meta.get("sha256") != _sha256(path):
+    if meta.get("sha256") != file_sha256(path):
         return "its SHA-256 differs from the one recorded at export"
     return None
 
@@ -179,7 +172,7 @@ def exported_model(encoder: "Encoder", module: "torch.nn.Module", part: str = "v
             raise RuntimeMismatchError(
                 f"the ONNX export of {encoder.name} disagrees with torch on a probe batch (1 - cos = {gap:.2e}, "
                 f"allowed {MAX_DISAGREEMENT:.0e}); use --runtime torch")
-    write_json(meta_path, {"size": path.stat().st_size, "sha256": _sha256(path), "encoder": encoder.name,
+    write_json(meta_path, {"size": path.stat().st_size, "sha256": file_sha256(path), "encoder": encoder.name,
                            "fingerprint": encoder.fingerprint(), "max_one_minus_cos": gap,
                            "torch": torch.__version__, "onnx": onnx.__version__})
     return path

@@ -11,29 +11,19 @@ A model folder holds::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clothsim.fileio import atomic_path, write_json
+from clothsim.fileio import atomic_path, file_sha256, write_json
+from clothsim.training.model_folder import CONFIG, read_model_folder
 from clothsim.training.model import BranchConfig, SiameseNetwork
 from clothsim.errors import DataError
 
 CHECKPOINT = "siamese.pt"
-CONFIG = "config.json"
 HISTORY = "history.json"
 FORMAT = 1
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(out_dir: str | Path, model: SiameseNetwork, meta: dict[str, Any],
@@ -63,16 +53,7 @@ def load_model(model_dir: str | Path) -> tuple[SiameseNetwork, dict[str, Any]]:
         FileNotFoundError: the folder lacks ``siamese.pt`` or ``config.json``.
         ValueError: the files are of another format or do not fit together.
     """
-    folder = Path(model_dir)
-    path, config_path = folder / CHECKPOINT, folder / CONFIG
-    for needed in (path, config_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{folder} is not a Siamese model folder (no {needed.name}); "
-                                    "train one with `clothsim train-siamese`")
-    meta = json.loads(config_path.read_text(encoding="utf-8"))
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise DataError(f"{path}: not a clothsim Siamese checkpoint of format {FORMAT}")
+    path, meta, saved = read_model_folder(model_dir, CHECKPOINT, "Siamese", FORMAT, "clothsim train-siamese")
     model = SiameseNetwork(BranchConfig(**saved["branch"]))
     try:
         model.load_state_dict(saved["state_dict"])

@@ -16,8 +16,6 @@ carries the checkpoint's SHA-256, so an index built by another (or a retrained) 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,23 +26,15 @@ from torch import nn
 
 from clothsim.encoders.base import Encoder, l2_normalize
 from clothsim.errors import DataError, UsageError
-from clothsim.fileio import atomic_path, write_json
+from clothsim.fileio import atomic_path, file_sha256, write_json
+from clothsim.training.model_folder import CONFIG, read_model_folder
 from clothsim.training.tuned_model import FullGraph, NetworkConfig, TunedNetwork, backbone_layers, check_cut
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "tuned.pt"
-CONFIG = "config.json"
 HISTORY = "history.json"
 FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TunedEncoder(Encoder):
@@ -110,7 +100,7 @@ def save_tuned(out_dir: str | Path, network: TunedNetwork, meta: dict[str, Any],
     if history is not None:
         write_json(out / HISTORY, history)
     write_json(out / CONFIG, {**meta, "format": FORMAT, "network": network.config.to_dict(),
-                              "checkpoint_sha256": _sha256(path)})
+                              "checkpoint_sha256": file_sha256(path)})
     return path
 
 
@@ -132,15 +122,8 @@ def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
     from clothsim.encoders.registry import create_encoder
 
     folder = Path(model_dir).expanduser().resolve()
-    path, config_path = folder / CHECKPOINT, folder / CONFIG
-    for needed in (path, config_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{folder} is not a tuned model folder (no {needed.name}); "
-                                    "train one with `clothsim train`")
-    meta = json.loads(config_path.read_text(encoding="utf-8"))
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise DataError(f"{path}: not a clothsim tuned checkpoint of format {FORMAT}")
+    path, meta, saved = read_model_folder(folder, CHECKPOINT, "tuned", FORMAT, "clothsim train")
+    config_path = folder / CONFIG
     config = NetworkConfig(**saved["network"])
     base_weights = weights if weights is not None else meta.get("backbone_weights")
     backbone = create_encoder(config.backbone, weights=base_weights, device="cpu", runtime="torch")
@@ -155,7 +138,7 @@ def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
         network.load_state_dict(saved["state_dict"])
     except RuntimeError as exc:
         raise DataError(f"{path}: weights do not fit the saved network shape: {exc}") from exc
-    meta["checkpoint_sha256"] = _sha256(path)  # the file as it is now, whatever config.json says
+    meta["checkpoint_sha256"] = file_sha256(path)  # the file as it is now, whatever config.json says
     return TunedEncoder(f"tuned:{folder}", backbone, nn.Sequential(*layers[:config.cut]), network, meta, device)
 
 
