@@ -276,6 +276,31 @@ def scan_topk(
             return found
     best = _RunningTopK(n_q, k)
     converter = _HalfConverter(tile_rows, dim) if any(p.vectors.dtype == np.float16 for p in parts) else None
+    for part, lo, hi, keep, local in _live_tiles(parts, tile_rows):
+        ids = np.arange(part.id_start + lo, part.id_start + hi, dtype=np.int64)
+        if local is not None:
+            block = np.asarray(part.vectors[lo + local], dtype=np.float32)
+            ids, keep = ids[local], None
+        elif part.vectors.dtype == np.float16:
+            block = converter.convert(part.vectors[lo:hi])
+        else:
+            block = np.asarray(part.vectors[lo:hi], dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # damaged rows are reported just below
+            scores = converter.matmul(queries, block) if converter is not None else queries @ block.T
+        _check_range(scores, limit, part.label)  # before masking: damage in any row read is reported
+        if keep is not None and not keep.all():
+            scores[:, ~keep] = -np.inf
+        if exclude is not None:
+            _exclude_sparse(scores, ids, exclude)
+        best.push(scores, ids)
+    return best.result()
+
+
+def _live_tiles(parts: Sequence[ScanPart], tile_rows: int
+                ) -> Iterator[tuple[ScanPart, int, int, np.ndarray | None, np.ndarray | None]]:
+    """``(part, lo, hi, keep, local)`` for every tile of ``tile_rows`` rows holding a live row: ``keep``
+    is the tile's mask (``None``: all live) and ``local`` the live rows' offsets when so few are live
+    that gathering them beats reading the whole tile (``None`` otherwise)."""
     for part in parts:
         rows = part.vectors.shape[0]
         for lo in range(0, rows, tile_rows):
@@ -284,24 +309,8 @@ def scan_topk(
             n_keep = int(keep.sum()) if keep is not None else hi - lo
             if n_keep == 0:
                 continue
-            ids = np.arange(part.id_start + lo, part.id_start + hi, dtype=np.int64)
-            if keep is not None and n_keep < GATHER_BELOW * (hi - lo):
-                local = np.flatnonzero(keep)
-                block = np.asarray(part.vectors[lo + local], dtype=np.float32)
-                ids, keep = ids[local], None
-            elif part.vectors.dtype == np.float16:
-                block = converter.convert(part.vectors[lo:hi])
-            else:
-                block = np.asarray(part.vectors[lo:hi], dtype=np.float32)
-            with np.errstate(invalid="ignore", over="ignore"):  # damaged rows are reported just below
-                scores = converter.matmul(queries, block) if converter is not None else queries @ block.T
-            _check_range(scores, limit, part.label)  # before masking: damage in any row read is reported
-            if keep is not None and not keep.all():
-                scores[:, ~keep] = -np.inf
-            if exclude is not None:
-                _exclude_sparse(scores, ids, exclude)
-            best.push(scores, ids)
-    return best.result()
+            sparse = keep is not None and n_keep < GATHER_BELOW * (hi - lo)
+            yield part, lo, hi, keep, np.flatnonzero(keep) if sparse else None
 
 
 def _exclude_sparse(scores: np.ndarray, ids: np.ndarray, exclude: np.ndarray) -> None:
@@ -378,38 +387,30 @@ def _scan_half_single(queries: np.ndarray, parts: Sequence[ScanPart], k: int, ex
     pool_ids: list[np.ndarray] = []
     pool_vals: list[np.ndarray] = []
     excluded = int(exclude[0]) if exclude is not None else -1
-    for part in parts:
-        rows = part.vectors.shape[0]
-        for lo in range(0, rows, HALF_TILE_ROWS):
-            hi = min(rows, lo + HALF_TILE_ROWS)
-            keep = part.keep[lo:hi] if part.keep is not None else None
-            n_keep = int(keep.sum()) if keep is not None else hi - lo
-            if n_keep == 0:
-                continue
-            if keep is not None and n_keep < GATHER_BELOW * (hi - lo):
-                local = np.flatnonzero(keep)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    approx = np.asarray(part.vectors[lo + local], dtype=np.float32) @ queries[0]  # exact already
-                ids = part.id_start + lo + local
-                _check_range(approx[None, :], limit, part.label)
-            else:
-                tile = torch.from_numpy(_writable(part.vectors[lo:hi]))
-                approx = torch.mv(tile, query_half).float().numpy()
-                ids = np.arange(part.id_start + lo, part.id_start + hi, dtype=np.int64)
-                _check_range(approx[None, :], limit, part.label)
-                if keep is not None:
-                    approx[~keep] = -np.inf
-            if excluded >= 0:
-                approx[ids == excluded] = -np.inf
-            if approx.size >= k:
-                tile_top = np.partition(approx, approx.size - k)[approx.size - k:]
-            else:
-                tile_top = approx
-            top = np.sort(np.concatenate([top, tile_top]))[-k:]
-            near = np.isfinite(approx) & (approx >= top[0] - window)
-            if near.any():
-                pool_ids.append(ids[near])
-                pool_vals.append(approx[near])
+    for part, lo, hi, keep, local in _live_tiles(parts, HALF_TILE_ROWS):
+        if local is not None:
+            with np.errstate(invalid="ignore", over="ignore"):
+                approx = np.asarray(part.vectors[lo + local], dtype=np.float32) @ queries[0]  # exact already
+            ids = part.id_start + lo + local
+            _check_range(approx[None, :], limit, part.label)
+        else:
+            tile = torch.from_numpy(_writable(part.vectors[lo:hi]))
+            approx = torch.mv(tile, query_half).float().numpy()
+            ids = np.arange(part.id_start + lo, part.id_start + hi, dtype=np.int64)
+            _check_range(approx[None, :], limit, part.label)
+            if keep is not None:
+                approx[~keep] = -np.inf
+        if excluded >= 0:
+            approx[ids == excluded] = -np.inf
+        if approx.size >= k:
+            tile_top = np.partition(approx, approx.size - k)[approx.size - k:]
+        else:
+            tile_top = approx
+        top = np.sort(np.concatenate([top, tile_top]))[-k:]
+        near = np.isfinite(approx) & (approx >= top[0] - window)
+        if near.any():
+            pool_ids.append(ids[near])
+            pool_vals.append(approx[near])
     if not pool_ids:
         return np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.float32)
     ids = np.concatenate(pool_ids)
