@@ -171,3 +171,49 @@ def test_feature_maps_for_the_siamese_cache_run_on_onnx(photos):
     assert got.shape == expected.shape == (3, 512, 7, 7)
     flat = lambda a: a.reshape(len(a), -1) / np.linalg.norm(a.reshape(len(a), -1), axis=1, keepdims=True)  # noqa: E731
     assert np.sum(flat(expected) * flat(got), axis=1).min() >= 0.9999
+
+
+_EXPORT_CHILD = """
+import sys
+import numpy as np
+from PIL import Image
+from clothsim.encoders.registry import create_encoder
+photo = Image.open(sys.argv[1]).convert("RGB")
+onnx = create_encoder("efficientnet_lite0", runtime="onnx")
+reference = create_encoder("efficientnet_lite0", runtime="torch")
+print(onnx.runtime, float(np.sum(onnx.encode_images([photo]) * reference.encode_images([photo]))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["write", "rename"])  # a kill before fsync is a kill before rename
+def test_a_kill_during_the_export_leaves_a_cache_the_next_run_repairs(tmp_path, step):
+    """SIGKILL at each durable step of the export (the .onnx file, then its .json record): the next run
+    never uses a half-written or unrecorded model, exports again, and gives torch's vectors."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from clothsim.fileio import FAULT_AT_ENV, FAULT_MATCH_ENV
+
+    photo = str(sorted(SAMPLE.glob("test/*/*.jpg"))[0])
+    env = dict(os.environ, CLOTHSIM_CACHE=str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "onnx"
+    # The export writes two files, both named after the encoder: the model (the 1st matching step),
+    # then its record (the 2nd).
+    for nth in (1, 2):
+        for leftover in cache.glob("*") if cache.exists() else ():
+            leftover.unlink()
+        faulty = dict(env, **{FAULT_AT_ENV: str(nth), FAULT_MATCH_ENV: f"{step} efficientnet_lite0"})
+        killed = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, photo], env=faulty, capture_output=True,
+                                text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        again = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, photo], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        runtime, cosine = again.stdout.split()
+        assert runtime == "onnx" and float(cosine) >= 0.9999
+        [model] = cache.glob("*.onnx")
+        meta = json.loads(model.with_suffix(".json").read_text())
+        assert meta["size"] == model.stat().st_size  # recorded, and the record matches the file
