@@ -95,6 +95,17 @@ def test_gem_is_average_pooling_at_p1_and_tends_to_max():
     assert GeM(3.0, learn=False).p.requires_grad is False
 
 
+def test_max_pooling_is_the_siamese_studys_global_max():
+    from torch import nn
+
+    from clothsim.training.tuned_model import NetworkConfig, TunedNetwork
+
+    network = TunedNetwork([nn.Identity()], 4, NetworkConfig(backbone="vgg16", pooling="max", train_layers=0,
+                                                             embedding_dim=2))
+    x = torch.rand(3, 4, 5, 5)
+    assert torch.equal(network.features(x), x.amax(dim=(2, 3)))
+
+
 def test_cut_and_layer_counts_are_checked():
     check_cut(18, 16, 2)
     with pytest.raises(UsageError, match="cut"):

@@ -43,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="top backbone layers that learn (0: head only; default 1)")
     group.add_argument("--cached-layers", type=int, default=None,
                        help="top layers run at every step (>= --train-layers; the rest are cached)")
-    group.add_argument("--pooling", choices=["gem", "avg"], default="gem", help="pooling (default gem)")
+    group.add_argument("--pooling", choices=["gem", "avg", "max"], default="gem",
+                       help="pooling (default gem; max: the Siamese study's global max pooling)")
     group.add_argument("--gem-p", type=float, default=3.0, help="initial GeM exponent (default 3)")
     group.add_argument("--fixed-p", action="store_true", help="keep the GeM exponent fixed")
     group.add_argument("--hidden-dim", type=int, default=0, help="head hidden layer width (default 0: linear)")

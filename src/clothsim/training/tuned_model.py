@@ -18,7 +18,7 @@ from torch import nn
 
 from clothsim.errors import UsageError
 
-POOLINGS = ("avg", "gem")
+POOLINGS = ("avg", "gem", "max")
 SUPPORTED_BACKBONES = ("efficientnet_lite0", "vgg16")
 
 
@@ -30,7 +30,7 @@ class NetworkConfig:
         backbone: Registry name of the pretrained encoder (``efficientnet_lite0`` or ``vgg16``).
         cut: Index of the first layer above the frozen, cached part.
         train_layers: How many of the top layers learn (0: only pooling and head).
-        pooling: ``"avg"`` or ``"gem"`` (generalised mean).
+        pooling: ``"avg"``, ``"gem"`` (generalised mean) or ``"max"`` (the Siamese study's global max).
         gem_p: Initial (or fixed) GeM exponent.
         learn_p: Whether the GeM exponent learns.
         hidden_dim: Width of the head's hidden layer; 0 for a single linear projection.
@@ -70,6 +70,13 @@ class AvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+
+class MaxPool(nn.Module):
+    """Global max pooling, ``(N, C, h, w) -> (N, C)`` (the original study's Siamese branch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
 
 
 class ProjectionHead(nn.Module):
@@ -151,7 +158,8 @@ class TunedNetwork(nn.Module):
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
         self.config = config
         self.upper = nn.Sequential(*upper)
-        self.pool: nn.Module = GeM(config.gem_p, config.learn_p) if config.pooling == "gem" else AvgPool()
+        self.pool: nn.Module = {"gem": lambda: GeM(config.gem_p, config.learn_p), "avg": AvgPool,
+                                "max": MaxPool}[config.pooling]()
         self.head = ProjectionHead(channels, config.embedding_dim, config.hidden_dim)
         self.n_frozen_upper = len(upper) - config.train_layers
         for index, layer in enumerate(self.upper):
