@@ -262,3 +262,26 @@ def test_label_tells_fits_with_other_weights_or_methods_apart():
               EnsembleModel(parts, cols, (0.5, 0.5), method="concat").label}
     assert labels == {"ensemble:a+b (weights 0.5/0.5)", "ensemble:a+b (weights 0/1)",
                       "ensemble:a+b (concat, weights 0.5/0.5)"}
+
+
+def test_flip_over_an_ensemble_mirrors_every_part(split_catalog, tmp_path: Path):
+    from PIL import Image, ImageOps
+
+    _fit_dir(split_catalog, tmp_path / "cache", tmp_path / "ens")
+    flip = create_encoder(f"flip:ensemble:{tmp_path / 'ens'}")
+    plain = create_encoder(f"ensemble:{tmp_path / 'ens'}")
+    assert flip.fingerprint()["fit_sha256"] == plain.fingerprint()["fit_sha256"]  # the inner identity kept
+    assert flip.fingerprint()["encoder"] != plain.fingerprint()["encoder"]
+    # With flip a photo and its mirror image are one vector, and that vector is the normalised sum of
+    # the plain ensemble's two.
+    images = [Image.open(r.path).convert("RGB") for r in split_catalog if r.split == "test"][:4]
+    mirrored = [ImageOps.mirror(img) for img in images]
+    # (up to resampling: a resize of a mirror image is the mirror of the resize only to rounding)
+    assert np.sum(flip.encode_images(images) * flip.encode_images(mirrored), axis=1).min() > 0.9999
+    import torch
+    from torch.utils.data import default_collate
+
+    batch = default_collate([plain.transform(img) for img in images])  # a tuple: one tensor per part
+    expected = plain.embed(batch) + plain.embed(tuple(torch.flip(part, dims=[3]) for part in batch))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(flip.embed(batch), expected, atol=1e-6)

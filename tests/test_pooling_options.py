@@ -69,3 +69,23 @@ def test_the_recorded_spec_rebuilds_the_same_encoder(photos):
 def test_bad_options_are_usage_errors(name, message):
     with pytest.raises(UsageError, match=message):
         create_encoder(name, runtime="torch", weights="random" if "vgg16" in name else None)
+
+
+def test_gem_pool_does_not_overflow_at_large_exponents():
+    import torch
+
+    from clothsim.encoders.pooling import gem_pool
+
+    fmap = torch.rand(2, 3, 7, 7) * 200  # VGG-sized activations: 200^20 is inf in float32
+    pooled = gem_pool(fmap, 20.0)
+    assert torch.isfinite(pooled).all()
+    naive = fmap.double().pow(20).mean(dim=(2, 3)).pow(1 / 20)
+    assert torch.allclose(pooled.double(), naive, rtol=1e-5)
+    assert torch.allclose(gem_pool(fmap, 1.0), fmap.mean(dim=(2, 3)), rtol=1e-5)
+
+
+def test_close_exponents_are_different_encoders():
+    a = create_encoder("gem:3:efficientnet_lite0", runtime="torch")
+    b = create_encoder("gem:3.25:efficientnet_lite0", runtime="torch")
+    assert a.name == "gem:3:efficientnet_lite0" and b.name == "gem:3.25:efficientnet_lite0"
+    assert a.fingerprint()["gem_p"] == 3.0 and a.fingerprint() != b.fingerprint()

@@ -29,20 +29,24 @@ from clothsim.errors import UsageError
 DEFAULT_GEM_P = 3.0  # the value measured in the tuned-encoder issue (GeM p=3: 0.642 against 0.624 P@5)
 
 
+def gem_pool(fmap: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+    """``(N, C, h, w)`` -> ``(N, C)``: ``(mean(x^p))^(1/p)`` over the spatial positions (p = 1 is the
+    average, large p tends to the maximum), on maps clamped at ``eps`` (GeM is defined on non-negative
+    maps). Computed relative to each channel's maximum, so x^p cannot overflow float32 at large p."""
+    fmap = fmap.clamp(min=eps)
+    peak = fmap.amax(dim=(2, 3), keepdim=True)
+    return (fmap / peak).pow(p).mean(dim=(2, 3)).pow(1.0 / p) * peak[:, :, 0, 0]
+
+
 class GeMPooledTrunk(nn.Module):
-    """``(N, 3, H, W)`` -> ``(N, C)``: a trunk's feature map, pooled by the generalised mean of order p.
+    """``(N, 3, H, W)`` -> ``(N, C)``: a trunk's feature map, GeM-pooled (:func:`gem_pool`)."""
 
-    ``(mean(x^p))^(1/p)`` over the spatial positions: p = 1 is the average, large p tends to the maximum.
-    Activations are clamped at a small positive value first (GeM is defined on non-negative maps).
-    """
-
-    def __init__(self, trunk: nn.Module, p: float, eps: float = 1e-6) -> None:
+    def __init__(self, trunk: nn.Module, p: float) -> None:
         super().__init__()
-        self.trunk, self.p, self.eps = trunk, float(p), float(eps)
+        self.trunk, self.p = trunk, float(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.trunk(x).clamp(min=self.eps)
-        return fmap.pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+        return gem_pool(self.trunk(x), self.p)
 
 
 class FlipAveraged(nn.Module):
@@ -85,7 +89,9 @@ class GeMEncoder(_Wrapper):
         if not hasattr(inner, "feature_maps") or not hasattr(inner, "trunk"):
             raise UsageError(f"gem: needs a CNN encoder with a feature map (vgg16, resnet50, inception_v3, "
                              f"efficientnet_lite0, ...), not {inner.name!r}")
-        super().__init__(f"gem:{p:g}:{inner.name}", inner)
+        # Short names for the usual exponents (gem:3:...), exact ones otherwise: two exponents, two names.
+        shown = f"{p:g}" if float(f"{p:g}") == float(p) else repr(float(p))
+        super().__init__(f"gem:{shown}:{inner.name}", inner)
         self.p = float(p)
         self._module = GeMPooledTrunk(inner.trunk, self.p).eval()
 
@@ -95,8 +101,11 @@ class GeMEncoder(_Wrapper):
     def embed(self, batch: Any) -> np.ndarray:
         fmap = self.inner.feature_maps(batch)
         with torch.inference_mode():
-            pooled = fmap.clamp(min=self._module.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+            pooled = gem_pool(fmap, self.p)
         return l2_normalize(pooled.float().cpu().numpy())
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.inner.fingerprint(), "encoder": self.name, "gem_p": self.p}
 
 
 class FlipEncoder(_Wrapper):
@@ -114,11 +123,25 @@ class FlipEncoder(_Wrapper):
         return None if converted is None else FlipEncoder(converted)
 
     def embed(self, batch: Any) -> np.ndarray:
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(batch)
-        if batch.shape[0] == 0:
+        if _batch_size(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalize(self.inner.embed(batch) + self.inner.embed(torch.flip(batch, dims=[3])))
+        return l2_normalize(self.inner.embed(batch) + self.inner.embed(_mirror(batch)))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.inner.fingerprint(), "encoder": self.name, "flip": True}
+
+
+def _mirror(batch: Any) -> Any:
+    """The batch with every image mirrored left-right; an ensemble's batch is a tuple, one per part."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_mirror(part) for part in batch)
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    return torch.flip(batch, dims=[3])
+
+
+def _batch_size(batch: Any) -> int:
+    return _batch_size(batch[0]) if isinstance(batch, (tuple, list)) else int(batch.shape[0])
 
 
 def _inner(spec: str, weights: str | Path | None, device: str) -> Encoder:
