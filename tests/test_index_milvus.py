@@ -168,6 +168,12 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     assert rebuilt.count() == 500
     rebuilt.close()
     assert check_backends(FeatureStore.open(root))[0].ok
+    # A server that cannot be reached is not damage: verify says it could not check.
+    good = state.read_text()
+    state.write_text(json.dumps({**json.loads(good), "uri": "http://127.0.0.1:9"}))
+    [unreachable] = check_backends(FeatureStore.open(root))
+    assert not unreachable.checked and unreachable.ok and "could not reach Milvus" in unreachable.note
+    state.write_text(good)
 
 
 def test_a_database_open_in_another_process_is_named(tmp_path, opened):

@@ -57,6 +57,7 @@ def test_recall_at_1_counts_originals_found_first():
     assert result.recall_at_1 == pytest.approx(5 / 50) and result.n_queries == 50
     # Copies whose original is not in the gallery (it failed to encode) are not counted.
     assert instance_recall(near[:3], ["missing.jpg", "g1.jpg", "g2.jpg"], gallery, paths).n_queries == 2
+    assert instance_recall(near[:1], ["missing.jpg"], gallery, paths) is None  # nothing to count: no NaN
 
 
 def test_copies_are_written_once_sampled_and_skip_unreadable_originals(tmp_path, caplog):

@@ -14,7 +14,7 @@ Fault injection (for the crash-consistency tests): every durable step calls :fun
 process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default) or fails with ENOSPC
 (``CLOTHSIM_FAULT_KIND=enospc``); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
 TEXT (e.g. ``rename manifest.json``: the N-th commit, wherever other writes fall);
-``CLOTHSIM_FAULT_TRACE=FILE`` appends each step's name to FILE. Without these variables a step costs one
+``CLOTHSIM_FAULT_TRACE=FILE`` appends each counted step's name to FILE. Without these variables a step costs one
 dictionary lookup.
 """
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             for problem in check.problems:
                 print(f"DAMAGED backend {check.name}: {problem}")
         elif check.checked:
-            print(f"backend {check.name}: ok ({'sizes' if args.quick else 'checksums and contents'} checked)")
+            print(f"backend {check.name}: ok ({'records and sizes' if args.quick else 'checksums and contents'} checked)")
         else:
             print(f"backend {check.name}: {check.note}")
     if unfinished:

@@ -81,15 +81,19 @@ def _sample(gallery: Sequence[CatalogRecord], limit: int | None, seed: int) -> l
     return [gallery[i] for i in picked]
 
 
-def copies_folder(cache: str | Path, gallery: Sequence[CatalogRecord], limit: int | None, seed: int) -> Path:
-    """Where the copies of this gallery sample live: a new folder whenever the gallery, seed or size change."""
-    digest = hashlib.sha256("\n".join(r.path for r in gallery).encode()).hexdigest()[:12]
+def copies_folder(cache: str | Path, gallery: Sequence[CatalogRecord], limit: int | None, seed: int,
+                  use_bbox: bool = True) -> Path:
+    """Where the copies of this gallery sample live: a new folder whenever the gallery (paths and boxes),
+    the alteration, the seed or the sample size change."""
+    recipe = [MIN_KEPT, JPEG_QUALITY, JITTER, use_bbox, [(r.path, r.bbox) for r in gallery]]
+    digest = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
     return Path(cache) / "instance-copies" / f"{digest}-seed{seed}-n{limit if limit is not None else 'all'}"
 
 
 def make_altered_copies(gallery: Sequence[CatalogRecord], folder: str | Path, *, limit: int | None = None,
-                        seed: int = 0) -> list[CatalogRecord]:
-    """Write one altered copy per sampled gallery photo into ``folder`` (reused when complete).
+                        seed: int = 0, use_bbox: bool = True) -> list[CatalogRecord]:
+    """Write one altered copy per sampled gallery photo into ``folder`` (reused when complete); with
+    ``use_bbox`` (as the gallery was encoded) the copy is of the garment's box.
 
     Returns records of the copies (split ``"instance"``); ``item_id`` is the original's path. Originals
     that cannot be read are left out (the gallery left them out too) and logged.
@@ -109,7 +113,7 @@ def make_altered_copies(gallery: Sequence[CatalogRecord], folder: str | Path, *,
     records, rows, unreadable = [], [], []
     for number, original in enumerate(_sample(gallery, limit, seed)):
         try:
-            image = load_image(original.path, bbox=original.bbox)  # as the gallery saw it
+            image = load_image(original.path, bbox=original.bbox if use_bbox else None)  # as the gallery saw it
         except UNUSABLE_IMAGE_ERRORS as exc:
             unreadable.append(f"{original.path} ({exc})")
             continue
@@ -128,20 +132,21 @@ def make_altered_copies(gallery: Sequence[CatalogRecord], folder: str | Path, *,
 
 
 def instance_recall(copy_vectors: np.ndarray, copy_originals: Sequence[str], gallery_vectors: np.ndarray,
-                    gallery_paths: Sequence[str], seed: int = 0) -> InstanceResult:
+                    gallery_paths: Sequence[str], seed: int = 0) -> InstanceResult | None:
     """Recall@1 of the copies: the nearest gallery vector (cosine) must be the original's.
 
-    Copies whose original is not in the gallery (it failed to encode there) are not counted.
+    Copies whose original is not in the gallery (it failed to encode there) are not counted; ``None``
+    when no copy is left to count.
     """
     row_of = {path: i for i, path in enumerate(gallery_paths)}
     keep = [i for i, original in enumerate(copy_originals) if original in row_of]
     if not keep or gallery_vectors.shape[0] == 0:
-        return InstanceResult(float("nan"), 0, seed)
+        return None
     queries = np.asarray(copy_vectors[keep], dtype=np.float32)
     target = np.array([row_of[copy_originals[i]] for i in keep])
     nearest = np.empty(len(keep), dtype=np.int64)
     gallery = np.asarray(gallery_vectors, dtype=np.float32)
-    for start in range(0, len(keep), 1024):  # bounded memory for large galleries
-        nearest[start:start + 1024] = np.argmax(queries[start:start + 1024] @ gallery.T, axis=1)
+    step = max(1, min(1024, (1 << 26) // gallery.shape[0]))  # score blocks of at most 256 MiB
+    for start in range(0, len(keep), step):
+        nearest[start:start + step] = np.argmax(queries[start:start + step] @ gallery.T, axis=1)
     return InstanceResult(float(np.mean(nearest == target)), len(keep), seed)
-

@@ -76,11 +76,13 @@ def render_markdown(comparison: Comparison) -> str:
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines.append("")
-    guarded = next((r.instance for r in comparison.results if r.instance is not None), None)
-    if guarded is not None:
-        lines += [f"Instance R@1: each of {guarded.n_queries} gallery photos, altered (a crop keeping 80-100% "
+    guarded = [r.instance for r in comparison.results if r.instance is not None]
+    if guarded:
+        counts = sorted({g.n_queries for g in guarded})
+        shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        lines += [f"Instance R@1: each of {shown} gallery photos, altered (a crop keeping 80-100% "
                   "of it, slight colour jitter, JPEG quality 70), queried against the gallery; the share that "
-                  f"finds its original first (seed {guarded.seed}).", ""]
+                  f"finds its original first (seed {guarded[0].seed}).", ""]
     for s in comparison.skipped:
         lines.append(f"- **{s.name}** skipped: {s.reason}")
     if comparison.skipped:

@@ -240,8 +240,9 @@ def compare_encoders(
     all_categories = sorted({r.category for r in queries} | {r.category for r in gallery})
     copies: list[CatalogRecord] = []
     if instance_queries is None or instance_queries > 0:
-        copies = make_altered_copies(gallery, copies_folder(cache, gallery, instance_queries, seed),
-                                     limit=instance_queries, seed=seed)
+        use_bbox = bool(extract_options.get("use_bbox", True))
+        copies = make_altered_copies(gallery, copies_folder(cache, gallery, instance_queries, seed, use_bbox),
+                                     limit=instance_queries, seed=seed, use_bbox=use_bbox)
 
     for name in encoders:
         if name in checked.skipped:
@@ -295,15 +296,16 @@ def _evaluate_backend(backend: str, options: dict[str, Any], prepared: _Prepared
 
 
 def _evaluate_instance(prepared: _Prepared, copies: Sequence[CatalogRecord], cache: Path, gallery_split,
-                       seed: int, extract_options: dict[str, Any]) -> InstanceResult:
+                       seed: int, extract_options: dict[str, Any]) -> InstanceResult | None:
     """The instance guard for one encoder: its vectors of the altered copies against its gallery."""
     extract_split(copies, INSTANCE_SPLIT, prepared.encoder, cache, **extract_options)
     copy_vec, copy_items = FeatureStore.open(split_store_dir(cache, prepared.encoder.name, INSTANCE_SPLIT)).load_vectors()
     g_vec, g_items = FeatureStore.open(prepared.dirs[gallery_split]).load_vectors()
     result = instance_recall(copy_vec, [it.record.item_id for it in copy_items], g_vec,
                              [it.record.path for it in g_items], seed=seed)
-    logger.info("%s: instance guard recall@1 %.3f over %d altered copies", prepared.label, result.recall_at_1,
-                result.n_queries)
+    if result is not None:
+        logger.info("%s: instance guard recall@1 %.3f over %d altered copies", prepared.label,
+                    result.recall_at_1, result.n_queries)
     return result
 
 

@@ -75,7 +75,8 @@ HNSW_OPTIONS: dict[str, OptionSpec] = {
     # Measured on clustered 1280-d data (benchmarks/index_scale.py's mixture), 2 cores: at 100k, M=32 builds
     # as fast as M=16 and reaches recall@10 1.00 at efSearch 128 (M=16: 0.97). At 1M, efConstruction 80
     # left recall@10 at 0.934 (0.941 at efSearch 256): the graph, not the search, was short; 200 gives
-    # 0.988 at efSearch 128 for a build about 1.5x longer (566 s at 1M, idle machine).
+    # 0.982 at efSearch 128 (benchmarks/index_scale.py, README). Build: 537 s at 1M (80 took 476 s, but on
+    # a loaded machine); at 200k on an idle one 80 s against 39 s.
     "M": OptionSpec(int, 32, True, "graph neighbours per node"),
     "efConstruction": OptionSpec(int, 200, True, "search depth while building"),
     "efSearch": OptionSpec(int, 128, False, "search depth per query; also a per-query argument"),

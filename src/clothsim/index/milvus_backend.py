@@ -492,10 +492,29 @@ class MilvusBackend:
             return [f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}"]
         if not full:
             return []
-        try:
-            self.open(store).close()
-        except BackendIndexError as exc:
-            return [str(exc)]
+        # Read-only, unlike open(): a check must report a damaged collection, not mend it on the way.
+        runtime = {**self._runtime_options({}), "timeout": 10.0}  # a check should not hang on a dead server
+        with _quiet_engine_logs():
+            try:
+                client = _connect(store, uri, runtime, creating=False)
+            except BackendIndexError as exc:
+                return [str(exc)]
+            index = MilvusIndex(store, client, uri, state, runtime)
+            where = f"the Milvus Lite database {uri}" if _is_local(uri) else f"Milvus at {uri}"
+            try:
+                if not client.has_collection(index.collection):
+                    return [f"{where} has no collection {index.collection}; {rebuild_hint(store, NAME)}"]
+                client.load_collection(index.collection)
+                if index._behind():
+                    return []  # the store grew since: the next open catches up, nothing is damaged
+                found, expected = index.count(), len(store)
+                if found != expected:
+                    return [f"{where} holds {found} items in {index.collection}, the store {expected}: it is "
+                            f"damaged or was changed outside clothsim; {rebuild_hint(store, NAME)}"]
+            except (_pymilvus().MilvusException, BackendIndexError) as exc:
+                return [f"{where} cannot be read ({getattr(exc, 'message', exc)}); {rebuild_hint(store, NAME)}"]
+            finally:
+                index.close()
         return []
 
     def open(self, store: "FeatureStore", **options: Any) -> MilvusIndex:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothsim.defaults import DEFAULT_INDEX_BACKEND
+from clothsim.errors import ClothsimError
 from clothsim.index.base import CheckableBackendPlugin, IndexBackend, IndexBackendPlugin
 from clothsim.plugins import INDEX_BACKENDS, PluginRegistry
 
@@ -74,7 +75,7 @@ def check_backends(store: "FeatureStore", full: bool = True) -> list[BackendChec
     root = Path(store.root) / "backends"
     names = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
     recorded = store.manifest.get("index_backend")
-    if recorded and recorded != DEFAULT_INDEX_BACKEND:
+    if recorded and recorded != "exact":
         names.add(recorded)  # a recorded backend whose folder vanished is a problem, not nothing
     checks = []
     for name in sorted(names):
@@ -84,8 +85,11 @@ def check_backends(store: "FeatureStore", full: bool = True) -> list[BackendChec
         else:
             plugin = backend_registry.get(name)
             if isinstance(plugin, CheckableBackendPlugin):
-                check.checked = True
-                check.problems = list(plugin.check_saved(store, full=full))
+                try:
+                    check.problems = list(plugin.check_saved(store, full=full))
+                    check.checked = True
+                except ClothsimError as exc:  # e.g. a Milvus server that cannot be reached: not damage
+                    check.note = f"not checked: {exc}"
             else:
                 check.note = f"the {name} plug-in cannot check its files; not checked"
         checks.append(check)

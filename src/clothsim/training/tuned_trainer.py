@@ -45,7 +45,7 @@ class TuneConfig:
         train_layers: Top backbone layers that learn (0: only pooling and head).
         cached_layers: Top layers computed at every step (the rest are cached); at least
             ``train_layers`` and 1; ``None`` for ``max(train_layers, 1)``.
-        pooling: ``"gem"`` or ``"avg"``.
+        pooling: ``"gem"``, ``"avg"`` or ``"max"`` (the Siamese study's global max).
         gem_p: Initial GeM exponent; learn_p: whether it learns.
         hidden_dim: Head hidden width (0: one linear layer).
         embedding_dim: Output vector size.
