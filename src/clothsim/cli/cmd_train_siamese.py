@@ -19,7 +19,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "siamese:OUT with index/search/evaluate.",
         epilog="example:\n  clothsim train-siamese --data ../shared/data/clothing-dataset-small --out model/ \\\n"
                "      --weights ../shared/weights/vgg16_features_imagenet.pth\n"
-               "  clothsim index photos/train --encoder siamese:model/ --out catalog/",
+               "  clothsim index photos/train --encoder siamese:model/ --out catalog/\n"
+               "  clothsim train-siamese --data DIR --out model5/ --weights vgg16.pth --fine-tune conv5\n"
+               "  clothsim index photos/train --encoder tuned:model5/ --out catalog/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="catalogue: folder per category, CSV, or DeepFashion root")
     parser.add_argument("--out", required=True, help="model folder to write")
@@ -33,8 +35,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="where feature maps are cached (default $CLOTHSIM_CACHE/feature_maps)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--workers", type=int, default=1, help="image-decoding processes (default 1)")
+    parser.add_argument("--fine-tune", choices=["head", "conv5"], default="head",
+                        help="head: a head over cached conv5 maps (fast; default). conv5: VGG16's conv5 block "
+                             "learns inside the weight-sharing branches too (pool4 cached once); writes a model "
+                             "used as tuned:OUT, with a test report")
     group = parser.add_argument_group("model and training")
-    group.add_argument("--embedding-dim", type=positive_int, default=128, help="embedding size (default 128)")
+    group.add_argument("--embedding-dim", type=positive_int, default=None,
+                       help="embedding size (default 128; 256 with --fine-tune conv5)")
     group.add_argument("--dropout", type=float, default=0.2, help="dropout before the dense layer (default 0.2)")
     group.add_argument("--norm", choices=["none", "batchnorm", "layernorm"], default="none",
                        help="normalisation after the dense layer (default none)")
@@ -46,12 +53,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="dissimilar pairs per similar pair (default 1.0)")
     group.add_argument("--pairs", choices=["category", "category+attributes"], default="category",
                        help="what makes a similar pair (default: same category)")
-    group.add_argument("--epochs", type=positive_int, default=100, help="most epochs (default 100)")
+    group.add_argument("--epochs", type=positive_int, default=None, help="most epochs (default 100; 6 with conv5)")
     group.add_argument("--pair-batch", type=positive_int, default=256, help="pairs per step (default 256)")
     group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
-    group.add_argument("--patience", type=int, default=10,
-                       help="early stopping: epochs without a lower validation loss (0: off; default 10)")
+    group.add_argument("--patience", type=int, default=None,
+                       help="early stopping: epochs without a lower validation loss (0: off; default 10), with "
+                            "conv5 without a better validation P@5 (default 2)")
     group.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of train held out when the data has no validation split (default 0.1)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -67,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
 
     # Keep CPU training polite on shared machines unless the user configured torch otherwise.
     torch.set_num_threads(min(torch.get_num_threads(), 2))
+    if args.fine_tune == "conv5":
+        return _run_conv5(args)
     config = TrainConfig(
-        embedding_dim=args.embedding_dim, dropout=args.dropout, norm=args.norm, activation=args.activation,
-        margin=args.margin, negative_ratio=args.negative_ratio, pair_rule=args.pairs, epochs=args.epochs,
+        embedding_dim=args.embedding_dim or 128, dropout=args.dropout, norm=args.norm, activation=args.activation,
+        margin=args.margin, negative_ratio=args.negative_ratio, pair_rule=args.pairs, epochs=args.epochs or 100,
         batch_size=args.pair_batch, learning_rate=args.lr, weight_decay=args.weight_decay,
-        patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
+        patience=10 if args.patience is None else args.patience, val_fraction=args.val_fraction, seed=args.seed,
     )
     records = read_catalog(args.data, format=args.format)
     result, cache = fit_siamese_on_catalog(
@@ -90,4 +100,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(cache.failures)} file(s) could not be decoded and were skipped: "
               + json.dumps([f['path'] for f in cache.failures]))
     print(f"use it with: clothsim index DATA --encoder siamese:{out} --out catalog/")
+    return 0
+
+
+def _run_conv5(args: argparse.Namespace) -> int:
+    from clothsim.data import read_catalog
+    from clothsim.errors import UsageError
+    from clothsim.training.siamese_conv5 import siamese_conv5_config
+    from clothsim.training.tuned_trainer import REPORT_MD, fit_tuned
+
+    if args.encoder != "vgg16":
+        raise UsageError(f"--fine-tune conv5 fine-tunes VGG16's conv5 block; --encoder {args.encoder} has none")
+    config = siamese_conv5_config(embedding_dim=args.embedding_dim or 256, epochs=args.epochs or 6,
+                                  patience=2 if args.patience is None else args.patience, lr=args.lr,
+                                  seed=args.seed)
+    records = read_catalog(args.data, format=args.format)
+    result = fit_tuned(records, args.out, config, weights=args.weights, device=args.device, runtime=args.runtime,
+                       cache_dir=args.cache_dir, num_workers=args.workers, progress=not args.quiet)
+    best = result.history[result.best_epoch]
+    out = Path(args.out)
+    print(f"pool4 cached in {result.seconds['cache']:.1f} s; {len(result.history) - 1} epoch(s) in "
+          f"{result.seconds['train']:.1f} s; best epoch {result.best_epoch}: validation P@5 {best['val_p@5']:.3f}")
+    if result.report is not None:
+        pre, tuned = result.report["pretrained"]["precision"], result.report["tuned"]["precision"]
+        print(f"test P@5: {tuned['5']:.3f} with conv5 fine-tuned, {pre['5']:.3f} pretrained vgg16; see {out / REPORT_MD}")
+    print(f"use it with: clothsim index DATA --encoder tuned:{out} --out catalog/")
     return 0
