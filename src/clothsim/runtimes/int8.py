@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothsim.errors import DataError, UsageError
-from clothsim.runtimes.onnx_runtime import OnnxEncoder, _sha256, exported_model
+from clothsim.fileio import file_sha256
+from clothsim.runtimes.onnx_runtime import OnnxEncoder, exported_model
 
 if TYPE_CHECKING:
     from clothsim.data.records import CatalogRecord
@@ -50,7 +51,7 @@ class Int8Encoder(OnnxEncoder):
 
     def __init__(self, source: "Encoder", model_path: Path, threads: int | None = None) -> None:
         super().__init__(source, model_path, threads=threads)
-        self.quantized_sha256 = _sha256(self.model_path)
+        self.quantized_sha256 = file_sha256(self.model_path)
         # In the weights id too, so that every check of a store against an encoder (which compares the
         # weights) tells int8 vectors from float32 ones and one calibration from another.
         self.weights_id = f"{source.weights_id}+int8:{self.quantized_sha256[:16]}"
@@ -85,7 +86,7 @@ def load_int8_encoder(source: "Encoder", model_path: str | Path, expected_sha256
     if not path.is_file():
         raise DataError(f"{path}: the int8 model this index was built with is missing; rebuild the index "
                         "(clothsim index ... --precision int8 --overwrite)")
-    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise DataError(f"{path}: the int8 model differs from the one the index was built with (SHA-256); "
                         "rebuild the index (clothsim index ... --precision int8 --overwrite)")
     return Int8Encoder(source, path, threads=threads)
@@ -181,19 +182,19 @@ def build_int8_encoder(
     if module is None:
         raise NotExportableError(f"encoder {source.name!r} has no network to quantize")
     fp32 = exported_model(source, module)
-    recipe = {"fp32_sha256": _sha256(fp32), "count": count, "method": method, "seed": seed, "use_bbox": use_bbox,
+    recipe = {"fp32_sha256": file_sha256(fp32), "count": count, "method": method, "seed": seed, "use_bbox": use_bbox,
               "catalogue": hashlib.sha256("\n".join(r.path for r in records).encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     out_path = default_cache_dir() / "int8" / f"{fp32.stem}-{key}.onnx"
     meta_path = out_path.with_suffix(".json")
     if out_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("recipe") == recipe and meta.get("sha256") == _sha256(out_path):
+        if meta.get("recipe") == recipe and meta.get("sha256") == file_sha256(out_path):
             return Int8Encoder(source, out_path, threads=threads)
     logger.info("calibrating int8 %s on %d photos (%s)", source.name, count, method)
     batches = calibration_batches(records, source.transform, count, seed, use_bbox)
     quantize(fp32, out_path, batches, method)
-    write_json(meta_path, {"recipe": recipe, "sha256": _sha256(out_path)})
+    write_json(meta_path, {"recipe": recipe, "sha256": file_sha256(out_path)})
     return Int8Encoder(source, out_path, threads=threads)
 
 
@@ -204,7 +205,7 @@ def keep_in_index(encoder: Int8Encoder, index_dir: str | Path) -> Path:
     from clothsim.fileio import atomic_path
 
     target = int8_model_path(index_dir, encoder.name)
-    if target.is_file() and _sha256(target) == encoder.quantized_sha256:
+    if target.is_file() and file_sha256(target) == encoder.quantized_sha256:
         return target
     with atomic_path(target) as tmp:
         shutil.copyfile(encoder.model_path, tmp)
