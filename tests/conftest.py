@@ -80,6 +80,23 @@ def solid_image(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), 
     return img
 
 
+def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), stripe: int = 0) -> bytes:
+    """:func:`solid_image` as the bytes of a PNG file (an upload)."""
+    buf = io.BytesIO()
+    solid_image(colour, size, stripe).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def catalog(colour_catalog, tiny_encoder, tmp_path):
+    """The colour catalogue indexed by the tiny encoder at ``tmp_path / "index"`` (a SimilarityIndex)."""
+    from clothsim.similarity_index import SimilarityIndex
+
+    built, _ = SimilarityIndex.build(colour_catalog, tmp_path / "index", encoder=tiny_encoder, num_workers=0,
+                                     progress=False)
+    return built
+
+
 @pytest.fixture()
 def colour_catalog(tmp_path: Path) -> list[CatalogRecord]:
     """24 small images in 3 colour categories (reds, greens, blues), with shade variations."""

@@ -10,12 +10,6 @@ from clothsim.features.store import FeatureStore
 from clothsim.similarity_index import SimilarityIndex
 
 
-@pytest.fixture()
-def catalog(colour_catalog, tiny_encoder, tmp_path):
-    built, _ = SimilarityIndex.build(colour_catalog, tmp_path / "cat", encoder=tiny_encoder, num_workers=0, progress=False)
-    return built
-
-
 def test_search_finds_same_colour_first(catalog, colour_catalog):
     query = colour_catalog[3]  # a red image
     hits = catalog.search(query.path, k=5)
@@ -42,11 +36,11 @@ def test_search_by_id_excludes_the_item_and_filters(catalog):
 
 
 def test_open_rebuilds_the_encoder_and_checks_its_fingerprint(catalog, tiny_encoder, tmp_path):
-    reopened = SimilarityIndex.open(tmp_path / "cat", encoder=tiny_encoder)
+    reopened = SimilarityIndex.open(tmp_path / "index", encoder=tiny_encoder)
     assert len(reopened) == 24 and reopened.categories() == {"blue": 8, "green": 8, "red": 8}
     tiny_encoder.weights_id = "changed"
     with pytest.raises(StaleStoreError):
-        SimilarityIndex.open(tmp_path / "cat", encoder=tiny_encoder)
+        SimilarityIndex.open(tmp_path / "index", encoder=tiny_encoder)
 
 
 def test_add_and_delete(catalog, tmp_path, awkward_images):
@@ -54,7 +48,7 @@ def test_add_and_delete(catalog, tmp_path, awkward_images):
     Image.new("RGB", (30, 30), (255, 255, 0)).save(path)
     ids = catalog.add([CatalogRecord(str(path), "yellow"), CatalogRecord(str(awkward_images["truncated"]), "x")])
     assert ids.tolist() == [24]  # the broken file is skipped, and recorded like a failure at build time
-    failures = FeatureStore.open(tmp_path / "cat").failures
+    failures = FeatureStore.open(tmp_path / "index").failures
     assert [f["path"] for f in failures] == [str(awkward_images["truncated"])] and failures[0]["reason"]
     assert catalog.search(str(path), k=1)[0].record.category == "yellow"
     assert catalog.delete([24]) == 1
@@ -86,10 +80,10 @@ def test_add_crops_exactly_as_the_index_was_built(colour_catalog, tiny_encoder, 
 
 
 def test_backend_is_recorded_once_and_reopened(catalog, tiny_encoder, tmp_path):
-    manifest = FeatureStore.open(tmp_path / "cat").manifest
+    manifest = FeatureStore.open(tmp_path / "index").manifest
     assert manifest["index_backend"] == "exact" and manifest["index_options"] == {}
     assert manifest["use_bbox"] is True and manifest["runtime"] == "torch"
-    assert SimilarityIndex.open(tmp_path / "cat", encoder=tiny_encoder).backend.name == "exact"
+    assert SimilarityIndex.open(tmp_path / "index", encoder=tiny_encoder).backend.name == "exact"
 
 
 def test_unknown_backend_fails_before_encoding(colour_catalog, tiny_encoder, tmp_path):

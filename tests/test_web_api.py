@@ -28,27 +28,11 @@ from clothsim.cli.main import main
 from clothsim.web.app import MULTIPART_OVERHEAD_BYTES, create_app
 from clothsim.web.limits import BodySizeLimitMiddleware
 from clothsim.web.service import SearchService
+from conftest import png_bytes
 
 MAX_UPLOAD = 50_000
 MAX_PIXELS = 250_000
 MAX_K = 20
-
-
-def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), stripe: int = 0) -> bytes:
-    img = Image.new("RGB", size, colour)
-    for x in range(0, size[0], 4) if stripe else ():
-        for y in range(size[1]):
-            img.putpixel((x, y), (stripe, stripe, stripe))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture()
-def catalog(colour_catalog, tiny_encoder, tmp_path) -> SimilarityIndex:
-    built, _ = SimilarityIndex.build(colour_catalog, tmp_path / "index", encoder=tiny_encoder, num_workers=0,
-                             progress=False)
-    return built
 
 
 @pytest.fixture()

@@ -7,14 +7,12 @@ middleware ``clothsim serve`` uses); the memory budget and the error messages th
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 import threading
 import time
 import warnings
 
 import pytest
-from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web extra (fastapi) is not installed")
 pytest.importorskip("multipart", reason="python-multipart is not installed")
@@ -25,24 +23,13 @@ with warnings.catch_warnings():
 
 import uvicorn  # noqa: E402
 
-from clothsim.similarity_index import SimilarityIndex  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.limits import BodyTimeoutMiddleware  # noqa: E402
 from clothsim.web.server import uvicorn_options  # noqa: E402
 from clothsim.web.service import DECODE_BYTES_PER_PIXEL, MemoryBudget, QueryRejected  # noqa: E402
+from conftest import png_bytes  # noqa: E402
 
-
-def png(size: tuple[int, int], colour=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture()
-def catalog(colour_catalog, tiny_encoder, tmp_path) -> SimilarityIndex:
-    built, _ = SimilarityIndex.build(colour_catalog, tmp_path / "index", encoder=tiny_encoder, num_workers=0,
-                                     progress=False)
-    return built
+RED = (200, 30, 30)
 
 
 # ----- slow clients, on a real server ---------------------------------------------------------------------
@@ -162,7 +149,7 @@ def test_the_body_deadline_does_not_apply_once_the_body_is_in():
 def test_uploads_reserve_memory_and_get_503_with_retry_after_when_it_is_taken(catalog):
     app = create_app(catalog, queue_timeout_s=0.2)
     service = app.state.service
-    data = png((200, 150))
+    data = png_bytes(RED, (200, 150))
     with TestClient(app) as client:
         assert client.post("/api/search", files={"image": ("a.png", data, "image/png")}).status_code == 200
         held = service.budget.capacity - 1000  # another request holds nearly everything
@@ -180,7 +167,7 @@ def test_an_upload_larger_than_the_whole_budget_is_413_before_decoding(catalog):
     app = create_app(catalog)
     app.state.service.budget = MemoryBudget(10_000)
     with TestClient(app) as client:
-        response = client.post("/api/search", files={"image": ("a.png", png((100, 100)), "image/png")})
+        response = client.post("/api/search", files={"image": ("a.png", png_bytes(RED, (100, 100)), "image/png")})
     assert response.status_code == 413 and "memory budget" in response.json()["detail"]
 
 
@@ -223,7 +210,7 @@ def test_errors_quote_only_a_short_prefix_of_the_input(catalog):
         assert response.status_code == 422 and len(response.text) < 1000
         response = client.post("/api/search", data={"id": "1", "k": "9" * 50_000})
         assert response.status_code == 422 and len(response.text) < 1000
-        response = client.post("/api/search", files={"image": ("y" * 300 + ".png", png((8, 8)), "image/png")})
+        response = client.post("/api/search", files={"image": ("y" * 300 + ".png", png_bytes(RED, (8, 8)), "image/png")})
         assert response.status_code == 200 and len(response.json()["query"]["filename"]) <= 103
-        response = client.post("/api/search", files={"image": ("y" * 50_000 + ".png", png((8, 8)), "image/png")})
+        response = client.post("/api/search", files={"image": ("y" * 50_000 + ".png", png_bytes(RED, (8, 8)), "image/png")})
         assert response.status_code in (200, 400, 422) and len(response.text) < 1000
