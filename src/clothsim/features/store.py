@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -642,23 +642,17 @@ class FeatureStore:
         cached = self._tables.get(segment.name)
         if cached is not None:
             return cached
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = segment.metadata_path
-        try:
+
+        def read() -> Any:
             if self.is_legacy:
-                rows = read_jsonl(path)
-                records = [CatalogRecord.from_dict(r) for r in rows]
-                table = _record_columns(records, [None] * len(records))
-            else:
-                table = pq.read_table(path, schema=_metadata_schema())
-        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
-            raise StoreIntegrityError(path, f"cannot be read as metadata ({type(exc).__name__}: "
-                                            f"{str(exc)[:200]})", self.root) from None
-        if table.num_rows != segment.rows:
-            raise StoreIntegrityError(path, f"has {table.num_rows} metadata rows, the manifest says {segment.rows}",
-                                      self.root)
+                records = [CatalogRecord.from_dict(r) for r in read_jsonl(path)]
+                return _record_columns(records, [None] * len(records))
+            return pq.read_table(path, schema=_metadata_schema())
+
+        table = self._checked_metadata(segment, read)
         if table.column("path").null_count or table.column("category").null_count:
             raise StoreIntegrityError(path, "has rows without a path or category", self.root)
         self._tables[segment.name] = table
@@ -750,23 +744,35 @@ class FeatureStore:
         return out  # type: ignore[return-value]
 
     def _read_parquet(self, segment: Segment, columns: list[str] | None = None, row_group: int | None = None) -> Any:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = segment.metadata_path
+        if row_group is not None:
+            def read_group() -> Any:
+                group = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+                return group.cast(_metadata_schema()) if columns is None else group
+
+            # One row group of a segment: its row count is the group's, not the manifest's.
+            return self._checked_metadata(segment, read_group, whole=False)
+        table = self._checked_metadata(segment, lambda: pq.read_table(path, columns=columns))
+        if "category" in table.column_names and table.column("category").null_count:
+            raise StoreIntegrityError(path, "has rows without a category", self.root)
+        return table
+
+    def _checked_metadata(self, segment: Segment, read: Callable[[], Any], whole: bool = True) -> Any:
+        """``read()`` of a segment's metadata, any failure (and, for the whole segment, a row count other
+        than the manifest's) raised as :class:`StoreIntegrityError` naming the file."""
+        import pyarrow as pa
+
+        path = segment.metadata_path
         try:
-            if row_group is not None:
-                table = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
-                return table.cast(_metadata_schema()) if columns is None else table
-            table = pq.read_table(path, columns=columns)
+            table = read()
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
             raise StoreIntegrityError(path, f"cannot be read as metadata ({type(exc).__name__}: "
                                             f"{str(exc)[:200]})", self.root) from None
-        if table.num_rows != segment.rows:
+        if whole and table.num_rows != segment.rows:
             raise StoreIntegrityError(path, f"has {table.num_rows} metadata rows, the manifest says {segment.rows}",
                                       self.root)
-        if "category" in table.column_names and table.column("category").null_count:
-            raise StoreIntegrityError(path, "has rows without a category", self.root)
         return table
 
     def get(self, item_id: int) -> StoredItem:
