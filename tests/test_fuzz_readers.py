@@ -49,6 +49,14 @@ def scratch():
 
 
 # ----- CSV ---------------------------------------------------------------------------------------------
+
+def _records_or_documented_error(read, source):
+    """``read(source)``, or ``None`` when it refused the input with one of the documented errors."""
+    try:
+        return read(source)
+    except READER_ERRORS:
+        return None
+
 @FUZZ
 @given(header=st.sampled_from(["path,category", "path,category,split,bbox", "path,category,item_id,attributes",
                                "category", ""]), body=TEXT, raw=st.one_of(st.none(), st.binary(max_size=100)))
@@ -58,9 +66,8 @@ def test_csv_reader_gives_records_or_a_documented_error(scratch, header, body, r
         path.write_bytes(raw)
     else:
         path.write_text(f"{header}\n{body.replace(' ', ',')}", encoding="utf-8", errors="surrogatepass")
-    try:
-        records = read_csv_catalog(path)
-    except READER_ERRORS:
+    records = _records_or_documented_error(read_csv_catalog, path)
+    if records is None:
         return
     assert records and all(isinstance(r, CatalogRecord) and r.category for r in records)
 
@@ -99,9 +106,8 @@ def test_deepfashion_category_reader_gives_records_or_a_documented_error(scratch
         files[which].write_bytes(raw)
     else:
         files[which].write_text(content, encoding="utf-8", errors="surrogatepass")
-    try:
-        records = read_deepfashion_category(root)
-    except READER_ERRORS:
+    records = _records_or_documented_error(read_deepfashion_category, root)
+    if records is None:
         return
     assert all(isinstance(r, CatalogRecord) for r in records)
 
@@ -119,9 +125,8 @@ def test_deepfashion_inshop_reader_gives_records_or_a_documented_error(scratch, 
                 ["img/MEN/Denim/id_00000080/01_1_front.jpg  1  1  050  049  208  235"])
     (root / "Img" / "img").mkdir(parents=True, exist_ok=True)
     files[which].write_text(content, encoding="utf-8", errors="surrogatepass")
-    try:
-        records = read_deepfashion_inshop(root)
-    except READER_ERRORS:
+    records = _records_or_documented_error(read_deepfashion_inshop, root)
+    if records is None:
         return
     assert all(isinstance(r, CatalogRecord) for r in records)
 

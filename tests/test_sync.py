@@ -213,11 +213,17 @@ def test_an_unreadable_entry_is_reported(tmp_path, tiny_encoder):
     assert [(f["path"], f["reason"]) for f in report.failures] == [(str(path), "permission denied (not readable)")]
 
 
-def test_the_command_prints_what_a_sync_did_and_refreshes_the_backend(tmp_path, capsys, monkeypatch):
+def _photos(tmp_path, n: int):
+    """A catalogue folder of ``n`` distinct photos in one category ``a``."""
     root = tmp_path / "photos"
     (root / "a").mkdir(parents=True)
-    for i in range(3):
+    for i in range(n):
         _write(root / "a" / f"{i}.png", (30 * i, 20, 20))
+    return root
+
+
+def test_the_command_prints_what_a_sync_did_and_refreshes_the_backend(tmp_path, capsys, monkeypatch):
+    root = _photos(tmp_path, 3)
     argv = ["-q", "index", str(root), "--out", str(tmp_path / "idx"), "--encoder", "test-thumb8", "--runtime",
             "torch", "--workers", "0"]
     assert main(argv) == 0
@@ -242,10 +248,7 @@ def test_the_command_prints_what_a_sync_did_and_refreshes_the_backend(tmp_path, 
 
 
 def test_ctrl_c_leaves_nothing_behind_and_exits_130(tmp_path, capsys, monkeypatch):
-    root = tmp_path / "photos"
-    (root / "a").mkdir(parents=True)
-    for i in range(6):
-        _write(root / "a" / f"{i}.png", (30 * i, 20, 20))
+    root = _photos(tmp_path, 6)
     argv = ["-q", "index", str(root), "--out", str(tmp_path / "idx"), "--encoder", "test-thumb8", "--runtime",
             "torch", "--workers", "0", "--checkpoint-every", "2", "--batch-size", "2"]
     import clothsim.features.store as store_module
