@@ -96,3 +96,11 @@ def test_the_default_encoder_finds_the_originals_of_real_photos(tmp_path):
     result = instance_recall(c_vec, [i.record.item_id for i in c_items], g_vec, [i.record.path for i in g_items])
     # Measured 1.000 on these 30 photos; chance is 1/30.
     assert result.n_queries == 30 and result.recall_at_1 >= 0.9
+
+
+def test_the_cli_default_is_the_librarys():
+    from clothsim.cli import cmd_evaluate
+    from clothsim.evaluation import instance
+
+    # cmd_evaluate keeps its own copy so `clothsim --help` imports no evaluation code; they must agree.
+    assert cmd_evaluate.DEFAULT_INSTANCE_QUERIES == instance.DEFAULT_INSTANCE_QUERIES

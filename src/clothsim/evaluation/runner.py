@@ -259,10 +259,10 @@ def compare_encoders(
             logger.warning("skipping %s: %s", name, exc)
             comparison.skipped.append(SkippedEncoder(name, str(exc)))
             continue
-        result, tsne = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
-                                     tsne_paths, out_dir, comparison)
+        result, tsne, gallery_rows = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
+                                                   tsne_paths, out_dir, comparison)
         if copies:
-            result.instance = _evaluate_instance(prepared, copies, cache, splits[-1], seed, extract_options)
+            result.instance = _evaluate_instance(prepared, copies, cache, gallery_rows, seed, extract_options)
         for backend in backends:
             result.backends.append(_evaluate_backend(backend, backend_options[backend], prepared, loo, splits))
         comparison.results.append(result)
@@ -295,12 +295,14 @@ def _evaluate_backend(backend: str, options: dict[str, Any], prepared: _Prepared
     return evaluate_backend(backend, options, gallery_store, q_vec, q_items, exact_ids, loo, KS, 10)
 
 
-def _evaluate_instance(prepared: _Prepared, copies: Sequence[CatalogRecord], cache: Path, gallery_split,
-                       seed: int, extract_options: dict[str, Any]) -> InstanceResult | None:
-    """The instance guard for one encoder: its vectors of the altered copies against its gallery."""
+def _evaluate_instance(prepared: _Prepared, copies: Sequence[CatalogRecord], cache: Path,
+                       gallery_rows: tuple[np.ndarray, Sequence[StoredItem]], seed: int,
+                       extract_options: dict[str, Any]) -> InstanceResult | None:
+    """The instance guard for one encoder: its vectors of the altered copies against its gallery (the
+    vectors and items :func:`_evaluate_one` already loaded)."""
     extract_split(copies, INSTANCE_SPLIT, prepared.encoder, cache, **extract_options)
     copy_vec, copy_items = FeatureStore.open(split_store_dir(cache, prepared.encoder.name, INSTANCE_SPLIT)).load_vectors()
-    g_vec, g_items = FeatureStore.open(prepared.dirs[gallery_split]).load_vectors()
+    g_vec, g_items = gallery_rows
     result = instance_recall(copy_vec, [it.record.item_id for it in copy_items], g_vec,
                              [it.record.path for it in g_items], seed=seed)
     if result is not None:
@@ -355,4 +357,4 @@ def _evaluate_one(name, prepared: _Prepared, loo, splits, categories, grid_paths
             tsne = (prepared.label, xy, [c for _, c in pairs])
     result = EncoderResult(name, prepared.label, prepared.encoder.dim, report, matrix, list(order), speed, source,
                            n_failed, {str(k or "all"): str(v) for k, v in prepared.dirs.items()}, prepared.details)
-    return result, tsne
+    return result, tsne, (g_vec, g_items)
