@@ -171,6 +171,11 @@ class MilvusIndex:
         """Whether this is an embedded Milvus Lite database."""
         return _is_local(self.uri)
 
+    @property
+    def where(self) -> str:
+        """How messages name the database: the Lite file or the server."""
+        return f"the Milvus Lite database {self.uri}" if self.local else f"Milvus at {self.uri}"
+
     def __len__(self) -> int:
         return len(self.store)
 
@@ -500,19 +505,17 @@ class MilvusBackend:
             except BackendIndexError as exc:
                 return [str(exc)]
             index = MilvusIndex(store, client, uri, state, runtime)
-            where = f"the Milvus Lite database {uri}" if _is_local(uri) else f"Milvus at {uri}"
             try:
                 if not client.has_collection(index.collection):
-                    return [f"{where} has no collection {index.collection}; {rebuild_hint(store, NAME)}"]
+                    return [_missing_collection(index)]
                 client.load_collection(index.collection)
                 if index._behind():
                     return []  # the store grew since: the next open catches up, nothing is damaged
                 found, expected = index.count(), len(store)
                 if found != expected:
-                    return [f"{where} holds {found} items in {index.collection}, the store {expected}: it is "
-                            f"damaged or was changed outside clothsim; {rebuild_hint(store, NAME)}"]
+                    return [_wrong_count(index, found, expected)]
             except (_pymilvus().MilvusException, BackendIndexError) as exc:
-                return [f"{where} cannot be read ({getattr(exc, 'message', exc)}); {rebuild_hint(store, NAME)}"]
+                return [f"{index.where} cannot be read ({getattr(exc, 'message', exc)}); {rebuild_hint(store, NAME)}"]
             finally:
                 index.close()
         return []
@@ -530,12 +533,10 @@ class MilvusBackend:
     def _open(self, store: "FeatureStore", state: dict[str, Any], runtime: dict[str, Any], uri: str) -> MilvusIndex:
         client = _connect(store, uri, runtime, creating=False)
         index = MilvusIndex(store, client, uri, state, runtime)
-        where = f"the Milvus Lite database {uri}" if _is_local(uri) else f"Milvus at {uri}"
+        where = index.where
         try:
-            exists = client.has_collection(index.collection)
-            if not exists:
-                raise BackendIndexError(f"{where} has no collection {index.collection} (dropped, or the database "
-                                        f"was replaced); {rebuild_hint(store, NAME)}")
+            if not client.has_collection(index.collection):
+                raise BackendIndexError(_missing_collection(index))
             client.load_collection(index.collection)
             if index._behind():
                 logger.warning("%s covers the store only up to id %d; catching up", where, state["covered_next_id"])
@@ -546,8 +547,7 @@ class MilvusBackend:
                 index._delete_ids(np.asarray(store.deleted_ids, dtype=np.int64))
                 found = index.count()
             if found != expected:
-                raise BackendIndexError(f"{where} holds {found} items in {index.collection}, the store {expected}: "
-                                        f"it is damaged or was changed outside clothsim; {rebuild_hint(store, NAME)}")
+                raise BackendIndexError(_wrong_count(index, found, expected))
         except _pymilvus().MilvusException as exc:
             index.close()
             raise BackendIndexError(f"{where} cannot be read ({getattr(exc, 'message', exc)}); it is damaged; "
@@ -556,6 +556,16 @@ class MilvusBackend:
             index.close()
             raise
         return index
+
+
+def _missing_collection(index: MilvusIndex) -> str:
+    return (f"{index.where} has no collection {index.collection} (dropped, or the database was replaced); "
+            f"{rebuild_hint(index.store, NAME)}")
+
+
+def _wrong_count(index: MilvusIndex, found: int, expected: int) -> str:
+    return (f"{index.where} holds {found} items in {index.collection}, the store {expected}: it is damaged or "
+            f"was changed outside clothsim; {rebuild_hint(index.store, NAME)}")
 
 
 def _wait_for_index(index: MilvusIndex, physical: str, poll_s: float = 0.5) -> None:
