@@ -66,7 +66,9 @@ def test_recall_against_exact(built, name):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_filters_and_deletes_are_exact_and_k_is_always_met(tmp_path, name):
     store = data.make_store(tmp_path / "s", n=2000, dim=DIM)
-    index = build_index(store, name, exact_below=0)  # filters go through the engine's id selector
+    # Filters go through the global engine's id selector (the category graphs have a test of their own).
+    no_graphs = {"category_graphs": False} if name == "faiss-hnsw" else {}
+    index = build_index(store, name, exact_below=0, **no_graphs)
     q = data.queries(30, DIM)
     gone = np.arange(0, 2000, 7)
     assert index.delete(gone) == gone.size
@@ -86,7 +88,7 @@ def test_filters_and_deletes_are_exact_and_k_is_always_met(tmp_path, name):
 
     # A category with fewer live items than k: exactly all of them, wherever they sit in the graph.
     rare = data.make_store(tmp_path / "rare", n=600, dim=DIM, categories=("common",) * 39 + ("rare",))
-    rare_index = build_index(rare, name, exact_below=0)
+    rare_index = build_index(rare, name, exact_below=0, **no_graphs)
     members = [it.id for it in rare.load_vectors()[1] if it.record.category == "rare"]
     assert 3 <= len(members) < 40
     rare_index.delete(members[:2])
@@ -98,6 +100,81 @@ def test_filters_and_deletes_are_exact_and_k_is_always_met(tmp_path, name):
     item = members[2]
     row = rare_index.search(rare.vector(item)[None, :], 3, category="rare", exclude_ids=[item])[0]
     assert item not in {h.id for h in row} and len(row) == min(3, len(left) - 1)
+
+
+def test_category_graphs_answer_filters_exactly_and_follow_adds_deletes_and_saves(tmp_path, monkeypatch):
+    store = data.make_store(tmp_path / "s", n=3000, dim=DIM)
+    index = build_index(store, "faiss-hnsw")
+    state = index.state
+    assert state["build"]["category_graphs"] is True
+    assert sorted(p["category"] for p in state["partitions"]) == sorted(data.CATEGORIES)
+    assert sum(p["ntotal"] for p in state["partitions"]) == 3000
+    # Filtered queries must go to the category graphs, not to the global graph or an exact scan.
+    from clothsim.index import faiss_backend
+
+    monkeypatch.setattr(faiss_backend, "exact_hits", lambda *a, **k: pytest.fail("answered by an exact scan"))
+    global_search = faiss_backend.FaissIndex._search_engine
+    monkeypatch.setattr(faiss_backend.FaissIndex, "_search_engine",
+                        lambda self, q, wanted, category, *a: global_search(self, q, wanted, category, *a)
+                        if category is None else pytest.fail("a filter went to the global graph"))
+    q = data.queries(40, DIM)
+    gone = np.arange(0, 3000, 9)
+    index.delete(gone)
+    live = set(store.live_ids().tolist())
+    for category in ("hat", ["coat", "skirt"]):
+        wanted = {category} if isinstance(category, str) else set(category)
+        hits = index.search(q, 10, category=category)
+        assert all(len(row) == 10 for row in hits)
+        assert all(h.id in live and h.record.category in wanted for row in hits for h in row)
+        truth = data.exact_ids(store, q, 10, category=category)
+        assert data.recall(ids_of(hits), truth) >= RECALL_FLOOR["faiss-hnsw"]
+        # The 8-bit codes only shortlist: the scores are the exact inner products.
+        vectors = {h.id: store.vector(h.id) for row in hits for h in row}
+        for row, query in zip(hits, q):
+            np.testing.assert_allclose([h.score for h in row], [vectors[h.id] @ query for h in row], rtol=1e-5)
+    # An added item is found through its category's graph at once, a new category gets a graph of its own.
+    new = q[:3] * np.float32(0.999) + np.float32(0.001)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    ids = index.add(new, [CatalogRecord("n/0.jpg", "hat"), CatalogRecord("n/1.jpg", "belt"),
+                          CatalogRecord("n/2.jpg", "belt")])
+    assert index.search(new[:1], 1, category="hat")[0][0].id == ids[0]
+    assert [h.id for h in index.search(new[1:2], 5, category="belt")[0]] == [ids[1], ids[2]]
+    index.save()
+    saved = index.state
+    assert len(saved["partitions"]) == len(data.CATEGORIES) + 1
+    unchanged = {p["category"]: p["file"] for p in state["partitions"] if p["category"] not in ("hat",)}
+    assert {p["category"]: p["file"] for p in saved["partitions"] if p["category"] in unchanged} == unchanged
+    folder = tmp_path / "s" / "backends" / "faiss-hnsw"
+    assert sorted(p.name for p in folder.glob("part-*.faiss")) == sorted(p["file"] for p in saved["partitions"])
+    before = index.search(q, 10, category="hat")
+    reopened = open_index(FeatureStore.open(tmp_path / "s"))
+    assert ids_of(reopened.search(q, 10, category="hat")) == ids_of(before)
+    # Without them (category_graphs=false) the global graph and the exact scan answer, as before.
+    plain = build_index(data.make_store(tmp_path / "p", n=600, dim=DIM), "faiss-hnsw", category_graphs=False)
+    assert "partitions" not in plain.state and not list((tmp_path / "p" / "backends" / "faiss-hnsw").glob("part-*"))
+
+
+def test_a_damaged_category_graph_is_refused_with_the_file_and_the_fix(tmp_path):
+    root = tmp_path / "s"
+    build_index(data.make_store(root, n=900, dim=DIM), "faiss-hnsw")
+    index = open_index(FeatureStore.open(root))
+    part = index.state["partitions"][0]
+    path = root / "backends" / "faiss-hnsw" / part["file"]
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(BackendIndexError, match=rf"{path}.*truncated.*--backend faiss-hnsw"):
+        open_index(FeatureStore.open(root))
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(BackendIndexError, match=rf"{path}.*checksum"):
+        open_index(FeatureStore.open(root)).verify()
+    assert main(["verify", str(root)]) == 1
+    path.unlink()
+    with pytest.raises(BackendIndexError, match=rf"{path}.*category {part['category']!r}.*missing"):
+        open_index(FeatureStore.open(root))
+    path.write_bytes(good)
+    open_index(FeatureStore.open(root)).verify()
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -200,7 +277,8 @@ def test_a_failed_save_leaves_the_previous_index(tmp_path, monkeypatch):
         index.save()
     folder = root / "backends" / "faiss-hnsw"
     assert json.loads((folder / "state.json").read_text()) == before
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["state.json", before["file"]])  # no orphan
+    kept = ["state.json", before["file"], *(part["file"] for part in before["partitions"])]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)  # no orphan
     monkeypatch.undo()
     reopened = open_index(FeatureStore.open(root))  # the previous file, plus the 3 rows caught up
     assert [row[0].id for row in reopened.search(q, 1)] == [600, 601, 602]

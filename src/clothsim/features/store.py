@@ -789,6 +789,24 @@ class FeatureStore:
         array = self._array(self.segments[seg])
         return np.asarray(array[position - self._offsets[seg]], dtype=np.float32)
 
+    def vectors_for(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Float32 vectors of ``ids`` (any rows, deleted ones included), in the order given.
+
+        Reads only the rows asked for, from the memory-mapped segments: for re-ranking a few hundred
+        candidates without touching the rest of the store. ``KeyError`` for an unknown id.
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        out = np.empty((ids.size, self.dim), dtype=np.float32)
+        if not ids.size:
+            return out
+        positions = self._positions(ids)
+        segs = np.searchsorted(self._offsets, positions, side="right") - 1
+        for seg in np.unique(segs):
+            chosen = np.flatnonzero(segs == seg)
+            local = positions[chosen] - self._offsets[seg]
+            out[chosen] = self._array(self.segments[int(seg)])[local]
+        return out
+
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray, slice]]:
         """``(segment, vectors, positions)`` per segment: its memory-mapped vectors and the slice of
         :meth:`all_ids` positions it covers (index :meth:`live_mask` or a filter with it)."""

@@ -56,6 +56,7 @@ from clothsim.index.ann_common import (
     write_state,
 )
 from clothsim.index.base import SearchHit
+from clothsim.index.faiss_category_graphs import CategoryGraphs, partition_problems, use_category_graphs
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
@@ -67,8 +68,9 @@ HNSW = "faiss-hnsw"
 IVFPQ = "faiss-ivfpq"
 
 _COMMON = {
-    "exact_below": OptionSpec(int, EXACT_BELOW, False, "a category filter matching at most this many live items "
-                                                       f"is searched exactly (default {EXACT_BELOW}; 0: never)"),
+    "exact_below": OptionSpec(int, EXACT_BELOW, False, "a category filter matching at most this many live items is "
+                                                       "searched exactly where no category graph answers it "
+                                                       f"(default {EXACT_BELOW}; 0: never)"),
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 HNSW_OPTIONS: dict[str, OptionSpec] = {
@@ -80,6 +82,8 @@ HNSW_OPTIONS: dict[str, OptionSpec] = {
     "M": OptionSpec(int, 32, True, "graph neighbours per node"),
     "efConstruction": OptionSpec(int, 200, True, "search depth while building"),
     "efSearch": OptionSpec(int, 128, False, "search depth per query; also a per-query argument"),
+    "category_graphs": OptionSpec(bool, True, True, "also one small graph per category, for category-filtered "
+                                                    "queries (8-bit codes, re-ranked exactly; default true)"),
     **_COMMON,
 }
 IVFPQ_OPTIONS: dict[str, OptionSpec] = {
@@ -156,6 +160,9 @@ class FaissIndex:
         self._selectors: dict[tuple, tuple[Any, np.ndarray]] = {}
         self._engine_dirty = False
         self._state_dirty = False
+        self._partitions = (CategoryGraphs(store, self.folder, list(state.get("partitions", [])), state["build"],
+                                           lambda path, mapped: _read_engine(store, name, path, mapped))
+                            if name == HNSW and state.get("build", {}).get("category_graphs") else None)
 
     # ----- facts ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -223,9 +230,30 @@ class FaissIndex:
         n_allowed = int(np.count_nonzero(mask))
         if n_allowed == 0 or queries.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
-        if category is not None and n_allowed <= options["exact_below"]:
-            return exact_hits(self.store, queries, k, category, exclude)
         wanted = k + (exclude is not None)
+        names = [category] if isinstance(category, str) else sorted(set(category or ()))
+        if (category is not None and self._partitions is not None and self._partitions.covers(names)
+                and use_category_graphs(len(names), n_allowed, int(np.count_nonzero(live)))):
+            with self._lock.read(), _threads_for(queries.shape[0]):
+                # The graphs hold only their category's items: the selector is needed for deletes alone.
+                n_live = int(np.count_nonzero(live))
+                selector = None if n_live == int(all_ids.size) else self._selector(None, live, all_ids)
+                ids, scores = self._partitions.search(queries, wanted, names, options["efSearch"], selector)
+        elif category is not None and n_allowed <= options["exact_below"]:
+            return exact_hits(self.store, queries, k, category, exclude)
+        else:
+            ids, scores = self._search_engine(queries, wanted, category, mask, all_ids, live, n_allowed, options)
+        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
+        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
+        if redone:
+            logger.debug("%s: %d of %d queries came back short and were answered exactly", self.name, redone,
+                         len(rows))
+        return to_hits(self.store, rows)
+
+    def _search_engine(self, queries: np.ndarray, wanted: int, category: str | Sequence[str] | None,
+                       mask: np.ndarray, all_ids: np.ndarray, live: np.ndarray, n_allowed: int,
+                       options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The global graph or lists, with a selector unless every vector in them is allowed."""
         with self._lock.read(), _threads_for(queries.shape[0]):
             # No selector only when every vector in the engine is a live row; deleted items (and rows a
             # repair dropped) stay in the graph and are kept out by the selector.
@@ -236,12 +264,7 @@ class FaissIndex:
             else:
                 ids, scores = self._search_ivfpq(queries, wanted, selector, options, all_ids,
                                                  n_allowed / max(int(np.count_nonzero(live)), 1))
-        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
-        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
-        if redone:
-            logger.debug("%s: %d of %d queries came back short and were answered exactly", self.name, redone,
-                         len(rows))
-        return to_hits(self.store, rows)
+        return ids, scores
 
     def _search_hnsw(self, queries: np.ndarray, wanted: int, selector: Any, options: dict[str, Any]):
         faiss = _faiss()
@@ -290,7 +313,10 @@ class FaissIndex:
 
     def _add_to_engine(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if ids.size:
-            self._engine.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            self._engine.add_with_ids(vectors, ids.astype(np.int64))
+            if self._partitions is not None:
+                self._partitions.add(ids, vectors, self._view.categories_of(ids))
             self._engine_dirty = True
 
     def add(
@@ -340,28 +366,51 @@ class FaissIndex:
             self._selectors.clear()
 
     def save(self) -> None:
-        """Write a new generation of the index file beside the old one, then switch ``state.json``."""
+        """Write a new generation of the index files beside the old ones, then switch ``state.json``.
+
+        A failure before the switch removes the new files and leaves the previous generation in force.
+        """
         with self._lock.write():
             if not (self._engine_dirty or self._state_dirty):
                 return
             folder = self.folder
             folder.mkdir(parents=True, exist_ok=True)
-            old_file = self._state.get("file")
-            if self._engine_dirty or not old_file:
-                started = time.perf_counter()
-                generation = int(self._state.get("generation", 0)) + 1
-                new_file = f"index-{generation:06d}.faiss"
-                with atomic_path(folder / new_file) as tmp:
-                    _faiss().write_index(self._engine, str(tmp))
-                    size, digest = tmp.stat().st_size, file_digest(tmp).sha256
-                self._state.update(file=new_file, generation=generation, file_bytes=size, sha256=digest,
-                                   ntotal=int(self._engine.ntotal))
-                logger.info("%s: wrote %s (%.1f MiB) in %.1f s", self.name, folder / new_file, size / 2**20,
-                            time.perf_counter() - started)
-            write_state(self.store, self.name, self._state)  # the commit point
+            state = dict(self._state)
+            written: list[Path] = []
+            try:
+                if self._engine_dirty or not state.get("file"):
+                    started = time.perf_counter()
+                    generation = int(state.get("generation", 0)) + 1
+                    if self._partitions is not None:
+                        state["partitions"] = self._partitions.save(generation)
+                    new_file = f"index-{generation:06d}.faiss"
+                    with atomic_path(folder / new_file) as tmp:
+                        _faiss().write_index(self._engine, str(tmp))
+                        size, digest = tmp.stat().st_size, file_digest(tmp).sha256
+                    written.append(folder / new_file)
+                    state.update(file=new_file, generation=generation, file_bytes=size, sha256=digest,
+                                 ntotal=int(self._engine.ntotal))
+                    logger.info("%s: wrote %s (%.1f MiB) in %.1f s", self.name, folder / new_file, size / 2**20,
+                                time.perf_counter() - started)
+            except BaseException:
+                if self._partitions is not None:
+                    self._partitions.rollback()
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+            try:
+                write_state(self.store, self.name, state)  # the commit point
+            except BaseException:
+                if self._partitions is not None:
+                    self._partitions.rollback(remove_files=False)  # the rename may have happened: keep them
+                raise
+            self._state = state
+            if self._partitions is not None:
+                self._partitions.saved()
             self._engine_dirty = self._state_dirty = False
-            for stale in folder.glob("index-*.faiss"):  # the previous generation and crash orphans
-                if stale.name != self._state["file"]:
+            keep = {state["file"]} | (self._partitions.files() if self._partitions is not None else set())
+            for stale in [*folder.glob("index-*.faiss"), *folder.glob("part-*.faiss")]:
+                if stale.name not in keep:  # the previous generation and crash orphans
                     stale.unlink(missing_ok=True)
 
     def verify(self) -> None:
@@ -387,7 +436,7 @@ def _check_file(store: "FeatureStore", name: str, state: dict[str, Any], full: b
     if full and file_digest(path).sha256 != state.get("sha256"):
         return [f"{path} does not match its checksum in {path.parent / 'state.json'}: it was damaged; "
                 f"{rebuild_hint(store, name)}"]
-    return []
+    return partition_problems(store, path.parent, list(state.get("partitions", [])), full, rebuild_hint(store, name))
 
 
 def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool) -> Any:
@@ -431,12 +480,12 @@ class _FaissPlugin:
         n_live = int(live.sum())
         started = time.perf_counter()
         engine, build_params = self._new_engine(store, resolved, n_live, live)
-        progress = Progress(f"{self.name} build", n_live)
-        for ids, block in iter_live_blocks(store, live, resolved["chunk_rows"]):
-            engine.add_with_ids(block, ids)
-            progress.add(ids.size)
         state = {**coverage(store, view), "build": build_params, "generation": _last_generation(backend_dir(store, self.name))}
         index = FaissIndex(store, self.name, engine, state, self._search_defaults(given))
+        progress = Progress(f"{self.name} build", n_live)
+        for ids, block in iter_live_blocks(store, live, resolved["chunk_rows"]):
+            index._add_to_engine(ids, block)
+            progress.add(ids.size)
         index._engine_dirty = True
         index.save()
         logger.info("%s: built over %d vectors in %.1f s", self.name, n_live, time.perf_counter() - started)
@@ -491,7 +540,9 @@ class FaissHnswBackend(_FaissPlugin):
         graph = faiss.IndexHNSWFlat(store.dim, int(resolved["M"]), faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = int(resolved["efConstruction"])
         # IndexIDMap2: FAISS ids are clothsim ids, and id selectors are given in those ids.
-        return faiss.IndexIDMap2(graph), {"M": int(resolved["M"]), "efConstruction": int(resolved["efConstruction"])}
+        params = {"M": int(resolved["M"]), "efConstruction": int(resolved["efConstruction"]),
+                  "category_graphs": bool(resolved["category_graphs"])}
+        return faiss.IndexIDMap2(graph), params
 
 
 class FaissIvfPqBackend(_FaissPlugin):
