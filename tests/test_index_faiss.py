@@ -132,6 +132,12 @@ def test_category_graphs_answer_filters_exactly_and_follow_adds_deletes_and_save
         vectors = {h.id: store.vector(h.id) for row in hits for h in row}
         for row, query in zip(hits, q):
             np.testing.assert_allclose([h.score for h in row], [vectors[h.id] @ query for h in row], rtol=1e-5)
+    deeper = index.search(q, 10, category="hat", category_efSearch=512)
+    assert data.recall(ids_of(deeper), data.exact_ids(store, q, 10, category="hat")) >= RECALL_FLOOR["faiss-hnsw"]
+    with pytest.raises(UsageError, match="category_efSearch must be at least 1"):
+        index.search(q, 10, category="hat", category_efSearch=0)
+    with pytest.raises(UsageError, match="category_graphs cannot change per query"):
+        index.search(q, 10, category="hat", category_graphs=False)
     # An added item is found through its category's graph at once, a new category gets a graph of its own.
     new = q[:3] * np.float32(0.999) + np.float32(0.001)
     new /= np.linalg.norm(new, axis=1, keepdims=True)

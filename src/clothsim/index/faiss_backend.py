@@ -82,6 +82,8 @@ HNSW_OPTIONS: dict[str, OptionSpec] = {
     "M": OptionSpec(int, 32, True, "graph neighbours per node"),
     "efConstruction": OptionSpec(int, 200, True, "search depth while building"),
     "efSearch": OptionSpec(int, 128, False, "search depth per query; also a per-query argument"),
+    "category_efSearch": OptionSpec(int, 256, False, "search depth in a category graph (a filtered query lies "
+                                                     "away from the category's items); also per query"),
     "category_graphs": OptionSpec(bool, True, True, "also one small graph per category, for category-filtered "
                                                     "queries (8-bit codes, re-ranked exactly; default true)"),
     **_COMMON,
@@ -161,7 +163,7 @@ class FaissIndex:
         self._engine_dirty = False
         self._state_dirty = False
         self._partitions = (CategoryGraphs(store, self.folder, list(state.get("partitions", [])), state["build"],
-                                           lambda path, mapped: _read_engine(store, name, path, mapped))
+                                           lambda path: _read_engine(store, name, path, mapped=False))
                             if name == HNSW and state.get("build", {}).get("category_graphs") else None)
 
     # ----- facts ---------------------------------------------------------------------------
@@ -189,7 +191,7 @@ class FaissIndex:
         if build_only:
             raise UsageError(f"{', '.join(build_only)} cannot change per query; {rebuild_hint(self.store, self.name)}")
         merged = {**self._options, **{k: v for k, v in given.items() if v is not None}}
-        check_positive(self.name, merged, ["efSearch", "nprobe", "chunk_rows"])
+        check_positive(self.name, merged, ["efSearch", "category_efSearch", "nprobe", "chunk_rows"])
         check_positive(self.name, merged, ["rerank", "exact_below"], minimum=0)
         return merged
 
@@ -238,7 +240,7 @@ class FaissIndex:
                 # The graphs hold only their category's items: the selector is needed for deletes alone.
                 n_live = int(np.count_nonzero(live))
                 selector = None if n_live == int(all_ids.size) else self._selector(None, live, all_ids)
-                ids, scores = self._partitions.search(queries, wanted, names, options["efSearch"], selector)
+                ids, scores = self._partitions.search(queries, wanted, names, options["category_efSearch"], selector)
         elif category is not None and n_allowed <= options["exact_below"]:
             return exact_hits(self.store, queries, k, category, exclude)
         else:
@@ -459,8 +461,8 @@ class _FaissPlugin:
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Options checked and typed, without touching any file (``clothsim evaluate`` calls it first)."""
         given = coerce_options(self.name, _SPECS[self.name], options)
-        check_positive(self.name, given, ["M", "efConstruction", "efSearch", "nlist", "pq_m", "pq_bits",
-                                          "train_rows", "nprobe", "chunk_rows"])
+        check_positive(self.name, given, ["M", "efConstruction", "efSearch", "category_efSearch", "nlist", "pq_m",
+                                          "pq_bits", "train_rows", "nprobe", "chunk_rows"])
         check_positive(self.name, given, ["rerank", "exact_below"], minimum=0)
         if given.get("pq_bits") is not None and given["pq_bits"] > 16:
             raise UsageError(f"{self.name} option pq_bits must be at most 16, got {given['pq_bits']}")

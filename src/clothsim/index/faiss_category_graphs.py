@@ -9,7 +9,13 @@ vectors, so the scores are the same as every other path's.
 
 Files (beside the global graph, in ``<index>/backends/faiss-hnsw/``): ``part-GGGGGG-NNNN.faiss``, one per
 category, listed in ``state.json`` under ``partitions`` with their size and SHA-256. A save rewrites
-only the graphs that changed; a graph is opened memory-mapped the first time a query needs it.
+only the graphs that changed. A graph is read into memory the first time a query needs it (not
+memory-mapped: a query walks pages all over a graph, and on a cold page cache each is a disk read).
+
+A filtered query usually lies away from the category's items (a shirt's photo filtered to shoes), so the
+walk needs more depth than an unfiltered one: measured on 20,000 items of one category of 1280-d
+clustered vectors, recall@10 was 0.92 at efSearch 128 and 0.98 at 256, with 8-bit or float32 vectors
+alike; hence ``category_efSearch`` (default 256).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # The 8-bit codes rank a little differently from float32: this many candidates per wanted hit are
-# re-scored exactly (at 4, recall@10 against exact search matched the global graph's in the tests).
+# re-scored exactly. Measured on 20,000 1280-d items: 4 and 8 gave the same recall@10, as high as a
+# float32 graph's (0.98 against 0.982 at efSearch 256): the codes cost no recall.
 SHORTLIST = 4
 # Rows of the store sampled to fit the quantizer's per-dimension range.
 QUANTIZER_SAMPLE = 20_000
@@ -54,18 +61,17 @@ class CategoryGraphs:
         folder: The backend folder holding the files.
         entries: ``state.json``'s ``partitions`` list (``[]`` for a new index).
         params: Graph parameters (``M``, ``efConstruction``).
-        read_engine: Reads a saved FAISS file (``(path, mapped) -> index``), refusing a damaged one.
+        read_engine: Reads a saved FAISS file into memory (``path -> index``), refusing a damaged one.
     """
 
     def __init__(self, store: "FeatureStore", folder: Path, entries: list[dict[str, Any]], params: dict[str, int],
-                 read_engine: Callable[[Path, bool], Any]) -> None:
+                 read_engine: Callable[[Path], Any]) -> None:
         self.store = store
         self.folder = folder
         self.params = params
         self._read_engine = read_engine
         self._entries = {e["category"]: dict(e) for e in entries}
         self._graphs: dict[str, Any] = {}
-        self._mapped: set[str] = set()
         self._dirty: set[str] = set()
         self._quantizer_sample: np.ndarray | None = None
         self._pending: tuple[dict[str, dict[str, Any]], list[Path]] | None = None
@@ -104,12 +110,8 @@ class CategoryGraphs:
                 self._dirty.add(name)
 
     def _writable(self, name: str) -> Any:
-        if name not in self._graphs and name not in self._entries:
-            self._graphs[name] = self._new_graph()
-        elif name not in self._graphs or name in self._mapped:
-            # A memory-mapped graph cannot grow: a private copy of the same file first.
-            self._graphs[name] = self._read(name, mapped=False)
-            self._mapped.discard(name)
+        if name not in self._graphs:
+            self._graphs[name] = self._read(name) if name in self._entries else self._new_graph()
         return self._graphs[name]
 
     # ----- searching -----------------------------------------------------------------------
@@ -118,14 +120,13 @@ class CategoryGraphs:
             if name not in self._graphs:
                 if name not in self._entries:
                     return None
-                self._graphs[name] = self._read(name, mapped=True)
-                self._mapped.add(name)
+                self._graphs[name] = self._read(name)
             return self._graphs[name]
 
-    def _read(self, name: str, mapped: bool) -> Any:
+    def _read(self, name: str) -> Any:
         entry = self._entries[name]
         path = self.folder / entry["file"]
-        graph = self._read_engine(path, mapped)
+        graph = self._read_engine(path)
         if graph.d != self.store.dim or graph.ntotal != entry["ntotal"]:
             raise BackendIndexError(f"{path} holds {graph.ntotal} vectors of dim {graph.d}; {entry['ntotal']} of dim "
                                     f"{self.store.dim} were expected; {rebuild_hint(self.store, 'faiss-hnsw')}")
