@@ -282,6 +282,7 @@ class FeatureStore:
         self._tables: dict[str, Any] = {}
         self._category_columns: dict[str, Any] = {}
         self._row_groups: dict[tuple[str, int], Any] = {}
+        self._group_starts: dict[str, np.ndarray] = {}
         self._reset_caches()
 
     # ----- opening and creating -------------------------------------------------------------
@@ -452,7 +453,7 @@ class FeatureStore:
     @property
     def segments(self) -> list[Segment]:
         """The committed segments, in id order."""
-        return [self._segment(seg) for seg in self._manifest["segments"]]
+        return list(self._segment_list)
 
     def _segment(self, seg: dict[str, Any]) -> Segment:
         base = self.root / SEGMENTS / seg["name"]
@@ -485,6 +486,9 @@ class FeatureStore:
         self._tables = {n: t for n, t in self._tables.items() if n in names}
         self._category_columns = {n: c for n, c in self._category_columns.items() if n in names}
         self._row_groups = {key: t for key, t in self._row_groups.items() if key[0] in names}
+        self._group_starts = {n: g for n, g in self._group_starts.items() if n in names}
+        # Built once per manifest: the hot paths (a search's hits, re-ranking) ask for it on every query.
+        self._segment_list = [self._segment(seg) for seg in segs]
         self._all_ids: np.ndarray | None = None
         self._deleted: np.ndarray | None = None
         self._live: np.ndarray | None = None
@@ -717,6 +721,25 @@ class FeatureStore:
         if table is not None or self.is_legacy:
             table = table if table is not None else self._segment_table(segment)
             return table.take(local).to_pylist()
+        starts = self._row_group_starts(segment)
+        groups = np.searchsorted(starts, local, side="right") - 1
+        out: list[dict[str, Any] | None] = [None] * local.size
+        for g in np.unique(groups):
+            key = (segment.name, int(g))
+            part = self._row_groups.get(key)
+            if part is None:
+                part = self._read_parquet(segment, row_group=int(g))
+                self._row_groups[key] = part
+            where = np.flatnonzero(groups == g)
+            for w, row in zip(where, part.take(local[where] - starts[g]).to_pylist()):
+                out[w] = row
+        return out  # type: ignore[return-value]
+
+    def _row_group_starts(self, segment: Segment) -> np.ndarray:
+        """First row of each row group of a segment's Parquet file (and its end), read once per segment."""
+        cached = self._group_starts.get(segment.name)
+        if cached is not None:
+            return cached
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -730,18 +753,8 @@ class FeatureStore:
             raise StoreIntegrityError(segment.metadata_path, f"has {int(sizes.sum())} metadata rows, the manifest "
                                       f"says {segment.rows}", self.root)
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        groups = np.searchsorted(starts, local, side="right") - 1
-        out: list[dict[str, Any] | None] = [None] * local.size
-        for g in np.unique(groups):
-            key = (segment.name, int(g))
-            part = self._row_groups.get(key)
-            if part is None:
-                part = self._read_parquet(segment, row_group=int(g))
-                self._row_groups[key] = part
-            where = np.flatnonzero(groups == g)
-            for w, row in zip(where, part.take(local[where] - starts[g]).to_pylist()):
-                out[w] = row
-        return out  # type: ignore[return-value]
+        self._group_starts[segment.name] = starts
+        return starts
 
     def _read_parquet(self, segment: Segment, columns: list[str] | None = None, row_group: int | None = None) -> Any:
         import pyarrow.parquet as pq
@@ -804,7 +817,7 @@ class FeatureStore:
         for seg in np.unique(segs):
             chosen = np.flatnonzero(segs == seg)
             local = positions[chosen] - self._offsets[seg]
-            out[chosen] = self._array(self.segments[int(seg)])[local]
+            out[chosen] = self._array(self._segment_list[int(seg)])[local]
         return out
 
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray, slice]]:
