@@ -149,3 +149,61 @@ def test_cli_train_reports_usage_errors(tmp_path, capsys):
 
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]) in (1, 2)
     assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--members", "2",
+              "--loss", "multi-similarity,triplet"])
+    assert exit_info.value.code == 2 and "unknown loss 'triplet'" in capsys.readouterr().err
+
+
+def test_members_train_apart_and_average_their_cosines(run, tmp_path):
+    """--members 2: two networks over the same cache (own seed, own loss), one encoder whose cosine is the
+    mean of the members' cosines, in torch and ONNX Runtime."""
+    from dataclasses import replace
+
+    from clothsim import create_encoder
+    from clothsim.training.tuned_encoder import load_tuned_encoder
+
+    config = replace(CONFIG, epochs=2, members=2, loss="multi-similarity,contrastive")
+    result = fit_tuned(run["records"], tmp_path / "pair", config, runtime="torch", cache_dir=run["root"] / "cache",
+                       num_workers=0, evaluate_test=False)
+    assert [m["loss"] for m in result.members] == ["multi-similarity", "contrastive"]
+    assert [row["member"] for row in result.history] == [0, 0, 0, 1, 1, 1]
+    meta = json.loads((tmp_path / "pair" / "config.json").read_text())
+    assert meta["members"] == 2 and meta["member_runs"] == result.members and meta["network"]["embedding_dim"] == 64
+    assert (tmp_path / "pair" / "curves.png").stat().st_size > 0
+
+    photos = _photos(run["records"])
+    encoder = load_tuned_encoder(tmp_path / "pair")
+    together = encoder.encode_images(photos)
+    assert together.shape == (len(photos), 128)
+    members = encoder.graph.network.members
+    with torch.no_grad():
+        batch = torch.stack([encoder.transform(p) for p in photos])
+        lower = encoder.graph.lower(batch)
+        alone = [member(lower).numpy() for member in members]
+    np.testing.assert_allclose(together @ together.T, np.mean([a @ a.T for a in alone], axis=0), atol=1e-5)
+    assert not np.allclose(alone[0], alone[1], atol=1e-2)  # they did learn apart
+    onnx_enc = create_encoder(f"tuned:{tmp_path / 'pair'}", runtime="onnx")
+    assert onnx_enc.runtime == "onnx"
+    np.testing.assert_allclose(onnx_enc.encode_images(photos), together, atol=1e-4)
+
+
+def test_training_options_are_checked_before_any_work(run, tmp_path):
+    from dataclasses import replace
+
+    for bad, message in ((replace(CONFIG, members=0), "members"), (replace(CONFIG, schedule="step"), "schedule"),
+                         (replace(CONFIG, ema=1.0), "ema"), (replace(CONFIG, members=2, loss="multi-similarity,triplet"),
+                                                              "triplet")):
+        with pytest.raises(UsageError, match=message):
+            fit_tuned(run["records"], tmp_path / "m", bad, runtime="torch", cache_dir=tmp_path / "c", num_workers=0)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
+
+
+def test_cosine_schedule_and_weight_average_train(run, tmp_path):
+    from dataclasses import replace
+
+    config = replace(CONFIG, epochs=2, schedule="cosine", ema=0.9)
+    result = fit_tuned(run["records"], tmp_path / "ema", config, runtime="torch", cache_dir=run["root"] / "cache",
+                       num_workers=0, evaluate_test=False)
+    assert result.val_precision == result.history[result.best_epoch]["val_p@5"]
+    assert result.val_precision > result.history[0]["val_p@5"]

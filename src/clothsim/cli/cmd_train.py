@@ -51,8 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--dim", type=positive_int, default=256, help="embedding size (default 256)")
     group.add_argument("--flip", action="store_true", help="average each image with its mirror image at test time")
     group = parser.add_argument_group("training")
-    group.add_argument("--loss", choices=LOSS_CHOICES, default="multi-similarity",
-                       help="metric-learning loss (default multi-similarity)")
+    group.add_argument("--loss", type=_losses, default="multi-similarity",
+                       help=f"metric-learning loss, one of {', '.join(LOSS_CHOICES)} (default multi-similarity); "
+                            "several comma-separated for --members, one per member in turn")
+    group.add_argument("--members", type=positive_int, default=1,
+                       help="networks trained apart (own seed and loss) and saved as one encoder whose cosine is "
+                            "their mean (default 1); training takes about this many times as long")
     group.add_argument("--labels", choices=["category", "item"], default="category",
                        help="what counts as the same (default category; item: item ids, e.g. In-shop)")
     group.add_argument("--views", type=positive_int, default=3, help="cached views per train image (default 3)")
@@ -66,10 +70,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default 1e-3)")
     group.add_argument("--backbone-lr-scale", type=float, default=0.1,
                        help="backbone layers learn at lr times this (default 0.1)")
+    group.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                       help="learning rate: constant (default) or cosine decay to zero over --epochs")
+    group.add_argument("--ema", type=float, default=0.0,
+                       help="decay of a moving average of the weights, validated and saved (e.g. 0.99; 0: off)")
     group.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     group.add_argument("-k", type=positive_int, default=5, help="the validation P@k that picks the epoch (default 5)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
+
+
+def _losses(text: str) -> str:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in LOSS_CHOICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown loss {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(LOSS_CHOICES)} (comma-separated for --members)")
+    return ",".join(names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,18 +104,27 @@ def run(args: argparse.Namespace) -> int:
         embedding_dim=args.dim, flip=args.flip, loss=args.loss, labels=args.labels, views=args.views,
         augment=AugmentConfig(min_scale=args.min_scale, jitter=args.jitter), epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, m=args.m, lr=args.lr,
-        backbone_lr_scale=args.backbone_lr_scale, weight_decay=args.weight_decay, k=args.k, seed=args.seed)
+        backbone_lr_scale=args.backbone_lr_scale, weight_decay=args.weight_decay,
+        schedule=args.schedule, ema=args.ema, members=args.members, k=args.k, seed=args.seed)
     records = read_catalog(args.data, format=args.format)
     result = fit_tuned(records, args.out, config, weights=args.weights, device=args.device, runtime=args.runtime,
                        cache_dir=args.cache_dir, num_workers=args.workers, evaluate_test=not args.no_test,
                        progress=not args.quiet)
     k = args.k
-    best = result.history[result.best_epoch]
     out = Path(args.out)
+    epochs = sum(1 for row in result.history if row["epoch"] > 0)
     print(f"lower layers cached in {result.seconds['cache']:.1f} s ({result.lower_runtime}); "
-          f"{len(result.history) - 1} epoch(s) in {result.seconds['train']:.1f} s; total {result.seconds['total']:.1f} s")
-    print(f"best epoch {result.best_epoch}: validation P@{k} {best[f'val_p@{k}']:.3f} "
-          f"(pretrained default {result.history[0][f'pretrained_val_p@{k}']:.3f})")
+          f"{epochs} epoch(s) in {result.seconds['train']:.1f} s; total {result.seconds['total']:.1f} s")
+    pretrained = result.history[0][f"pretrained_val_p@{k}"]
+    if len(result.members) > 1:
+        for number, member in enumerate(result.members, 1):
+            print(f"member {number} ({member['loss']}): best epoch {member['best_epoch']}, validation P@{k} "
+                  f"{member[f'val_p@{k}']:.3f}")
+        print(f"all {len(result.members)} members together: validation P@{k} {result.val_precision:.3f} "
+              f"(pretrained default {pretrained:.3f})")
+    else:
+        print(f"best epoch {result.best_epoch}: validation P@{k} {result.val_precision:.3f} "
+              f"(pretrained default {pretrained:.3f})")
     if result.report is not None:
         pre, tuned = result.report["pretrained"]["precision"], result.report["tuned"]["precision"]
         print(f"test P@{k}: {tuned[str(k)]:.3f} tuned, {pre[str(k)]:.3f} pretrained default "

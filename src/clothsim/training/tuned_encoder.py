@@ -2,7 +2,8 @@
 
 A model folder holds::
 
-    tuned.pt        the tuned network's state dict (the layers above the cut, pooling, head)
+    tuned.pt        the tuned network's state dict (the layers above the cut, pooling, head; one set per
+                    member where several networks were trained, ``--members``)
     config.json     network shape, backbone (name, weights, fingerprint), training config, categories,
                     best epoch, the checkpoint's SHA-256
     history.json    per-epoch train loss, validation loss and validation P@k
@@ -16,6 +17,7 @@ carries the checkpoint's SHA-256, so an index built by another (or a retrained) 
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from clothsim.encoders.base import Encoder, l2_normalize
 from clothsim.errors import DataError, UsageError
 from clothsim.fileio import atomic_path, file_sha256, write_json
 from clothsim.training.model_folder import CONFIG, read_model_folder
-from clothsim.training.tuned_model import FullGraph, NetworkConfig, TunedNetwork, backbone_layers, check_cut
+from clothsim.training.tuned_model import (
+    FullGraph,
+    NetworkConfig,
+    TunedMembers,
+    TunedNetwork,
+    backbone_layers,
+    check_cut,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +53,12 @@ class TunedEncoder(Encoder):
         name: Registry name (``tuned:<absolute model folder>``).
         backbone: The pretrained encoder the model was cut from (gives preprocessing and weights id).
         lower: The frozen layers below the cut.
-        network: The tuned network.
+        network: The tuned network (or several, :class:`TunedMembers`).
         meta: The model folder's ``config.json`` (with the checkpoint hash).
         device: Torch device.
     """
 
-    def __init__(self, name: str, backbone: Encoder, lower: nn.Module, network: TunedNetwork,
+    def __init__(self, name: str, backbone: Encoder, lower: nn.Module, network: TunedNetwork | TunedMembers,
                  meta: dict[str, Any], device: str | torch.device = "cpu") -> None:
         self.name = name
         self.device = torch.device(device)
@@ -84,7 +93,7 @@ class TunedEncoder(Encoder):
         return fp
 
 
-def save_tuned(out_dir: str | Path, network: TunedNetwork, meta: dict[str, Any],
+def save_tuned(out_dir: str | Path, network: TunedNetwork | TunedMembers, meta: dict[str, Any],
                history: list[dict[str, Any]] | None = None) -> Path:
     """Write the checkpoint, the history, then ``config.json`` (last: it marks the folder complete).
 
@@ -95,13 +104,20 @@ def save_tuned(out_dir: str | Path, network: TunedNetwork, meta: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    shape = _network_record(network)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "network": network.config.to_dict(), "state_dict": state}, tmp)
+        torch.save({"format": FORMAT, **shape, "state_dict": state}, tmp)
     if history is not None:
         write_json(out / HISTORY, history)
-    write_json(out / CONFIG, {**meta, "format": FORMAT, "network": network.config.to_dict(),
-                              "checkpoint_sha256": file_sha256(path)})
+    write_json(out / CONFIG, {**meta, "format": FORMAT, **shape, "checkpoint_sha256": file_sha256(path)})
     return path
+
+
+def _network_record(network: TunedNetwork | TunedMembers) -> dict[str, Any]:
+    """``network`` (one member's shape) and ``members`` (how many; absent for a single network)."""
+    if isinstance(network, TunedMembers):
+        return {"network": network.member_config.to_dict(), "members": len(network.members)}
+    return {"network": network.config.to_dict()}
 
 
 def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
@@ -133,7 +149,10 @@ def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
                          f"but the weights given are {backbone.weights_id}; pass --weights with the original file")
     layers, channels = backbone_layers(backbone)
     check_cut(len(layers), config.cut, config.train_layers)
-    network = TunedNetwork(layers[config.cut:], channels, config)
+    members = int(saved.get("members", 1))
+    network: TunedNetwork | TunedMembers = (
+        TunedNetwork(layers[config.cut:], channels, config) if members == 1 else
+        TunedMembers([TunedNetwork(copy.deepcopy(layers[config.cut:]), channels, config) for _ in range(members)]))
     try:
         network.load_state_dict(saved["state_dict"])
     except RuntimeError as exc:

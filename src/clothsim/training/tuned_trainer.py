@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,11 +27,12 @@ from clothsim.fileio import write_json
 from clothsim.training.tuned_cache import AugmentConfig, CachedSplit, LowerPart, cache_split
 from clothsim.training.tuned_encoder import save_tuned
 from clothsim.training.tuned_losses import DEFAULT_LOSS, build_loss
-from clothsim.training.tuned_model import NetworkConfig, TunedNetwork, backbone_layers, check_cut
+from clothsim.training.tuned_model import NetworkConfig, TunedMembers, TunedNetwork, backbone_layers, check_cut
 from clothsim.training.tuned_sampler import MPerClassBatches
 
 logger = logging.getLogger(__name__)
 
+SCHEDULES = ("constant", "cosine")
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES = "curves.png"
@@ -50,7 +52,10 @@ class TuneConfig:
         hidden_dim: Head hidden width (0: one linear layer).
         embedding_dim: Output vector size.
         flip: The encoder averages each image with its mirror image (test-time augmentation).
-        loss: One of :data:`clothsim.training.tuned_losses.LOSSES`.
+        loss: One of :data:`clothsim.training.tuned_losses.LOSSES`, or several comma-separated, one per
+            member in turn.
+        members: Networks trained apart over the same cache (seed ``seed + i``, loss ``i`` of ``loss``)
+            and saved as one encoder whose cosine is the mean of theirs (:class:`TunedMembers`).
         labels: ``"category"`` or ``"item"`` (item ids, where the catalogue has them).
         views: Cached views per training image (view 0 the plain centre crop).
         augment: How the other views are drawn.
@@ -58,6 +63,9 @@ class TuneConfig:
         batch_size: Rows per step; m: images per class in a batch.
         lr: AdamW learning rate of the head (and pooling); backbone_lr_scale: factor for backbone layers.
         weight_decay: AdamW weight decay.
+        schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to zero over ``epochs``.
+        ema: Decay of an exponential moving average of the weights, kept per step and used for
+            validation and the saved model (0: off, the raw weights).
         k: The P@k that picks the epoch.
         val_fraction, test_fraction: Shares carved per category where the catalogue lacks those splits.
         seed: Seed of splits, views, batches and initialisation.
@@ -73,6 +81,7 @@ class TuneConfig:
     embedding_dim: int = 256
     flip: bool = False
     loss: str = DEFAULT_LOSS
+    members: int = 1
     labels: str = "category"
     views: int = 3
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -83,6 +92,8 @@ class TuneConfig:
     lr: float = 1e-3
     backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-4
+    schedule: str = "constant"
+    ema: float = 0.0
     k: int = 5
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -98,8 +109,11 @@ class TuneResult:
 
     Attributes:
         out_dir: The model folder.
-        history: One dict per epoch (epoch 0: the untrained network and the pretrained default).
-        best_epoch: Epoch kept (best validation P@k).
+        history: One dict per epoch (epoch 0: the untrained network and the pretrained default); with
+            several members, each member's rows in turn, tagged ``member``.
+        best_epoch: Epoch kept (best validation P@k; the first member's where there are several).
+        val_precision: Validation P@k of the model saved (all members together).
+        members: Per member: ``loss``, ``best_epoch`` and its own ``val_precision``.
         report: The test report (``None`` when the catalogue has no test split or it was not asked for).
         seconds: Wall time of each phase (caching, training, test).
         failures: Paths that could not be decoded.
@@ -113,6 +127,8 @@ class TuneResult:
     seconds: dict[str, float]
     failures: list[str]
     lower_runtime: str
+    val_precision: float = 0.0
+    members: list[dict[str, Any]] = field(default_factory=list)
 
 
 def assign_splits(records: Sequence[CatalogRecord], val_fraction: float, test_fraction: float,
@@ -210,8 +226,12 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     seconds: dict[str, float] = {}
     if runtime not in ("auto", "onnx", "torch"):
         raise UsageError(f"runtime must be auto, onnx or torch, got {runtime!r}")
-    if config.epochs < 1 or config.views < 1 or config.k < 1:
-        raise UsageError("epochs, views and k must be at least 1")
+    if config.epochs < 1 or config.views < 1 or config.k < 1 or config.members < 1:
+        raise UsageError("epochs, views, k and members must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if not 0.0 <= config.ema < 1.0:
+        raise UsageError(f"ema must lie in [0, 1), got {config.ema}")
     records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed)
     train = [r for r in records if r.split == "train"]
     val = [r for r in records if r.split == "validation"]
@@ -221,7 +241,8 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     categories = sorted({r.category for r in train})
     if len(categories) < 2:
         raise DataError(f"training needs at least two categories; the train split has only {categories}")
-    build_loss(config.loss, 2, config.embedding_dim)  # an unknown loss fails before any caching
+    for member in range(config.members):  # an unknown loss fails before any caching
+        build_loss(member_loss(config, member), 2, config.embedding_dim)
 
     torch.manual_seed(config.seed)
     backbone = create_encoder(config.backbone, weights=weights, device="cpu", runtime="torch")
@@ -249,95 +270,59 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     classes = sorted(set(y_train.tolist()))
     code = {c: i for i, c in enumerate(classes)}
     target = torch.tensor([code[c] for c in y_train])
-    sampler = MPerClassBatches(y_train, m=config.m, batch_size=config.batch_size, seed=config.seed)
-
     net_config = NetworkConfig(backbone=config.backbone, cut=cut, train_layers=config.train_layers,
                                pooling=config.pooling, gem_p=config.gem_p, learn_p=config.learn_p,
                                hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim, flip=config.flip)
     dev = torch.device(device)
     # The untouched upper layers give the pretrained default's vectors, for the before/after figures.
     pretrained_upper = copy.deepcopy(torch.nn.Sequential(*layers[cut:])).to(dev).eval().requires_grad_(False)
-    network = TunedNetwork(layers[cut:], channels, net_config).to(dev)
-    loss_fn = build_loss(config.loss, len(classes), config.embedding_dim).to(dev)
-    backbone_params = [p for p in network.upper.parameters() if p.requires_grad]
-    groups = [{"params": list(network.pool.parameters()) + list(network.head.parameters()), "lr": config.lr}]
-    if backbone_params:
-        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
-    if list(loss_fn.parameters()):
-        # Proxies start random and must move fast (the proxy-anchor paper uses 100x the backbone rate).
-        groups.append({"params": list(loss_fn.parameters()), "lr": config.lr * 10})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     # Validation labels that do not occur in train cannot be scored against it (In-shop items).
     val_known = np.isin(y_val, y_train)
     if not val_known.any():
         raise DataError("no validation image has a label that occurs in the train split")
-
     train_plain = np.asarray(train_cache.maps[:, 0])
     val_plain = np.asarray(val_cache.maps[:, 0])
     ks = sorted({1, config.k, 10})
 
-    def validate() -> tuple[float, float]:
-        gallery = _embed_maps(network, train_plain, dev)
+    def val_precision(network: torch.nn.Module) -> float:
         queries = _embed_maps(network, val_plain, dev)
-        report = _precision(queries[val_known], y_val[val_known], gallery, y_train, ks)
-        with torch.no_grad():
-            val_target = torch.tensor([code.get(c, -1) for c in y_val[val_known]])
-            val_loss = float(loss_fn(torch.from_numpy(queries[val_known]).to(dev), val_target.to(dev)))
-        return float(report.precision[config.k]), val_loss
+        report = _precision(queries[val_known], y_val[val_known], _embed_maps(network, train_plain, dev), y_train, ks)
+        return float(report.precision[config.k])
 
     pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
                             _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
-    p0, l0 = validate()
-    history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_loss": l0, f"val_p@{config.k}": p0,
-                                      f"pretrained_val_p@{config.k}": float(pre_report.precision[config.k]),
-                                      "seconds": 0.0}]
-    logger.info("epoch 0: val P@%d %.3f untrained, %.3f pretrained default", config.k, p0,
-                pre_report.precision[config.k])
-    best, best_epoch, best_state, waited = p0, 0, copy.deepcopy(network.state_dict()), 0
-    rng = np.random.default_rng([config.seed, 1])
+    pretrained_p = float(pre_report.precision[config.k])
+    split = _Split(train_cache.maps, target, y_train, val_plain, y_val, val_known, code, len(classes), val_precision)
     t0 = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        network.train()
-        t_epoch, losses = time.perf_counter(), []
-        for rows in sampler.batches(epoch):
-            views = rng.integers(0, config.views, size=rows.size)
-            x = torch.from_numpy(np.asarray(train_cache.maps[rows, views], dtype=np.float32)).to(dev)
-            mirror = torch.from_numpy(rng.random(rows.size) < 0.5).to(dev)
-            # A mirrored feature map is close to the map of the mirrored image: a free extra view.
-            x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
-            loss = loss_fn(network(x), target[rows].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        p, val_loss = validate()
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               f"val_p@{config.k}": p, "seconds": time.perf_counter() - t_epoch}
-        if config.pooling == "gem":
-            row["gem_p"] = float(network.pool.p.detach())
-        history.append(row)
-        logger.info("epoch %d: train loss %.4f, val loss %.4f, val P@%d %.3f (%.1f s)", epoch,
-                    row["train_loss"], val_loss, config.k, p, row["seconds"])
-        if on_epoch is not None:
-            on_epoch(row)
-        if p > best:
-            best, best_epoch, best_state, waited = p, epoch, copy.deepcopy(network.state_dict()), 0
-        else:
-            waited += 1
-            if config.patience and waited >= config.patience:
-                logger.info("stopping: no better validation P@%d for %d epochs", config.k, waited)
-                break
+    trained = []
+    for member in range(config.members):
+        if member:  # member 0 keeps the single-network run's initialisation
+            torch.manual_seed(config.seed + member)
+        upper = layers[cut:] if member == 0 else copy.deepcopy(pretrained_upper).requires_grad_(True)
+        network = TunedNetwork(list(upper), channels, net_config).to(dev)
+        trained.append(_train_member(network, split, config, member, pretrained_p, dev, on_epoch))
     seconds["train"] = time.perf_counter() - t0
-    network.load_state_dict(best_state)
-    network.eval()
+    history = [row for result in trained for row in result.history]
+    final: TunedNetwork | TunedMembers = (trained[0].network if len(trained) == 1
+                                          else TunedMembers([result.network for result in trained]))
+    final.eval()
+    best = trained[0].best if len(trained) == 1 else val_precision(final)
+    if len(trained) > 1:
+        logger.info("%d members: validation P@%d %.3f together (%s alone)", len(trained), config.k, best,
+                    ", ".join(f"{result.best:.3f}" for result in trained))
+    network = final
 
     out = Path(out_dir)
     meta = {"kind": "tuned", "backbone": config.backbone,
             "backbone_weights": str(Path(weights).resolve()) if weights not in (None, "random") else weights,
             "backbone_fingerprint": backbone.fingerprint(), "train_config": config.to_dict(),
-            "categories": categories, "best_epoch": best_epoch, f"best_val_p@{config.k}": best,
+            "categories": categories, "best_epoch": trained[0].best_epoch, f"best_val_p@{config.k}": best,
             "n_train": len(train_cache.records), "n_validation": len(val_cache.records),
             "lower_runtime": part.runtime_used, "seconds": dict(seconds)}
+    members = [{"loss": member_loss(config, i), "best_epoch": result.best_epoch, f"val_p@{config.k}": result.best}
+                for i, result in enumerate(trained)]
+    if len(members) > 1:
+        meta["member_runs"] = members  # "members" (their count) is written by save_tuned
     save_tuned(out, network, meta, history)
     _plot_curves(history, config.k, out / CURVES)
 
@@ -353,7 +338,125 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
             write_json(out / REPORT_JSON, report)
             (out / REPORT_MD).write_text(_report_markdown(report, config.k), encoding="utf-8")
     seconds["total"] = time.perf_counter() - started
-    return TuneResult(out, history, best_epoch, report, seconds, failures, part.runtime_used)
+    return TuneResult(out, history, trained[0].best_epoch, report, seconds, failures, part.runtime_used,
+                      val_precision=best, members=members)
+
+
+@dataclass
+class _Split:
+    """What every member trains and validates on."""
+
+    train_maps: np.ndarray
+    target: torch.Tensor
+    y_train: np.ndarray
+    val_maps: np.ndarray
+    y_val: np.ndarray
+    val_known: np.ndarray
+    code: dict[Any, int]
+    n_classes: int
+    val_precision: Callable[[torch.nn.Module], float]
+
+
+@dataclass
+class _Member:
+    network: TunedNetwork
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best: float
+
+
+def member_loss(config: TuneConfig, member: int) -> str:
+    """Member ``i`` trains with the ``i``-th of ``config.loss``'s comma-separated losses (cycling)."""
+    names = [name.strip() for name in config.loss.split(",") if name.strip()]
+    return names[member % len(names)]
+
+
+def _train_member(network: TunedNetwork, split: _Split, config: TuneConfig, member: int, pretrained_p: float,
+                  dev: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None) -> _Member:
+    """Train one network (seed ``config.seed + member``); keep the epoch of best validation P@k."""
+    seed = config.seed + member
+    loss_name = member_loss(config, member)
+    sampler = MPerClassBatches(split.y_train, m=config.m, batch_size=config.batch_size, seed=seed)
+    loss_fn = build_loss(loss_name, split.n_classes, config.embedding_dim).to(dev)
+    backbone_params = [p for p in network.upper.parameters() if p.requires_grad]
+    groups = [{"params": list(network.pool.parameters()) + list(network.head.parameters()), "lr": config.lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
+    if list(loss_fn.parameters()):
+        # Proxies start random and must move fast (the proxy-anchor paper uses 100x the backbone rate).
+        groups.append({"params": list(loss_fn.parameters()), "lr": config.lr * 10})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps = config.epochs * len(sampler)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+        if config.schedule == "cosine" else None)
+    # The averaged copy is what validation scores and what is saved: on a few thousand photos the raw
+    # weights' validation P@k swings by a point or two from one epoch to the next.
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        if config.ema else None)
+    scored = network if averaged is None else averaged.module
+    tag = {"member": member} if config.members > 1 else {}
+
+    def validate() -> tuple[float, float]:
+        p = split.val_precision(scored)
+        queries = _embed_maps(scored, split.val_maps[split.val_known], dev)
+        with torch.no_grad():
+            val_target = torch.tensor([split.code.get(c, -1) for c in split.y_val[split.val_known]])
+            val_loss = float(loss_fn(torch.from_numpy(queries).to(dev), val_target.to(dev)))
+        return p, val_loss
+
+    p0, l0 = validate()
+    history: list[dict[str, Any]] = [{**tag, "epoch": 0, "train_loss": None, "val_loss": l0,
+                                      f"val_p@{config.k}": p0, f"pretrained_val_p@{config.k}": pretrained_p,
+                                      "seconds": 0.0}]
+    logger.info("%sepoch 0: val P@%d %.3f untrained, %.3f pretrained default", _prefix(config, member, loss_name),
+                config.k, p0, pretrained_p)
+    best, best_epoch, best_state, waited = p0, 0, copy.deepcopy(scored.state_dict()), 0
+    rng = np.random.default_rng([seed, 1])
+    for epoch in range(1, config.epochs + 1):
+        network.train()
+        t_epoch, losses = time.perf_counter(), []
+        for rows in sampler.batches(epoch):
+            views = rng.integers(0, config.views, size=rows.size)
+            x = torch.from_numpy(np.asarray(split.train_maps[rows, views], dtype=np.float32)).to(dev)
+            mirror = torch.from_numpy(rng.random(rows.size) < 0.5).to(dev)
+            # A mirrored feature map is close to the map of the mirrored image: a free extra view.
+            x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
+            loss = loss_fn(network(x), split.target[rows].to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(network)
+            losses.append(float(loss.detach()))
+        p, val_loss = validate()
+        row = {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               f"val_p@{config.k}": p, "seconds": time.perf_counter() - t_epoch}
+        if config.pooling == "gem":
+            row["gem_p"] = float(scored.pool.p.detach())
+        history.append(row)
+        logger.info("%sepoch %d: train loss %.4f, val loss %.4f, val P@%d %.3f (%.1f s)",
+                    _prefix(config, member, loss_name), epoch, row["train_loss"], val_loss, config.k, p,
+                    row["seconds"])
+        if on_epoch is not None:
+            on_epoch(row)
+        if p > best:
+            best, best_epoch, best_state, waited = p, epoch, copy.deepcopy(scored.state_dict()), 0
+        else:
+            waited += 1
+            if config.patience and waited >= config.patience:
+                logger.info("stopping: no better validation P@%d for %d epochs", config.k, waited)
+                break
+    network.load_state_dict(best_state)
+    network.eval()
+    return _Member(network, history, best_epoch, best)
+
+
+def _prefix(config: TuneConfig, member: int, loss_name: str) -> str:
+    return f"member {member + 1}/{config.members} ({loss_name}): " if config.members > 1 else ""
 
 
 def _test_report(records: Sequence[CatalogRecord], train_cache: CachedSplit, network: TunedNetwork,
@@ -411,15 +514,19 @@ def _plot_curves(history: list[dict[str, Any]], k: int, path: Path) -> None:
 
     from clothsim.fileio import atomic_path
 
-    epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([h["epoch"] for h in history if h["train_loss"] is not None],
-             [h["train_loss"] for h in history if h["train_loss"] is not None], label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    members = sorted({h.get("member", 0) for h in history})
+    for member in members:
+        rows = [h for h in history if h.get("member", 0) == member]
+        name = f"member {member + 1} " if len(members) > 1 else ""
+        epochs = [h["epoch"] for h in rows]
+        ax1.plot([h["epoch"] for h in rows if h["train_loss"] is not None],
+                 [h["train_loss"] for h in rows if h["train_loss"] is not None], label=f"{name}train")
+        ax1.plot(epochs, [h["val_loss"] for h in rows], label=f"{name}validation")
+        ax2.plot(epochs, [h[f"val_p@{k}"] for h in rows], marker="o", label=f"{name}tuned")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(epochs, [h[f"val_p@{k}"] for h in history], marker="o", label="tuned")
     ax2.axhline(history[0][f"pretrained_val_p@{k}"], color="grey", linestyle="--", label="pretrained default")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel(f"validation P@{k}")
