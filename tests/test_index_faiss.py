@@ -407,7 +407,14 @@ def test_serve_works_on_a_faiss_index(faiss_index_dir, colour_catalog, monkeypat
 
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    from clothsim.index.faiss_category_graphs import CategoryGraphs
+
+    loaded = []
+    real_load_all = CategoryGraphs.load_all
+    monkeypatch.setattr(CategoryGraphs, "load_all",
+                        lambda self: (real_load_all(self), loaded.append(sorted(self._graphs)))[0])
     assert main(["serve", "--index", str(faiss_index_dir), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
+    assert loaded == [["blue", "green", "red"]]  # every category graph read before the first request
     with TestClient(apps[0]) as client:
         assert client.get("/health").json()["items"] == 24
         by_id = client.post("/api/search", data={"id": "0", "k": "5"}).json()

@@ -100,6 +100,15 @@ class IndexBackendPlugin(Protocol):
 
 
 @runtime_checkable
+class WarmableBackend(Protocol):
+    """An optional extra of an open :class:`IndexBackend`: load now what the first queries would load
+    lazily (``clothsim serve`` calls it before taking requests, so no early request pays for it)."""
+
+    def warm(self) -> None:
+        ...
+
+
+@runtime_checkable
 class CheckableBackendPlugin(Protocol):
     """An optional extra of an :class:`IndexBackendPlugin`: checking its saved files without serving them.
 

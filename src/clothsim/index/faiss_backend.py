@@ -211,6 +211,13 @@ class FaissIndex:
             self._selectors[key] = cached
         return cached[0]
 
+    def warm(self) -> None:
+        """Read every category graph into memory now, instead of at the first query that filters on it."""
+        if self._partitions is not None:
+            started = time.perf_counter()
+            self._partitions.load_all()
+            logger.info("%s: category graphs loaded in %.1f s", self.name, time.perf_counter() - started)
+
     def _behind(self) -> bool:
         return is_behind(self.store, self._view, self._state)
 

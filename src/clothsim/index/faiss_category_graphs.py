@@ -132,6 +132,11 @@ class CategoryGraphs:
                                     f"{self.store.dim} were expected; {rebuild_hint(self.store, 'faiss-hnsw')}")
         return graph
 
+    def load_all(self) -> None:
+        """Read every saved graph not in memory yet."""
+        for name in list(self._entries):
+            self._get(name)
+
     def covers(self, names: list[str]) -> bool:
         return all(name in self._entries or name in self._graphs for name in names)
 

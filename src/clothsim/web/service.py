@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from clothsim.errors import ClothsimError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
-from clothsim.index.base import SearchHit
+from clothsim.index.base import SearchHit, WarmableBackend
 from clothsim.similarity_index import SimilarityIndex
 
 logger = logging.getLogger(__name__)
@@ -233,6 +233,8 @@ class SearchService:
                 raise StoreIntegrityError(first.path, first.message + more, store.root,
                                           repairable=first.kind != "manifest")
         store.warm()
+        if isinstance(self.index.backend, WarmableBackend):
+            self.index.backend.warm()
         self._categories = self.index.categories()
         with self._encoder_lock:
             self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
