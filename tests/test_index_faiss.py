@@ -452,3 +452,15 @@ def test_load_script_runs_against_a_faiss_index(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads(run.stdout)
     assert summary["errors"] == 0 and summary["requests"] == 12 and summary["backend"] == "faiss-hnsw"
+
+
+def test_category_graphs_never_return_rows_a_repair_dropped(tmp_path):
+    root = tmp_path / "s"
+    store = data.make_store(root, n=900, dim=DIM)
+    build_index(store, "faiss-hnsw")
+    dropped = store.segments[0]
+    assert store.drop_segments([dropped.name]) == dropped.rows
+    index = open_index(FeatureStore.open(root))
+    kept = set(FeatureStore.open(root).live_ids().tolist())
+    for row in index.search(data.queries(20, DIM), 10, category="hat"):
+        assert len(row) == 10 and all(h.id in kept and h.record.category == "hat" for h in row)

@@ -245,9 +245,10 @@ class FaissIndex:
                 and use_category_graphs(len(names), n_allowed, int(np.count_nonzero(live)))):
             with self._lock.read(), _threads_for(queries.shape[0]):
                 # The graphs hold only their category's items: the selector is needed for deletes alone.
-                n_live = int(np.count_nonzero(live))
-                selector = None if n_live == int(all_ids.size) else self._selector(None, live, all_ids)
-                ids, scores = self._partitions.search(queries, wanted, names, options["category_efSearch"], selector)
+                every_live = int(self._engine.ntotal) == int(np.count_nonzero(live))
+                selector = None if every_live else self._selector(None, live, all_ids)
+                ids, scores = self._partitions.search(queries, wanted, names, options["category_efSearch"], selector,
+                                                      all_ids)
         elif category is not None and n_allowed <= options["exact_below"]:
             return exact_hits(self.store, queries, k, category, exclude)
         else:

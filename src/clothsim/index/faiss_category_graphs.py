@@ -141,10 +141,11 @@ class CategoryGraphs:
         return all(name in self._entries or name in self._graphs for name in names)
 
     def search(self, queries: np.ndarray, wanted: int, names: list[str], ef_search: int,
-               selector: Any) -> tuple[np.ndarray, np.ndarray]:
+               selector: Any, all_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, exact scores)`` of shortlists from the graphs of ``names``, ``-1`` padded.
 
-        ``selector`` (live ids) keeps deleted items out; ``None`` when nothing is deleted.
+        ``selector`` (live ids) keeps deleted items out; ``None`` when every item in the graphs is live.
+        ``all_ids`` (the store's, sorted): an id a repair dropped from the store is never re-scored.
         """
         import faiss
 
@@ -162,8 +163,11 @@ class CategoryGraphs:
             return np.full((len(queries), 0), -1, dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
         ids = np.concatenate(found, axis=1)
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        pos = np.minimum(np.searchsorted(all_ids, ids), max(all_ids.size - 1, 0))
+        known = (ids >= 0) & (all_ids[pos] == ids) if all_ids.size else np.zeros(ids.shape, dtype=bool)
+        ids = np.where(known, ids, -1)
         for q in range(ids.shape[0]):
-            cols = np.flatnonzero(ids[q] >= 0)
+            cols = np.flatnonzero(known[q])
             scores[q, cols] = self.store.vectors_for(ids[q, cols]) @ queries[q]
         return ids, scores
 
