@@ -56,7 +56,7 @@ from clothsim.index.ann_common import (
     write_state,
 )
 from clothsim.index.base import SearchHit
-from clothsim.index.faiss_category_graphs import CategoryGraphs, partition_problems, use_category_graphs
+from clothsim.index.faiss_category_graphs import CategoryGraphs, use_category_graphs
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
@@ -163,7 +163,7 @@ class FaissIndex:
         self._engine_dirty = False
         self._state_dirty = False
         self._partitions = (CategoryGraphs(store, self.folder, list(state.get("partitions", [])), state["build"],
-                                           lambda path: _read_engine(store, name, path, mapped=False))
+                                           lambda path, ntotal: _read_engine(store, name, path, False, ntotal))
                             if name == HNSW and state.get("build", {}).get("category_graphs") else None)
 
     # ----- facts ---------------------------------------------------------------------------
@@ -318,7 +318,7 @@ class FaissIndex:
         """A memory-mapped engine cannot grow: load a private copy of the same file first."""
         if self._mapped:
             path = self.folder / self._state["file"]
-            self._engine = _read_engine(self.store, self.name, path, mapped=False)
+            self._engine = _read_engine(self.store, self.name, path, mapped=False, ntotal=self._state["ntotal"])
             self._mapped = False
 
     def _add_to_engine(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -435,29 +435,44 @@ class FaissIndex:
 
 
 def _check_file(store: "FeatureStore", name: str, state: dict[str, Any], full: bool) -> list[str]:
-    """Presence and size of the saved index file, and with ``full`` its SHA-256, against ``state``."""
-    path = backend_dir(store, name) / str(state.get("file"))
+    """Presence and size of the saved index file and of each category graph's, and with ``full`` their
+    SHA-256, against ``state``."""
+    folder = backend_dir(store, name)
+    hint = rebuild_hint(store, name)
+    problem = _file_problem(folder / str(state.get("file")), "", state, full, hint)
+    if problem:
+        return [problem]
+    parts = [(folder / str(p.get("file")), f" (the graph of category {p.get('category')!r})", p)
+             for p in state.get("partitions", [])]
+    return [problem for path, label, record in parts if (problem := _file_problem(path, label, record, full, hint))]
+
+
+def _file_problem(path: Path, label: str, record: dict[str, Any], full: bool, hint: str) -> str | None:
+    """What is wrong with one saved file against its ``file_bytes`` and ``sha256`` (``None``: intact)."""
     if not path.is_file():
-        return [f"{path} is missing; {rebuild_hint(store, name)}"]
+        return f"{path}{label} is missing; {hint}"
     size = path.stat().st_size
-    if size != state.get("file_bytes"):
-        return [f"{path} is truncated or damaged ({size} bytes, {state.get('file_bytes')} were written); "
-                f"{rebuild_hint(store, name)}"]
-    if full and file_digest(path).sha256 != state.get("sha256"):
-        return [f"{path} does not match its checksum in {path.parent / 'state.json'}: it was damaged; "
-                f"{rebuild_hint(store, name)}"]
-    return partition_problems(store, path.parent, list(state.get("partitions", [])), full, rebuild_hint(store, name))
+    if size != record.get("file_bytes"):
+        return f"{path}{label} is truncated or damaged ({size} bytes, {record.get('file_bytes')} were written); {hint}"
+    if full and file_digest(path).sha256 != record.get("sha256"):
+        return f"{path}{label} does not match its checksum in {path.parent / 'state.json'}: it was damaged; {hint}"
+    return None
 
 
-def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool) -> Any:
+def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool, ntotal: Any) -> Any:
+    """The FAISS index in ``path``, refused unless it reads and holds ``ntotal`` vectors of the store's dim."""
     faiss = _faiss()
     try:
         flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
-        return faiss.read_index(str(path), flags)
+        engine = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise BackendIndexError(f"{path} is damaged or truncated ({reason[:300]}); {rebuild_hint(store, name)}") \
             from None
+    if engine.d != store.dim or engine.ntotal != ntotal:
+        raise BackendIndexError(f"{path} holds {engine.ntotal} vectors of dim {engine.d}; {ntotal} of dim "
+                                f"{store.dim} were expected; {rebuild_hint(store, name)}")
+    return engine
 
 
 class _FaissPlugin:
@@ -521,10 +536,7 @@ class _FaissPlugin:
         if problems:
             raise BackendIndexError(problems[0])
         path = backend_dir(store, self.name) / str(state["file"])
-        engine = _read_engine(store, self.name, path, mapped=self.name == HNSW)
-        if engine.d != store.dim or engine.ntotal != state.get("ntotal"):
-            raise BackendIndexError(f"{path} holds {engine.ntotal} vectors of dim {engine.d}; {state.get('ntotal')} "
-                                    f"of dim {store.dim} were expected; {rebuild_hint(store, self.name)}")
+        engine = _read_engine(store, self.name, path, mapped=self.name == HNSW, ntotal=state.get("ntotal"))
         index = FaissIndex(store, self.name, engine, state, self._search_defaults(given), mapped=self.name == HNSW)
         if index._behind():
             logger.warning("%s covers the store only up to id %d; adding the rest in memory (run `clothsim index` "

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothsim.fileio import atomic_path, file_digest
-from clothsim.index.ann_common import BackendIndexError, rebuild_hint
+from clothsim.index.ann_common import BackendIndexError
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
@@ -61,11 +61,12 @@ class CategoryGraphs:
         folder: The backend folder holding the files.
         entries: ``state.json``'s ``partitions`` list (``[]`` for a new index).
         params: Graph parameters (``M``, ``efConstruction``).
-        read_engine: Reads a saved FAISS file into memory (``path -> index``), refusing a damaged one.
+        read_engine: Reads a saved FAISS file into memory (``(path, ntotal) -> index``), refusing a damaged
+            one or one that does not hold ``ntotal`` vectors.
     """
 
     def __init__(self, store: "FeatureStore", folder: Path, entries: list[dict[str, Any]], params: dict[str, int],
-                 read_engine: Callable[[Path], Any]) -> None:
+                 read_engine: Callable[[Path, int], Any]) -> None:
         self.store = store
         self.folder = folder
         self.params = params
@@ -125,12 +126,7 @@ class CategoryGraphs:
 
     def _read(self, name: str) -> Any:
         entry = self._entries[name]
-        path = self.folder / entry["file"]
-        graph = self._read_engine(path)
-        if graph.d != self.store.dim or graph.ntotal != entry["ntotal"]:
-            raise BackendIndexError(f"{path} holds {graph.ntotal} vectors of dim {graph.d}; {entry['ntotal']} of dim "
-                                    f"{self.store.dim} were expected; {rebuild_hint(self.store, 'faiss-hnsw')}")
-        return graph
+        return self._read_engine(self.folder / entry["file"], entry["ntotal"])
 
     def load_all(self) -> None:
         """Read every saved graph not in memory yet."""
@@ -211,19 +207,3 @@ class CategoryGraphs:
 
     def files(self) -> set[str]:
         return {e["file"] for e in self._entries.values()}
-
-
-def partition_problems(store: "FeatureStore", folder: Path, entries: list[dict[str, Any]], full: bool,
-                       hint: str) -> list[str]:
-    """Presence and size of each category graph's file, and with ``full`` its SHA-256."""
-    problems = []
-    for entry in entries:
-        path = folder / str(entry.get("file"))
-        if not path.is_file():
-            problems.append(f"{path} (the graph of category {entry.get('category')!r}) is missing; {hint}")
-        elif path.stat().st_size != entry.get("file_bytes"):
-            problems.append(f"{path} is truncated or damaged ({path.stat().st_size} bytes, {entry.get('file_bytes')} "
-                            f"were written); {hint}")
-        elif full and file_digest(path).sha256 != entry.get("sha256"):
-            problems.append(f"{path} does not match its checksum in {folder / 'state.json'}: it was damaged; {hint}")
-    return problems
