@@ -14,7 +14,10 @@ RSS, the open time and the first query are that backend's alone)::
 ``--max-rows NAME=N`` measures a backend on the first N rows only (a build that would not finish in
 reasonable time on this machine); its row is marked with the size it was measured at. Recall is always
 against exact search over the same rows. Filtered queries ask for one random category (1 of
-``--categories``), the harder case: its nearest items usually lie outside the query's cluster.
+``--categories``), the harder case: its nearest items usually lie outside the query's cluster. "Own"
+filtered queries ask for the query's own category ("more like this, in the same category"). Each
+backend is warmed as `clothsim serve` warms it (``warm_s``) before the timed queries; the three kinds of
+query are interleaved.
 """
 
 from __future__ import annotations
@@ -90,22 +93,22 @@ def build_store(root: Path, rows: int, mix: Mixture, categories: int, dtype: str
     return time.perf_counter() - started
 
 
-def ground_truth(root: Path, queries: np.ndarray, filters: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Exact top-10 ids for every query, unfiltered and with its filter (one batched pass each)."""
+def ground_truth(root: Path, queries: np.ndarray, filters: list[str] | None) -> tuple[np.ndarray, float]:
+    """Exact top-10 ids for every query, unfiltered (``filters`` None) or with its own filter."""
     from clothsim.features.store import FeatureStore
     from clothsim.index.topk import topk_over_blocks
 
     store = FeatureStore.open(root)
     started = time.perf_counter()
-    plain, _ = topk_over_blocks(queries, store.iter_blocks(16384), K)
+    if filters is None:
+        return topk_over_blocks(queries, store.iter_blocks(16384), K)[0], time.perf_counter() - started
     codes, names = store.category_codes()
-    filtered = np.full((len(queries), K), -1, dtype=np.int64)
+    truth = np.full((len(queries), K), -1, dtype=np.int64)
     for name in sorted(set(filters)):
         rows = [i for i, f in enumerate(filters) if f == name]
-        mask = codes == names.index(name)
-        ids, _ = topk_over_blocks(queries[rows], store.iter_blocks(16384, mask), K)
-        filtered[rows, : ids.shape[1]] = ids
-    return plain, filtered, time.perf_counter() - started
+        ids, _ = topk_over_blocks(queries[rows], store.iter_blocks(16384, codes == names.index(name)), K)
+        truth[rows, : ids.shape[1]] = ids
+    return truth, time.perf_counter() - started
 
 
 def folder_mib(path: Path) -> float:
@@ -143,8 +146,10 @@ def worker(args: argparse.Namespace) -> dict:
     work = Path(spec["work"])
     queries = np.load(work / "queries.npy")
     filters = json.loads((work / "filters.json").read_text())
+    own = json.loads((work / "filters-own.json").read_text())
     truth = np.load(work / f"{root.name}-truth-plain.npy")
     truth_f = np.load(work / f"{root.name}-truth-filtered.npy")
+    truth_o = np.load(work / f"{root.name}-truth-own.npy")
     started = time.perf_counter()
     index = open_index(FeatureStore.open(root), name, **options)
     opened = time.perf_counter()
@@ -152,20 +157,24 @@ def worker(args: argparse.Namespace) -> dict:
     index.search(queries[:1], K, **extra)
     first = time.perf_counter()
     out = {"open_s": opened - started, "open_plus_first_query_s": first - started}
+    # What `clothsim serve` does before it takes requests (e.g. faiss-hnsw reads its category graphs);
+    # timed apart, so the latencies below are those a server sees.
+    warm = getattr(index, "warm", None)
+    if warm is not None:
+        t = time.perf_counter()
+        warm()
+        out["warm_s"] = time.perf_counter() - t
 
     n_single = spec["single_queries"]
-    lat, found = [], []
-    for i in range(n_single):
-        t = time.perf_counter()
-        hits = index.search(queries[i:i + 1], K, **extra)[0]
-        lat.append(time.perf_counter() - t)
-        found.append([h.id for h in hits])
-    flat, found_f = [], []
-    for i in range(n_single):
-        t = time.perf_counter()
-        hits = index.search(queries[i:i + 1], K, category=filters[i], **extra)[0]
-        flat.append(time.perf_counter() - t)
-        found_f.append([h.id for h in hits])
+    kinds = {"plain": None, "filtered": filters, "own": own}
+    lat: dict[str, list[float]] = {kind: [] for kind in kinds}
+    found: dict[str, list[list[int]]] = {kind: [] for kind in kinds}
+    for i in range(n_single):  # the three kinds in turn, so machine noise hits them alike
+        for kind, categories in kinds.items():
+            t = time.perf_counter()
+            hits = index.search(queries[i:i + 1], K, category=categories and categories[i], **extra)[0]
+            lat[kind].append(time.perf_counter() - t)
+            found[kind].append([h.id for h in hits])
     batch = spec["batch"]
     n_batched = min(len(queries), max(batch, spec["batched_queries"]))
     t = time.perf_counter()
@@ -173,17 +182,22 @@ def worker(args: argparse.Namespace) -> dict:
         index.search(queries[lo:lo + batch], K, **extra)
     batched_s = time.perf_counter() - t
 
+    def ms(seconds: list[float], q: float) -> float:
+        return 1000 * float(np.percentile(seconds, q))
+
     def recall(got: list[list[int]], ref: np.ndarray) -> float:
         return float(np.mean([len(set(g) & set(r[r >= 0].tolist())) / max(int((r >= 0).sum()), 1)
                               for g, r in zip(got, ref)]))
 
     current, peak = rss_mib()
     out.update({
-        "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
-        "single_qps": float(n_single / sum(lat)), "qps": float(n_batched / batched_s),
-        "recall_at_10": recall(found, truth[:n_single]),
-        "filtered_p50_ms": 1000 * float(np.percentile(flat, 50)),
-        "filtered_recall_at_10": recall(found_f, truth_f[:n_single]),
+        "p50_ms": ms(lat["plain"], 50), "p99_ms": ms(lat["plain"], 99),
+        "single_qps": float(n_single / sum(lat["plain"])), "qps": float(n_batched / batched_s),
+        "recall_at_10": recall(found["plain"], truth[:n_single]),
+        "filtered_p50_ms": ms(lat["filtered"], 50), "filtered_p99_ms": ms(lat["filtered"], 99),
+        "filtered_recall_at_10": recall(found["filtered"], truth_f[:n_single]),
+        "own_filtered_p50_ms": ms(lat["own"], 50), "own_filtered_p99_ms": ms(lat["own"], 99),
+        "own_filtered_recall_at_10": recall(found["own"], truth_o[:n_single]),
         "rss_mib": current, "peak_rss_mib": peak, "single_queries": n_single, "batched_queries": n_batched,
     })
     close = getattr(index, "close", None)
@@ -229,7 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-rows", action="append", default=[], metavar="NAME=N",
                         help="measure a backend on the first N rows only (repeatable)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores go (default a temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the stores and built backends afterwards")
+    parser.add_argument("--reuse-built", action="store_true",
+                        help="measure a backend already built in --workdir (kept by --keep) instead of building it")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per child process")
     parser.add_argument("--json", action="store_true", help="print the results as a JSON list")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -269,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
                   categories=args.categories, shared=args.shared, category_weight=args.category_weight,
                   spread=args.spread)
     n_q = max(args.queries, args.batch)
-    queries, _ = mix.points(0, n_q, stream=1)  # fresh points of the same clusters
+    queries, clusters = mix.points(0, n_q, stream=1)  # fresh points of the same clusters
     rng = np.random.default_rng(args.seed + 1)
     filters = [f"c{int(c):02d}" for c in rng.integers(min(args.categories, mix.clusters), size=n_q)]
+    own = [f"c{int(c) % args.categories:02d}" for c in clusters]  # "more like this, same category"
     np.save(work / "queries.npy", queries)
     (work / "filters.json").write_text(json.dumps(filters))
+    (work / "filters-own.json").write_text(json.dumps(own))
     results = []
     try:
         stores: dict[int, Path] = {}
@@ -283,12 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"writing a store of {n:,} x {args.dim} ({args.dtype}) ...", file=sys.stderr, flush=True)
                 seconds = build_store(root, n, mix, args.categories, args.dtype)
                 print(f"  written in {seconds:.0f} s", file=sys.stderr, flush=True)
-            if not (work / f"{root.name}-truth-plain.npy").is_file():
-                plain, filtered, seconds = ground_truth(root, queries, filters)
-                np.save(work / f"{root.name}-truth-plain.npy", plain)
-                np.save(work / f"{root.name}-truth-filtered.npy", filtered)
-                print(f"  exact ground truth for {n_q} queries (plain and filtered) in {seconds:.0f} s",
-                      file=sys.stderr, flush=True)
+            for kind, kind_filters in (("plain", None), ("filtered", filters), ("own", own)):
+                path = work / f"{root.name}-truth-{kind}.npy"
+                if not path.is_file():
+                    truth, seconds = ground_truth(root, queries, kind_filters)
+                    np.save(path, truth)
+                    print(f"  exact ground truth for {n_q} queries ({kind}) in {seconds:.0f} s",
+                          file=sys.stderr, flush=True)
             stores[n] = root
         for name in args.backends:
             root = stores[sizes[name]]
@@ -300,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
                      "batched_queries": args.exact_queries * 3 if name == "exact" else n_q}
             variants = [{}] + [{sweeps[name][0]: v} for v in sweeps.get(name, (None, []))[1]]
             try:
-                if name != "exact":
+                reuse = args.reuse_built and (root / "backends" / name).is_dir()
+                if name != "exact" and not reuse:
                     built = run_child({**base, "phase": "build"}, args.timeout)
+                elif reuse:
+                    built = {"build_s": None, "build_peak_rss_mib": None, "reused_build": True}
                 disk = folder_mib(root) - folder_mib(root / "backends") if name == "exact" else \
                     folder_mib(root / "backends" / name)
                 for search_options in variants:
@@ -311,13 +333,14 @@ def main(argv: list[str] | None = None) -> int:
                            "search_options": search_options, "disk_mib": disk, **built, **measured,
                            "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
                     results.append(row)
-                    print(f"  built {row['build_s']:.1f} s, {search_options or 'defaults'}: recall@10 "
+                    built_s = "reused" if row["build_s"] is None else f"{row['build_s']:.1f} s"
+                    print(f"  built {built_s}, {search_options or 'defaults'}: recall@10 "
                           f"{row['recall_at_10']:.3f}, p50 {row['p50_ms']:.2f} ms, {row['qps']:.0f} q/s batched",
                           file=sys.stderr, flush=True)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one backend must not lose the others
                 print(f"  {name} failed: {str(exc)[-500:]}", file=sys.stderr, flush=True)
                 results.append({"backend": name, "rows": sizes[name], "error": str(exc)[-500:]})
-            if name != "exact":
+            if name != "exact" and not args.keep:
                 shutil.rmtree(root / "backends" / name, ignore_errors=True)  # disk back for the next one
     finally:
         if not args.keep:
@@ -339,16 +362,20 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     print(f"clustered vectors ({args.clusters or max(10, args.rows // 1000)} clusters, {args.categories} categories), "
           f"dim {args.dim}, {args.dtype}, k={K}, {os.cpu_count()} CPU cores")
     head = (f"{'backend':<12} {'search':<16} {'rows':>9} {'build s':>8} {'disk MiB':>9} {'RSS MiB':>8} {'open+1st s':>10} "
-            f"{'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9} {'recall@10':>9} {'filt p50':>8} {'filt rec':>8}")
+            f"{'warm s':>6} {'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9} {'recall@10':>9} {'filt p50':>8} "
+            f"{'filt p99':>8} {'filt rec':>8} {'own p50':>8} {'own rec':>8}")
     print(head)
     for r in results:
         if "error" in r:
             print(f"{r['backend']:<12} {r['rows']:>9,} failed: {r['error'][-200:]}")
             continue
         search = ",".join(f"{k}={v}" for k, v in r["search_options"].items()) or "defaults"
-        print(f"{r['backend']:<12} {search:<16} {r['rows']:>9,} {r['build_s']:>8.1f} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
-              f"{r['open_plus_first_query_s']:>10.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>9.0f} "
-              f"{r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f}  "
+        build = "reused" if r["build_s"] is None else f"{r['build_s']:.1f}"
+        print(f"{r['backend']:<12} {search:<16} {r['rows']:>9,} {build:>8} {r['disk_mib']:>9.0f} {r['rss_mib']:>8.0f} "
+              f"{r['open_plus_first_query_s']:>10.2f} {r.get('warm_s', 0.0):>6.2f} {r['p50_ms']:>8.2f} "
+              f"{r['p99_ms']:>8.2f} {r['qps']:>9.0f} {r['recall_at_10']:>9.3f} {r['filtered_p50_ms']:>8.2f} "
+              f"{r['filtered_p99_ms']:>8.2f} {r['filtered_recall_at_10']:>8.3f} {r['own_filtered_p50_ms']:>8.2f} "
+              f"{r['own_filtered_recall_at_10']:>8.3f}  "
               f"(load {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]})")
 
 

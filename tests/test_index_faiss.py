@@ -454,13 +454,67 @@ def test_load_script_runs_against_a_faiss_index(tmp_path):
     assert summary["errors"] == 0 and summary["requests"] == 12 and summary["backend"] == "faiss-hnsw"
 
 
-def test_category_graphs_never_return_rows_a_repair_dropped(tmp_path):
+def test_warm_reads_the_mapped_graph_through_and_loads_every_category_graph(tmp_path, monkeypatch):
+    import clothsim.index.faiss_backend as faiss_backend
+
+    store = data.make_store(tmp_path / "s", n=900, dim=DIM)
+    build_index(store, "faiss-hnsw")
+    index = open_index(FeatureStore.open(tmp_path / "s"))
+    read = []
+    real_page_in = faiss_backend._page_in
+    monkeypatch.setattr(faiss_backend, "_page_in", lambda path: (read.append(path), real_page_in(path))[1])
+    assert not index._partitions._graphs  # graphs are read lazily until warmed
+    index.warm()
+    assert [p.name for p in read] == [index._state["file"]] and read[0].is_file()
+    assert sorted(index._partitions._graphs) == sorted(index.categories())
+    before = [[h.id for h in row] for row in index.search(data.queries(5, DIM), 10, category="hat")]
+    assert all(len(row) == 10 for row in before)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_rows_a_repair_dropped_are_never_returned_and_scores_stay_exact(tmp_path, name):
+    """Both re-ranking paths (category graphs, IVF-PQ's shortlist) re-score through the store only."""
     root = tmp_path / "s"
     store = data.make_store(root, n=900, dim=DIM)
-    build_index(store, "faiss-hnsw")
+    build_index(store, name)
     dropped = store.segments[0]
     assert store.drop_segments([dropped.name]) == dropped.rows
-    index = open_index(FeatureStore.open(root))
-    kept = set(FeatureStore.open(root).live_ids().tolist())
-    for row in index.search(data.queries(20, DIM), 10, category="hat"):
-        assert len(row) == 10 and all(h.id in kept and h.record.category == "hat" for h in row)
+    reopened = FeatureStore.open(root)
+    index = open_index(reopened)
+    kept = set(reopened.live_ids().tolist())
+    vectors = dict(zip(reopened.live_ids().tolist(), reopened.vectors_for(reopened.live_ids())))
+    queries = data.queries(20, DIM)
+    for category in ("hat", None):  # exact_below=0: the engine answers even a narrow filter
+        for query, row in zip(queries, index.search(queries, 10, category=category, exact_below=0)):
+            assert len(row) == 10 and all(h.id in kept for h in row)
+            assert category is None or all(h.record.category == category for h in row)
+            np.testing.assert_allclose([h.score for h in row], [vectors[h.id] @ query for h in row], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_prints_its_json_and_remeasures_a_kept_build(tmp_path):
+    """benchmarks/index_scale.py --json gives the fields the README's table is made of, warms the backend
+    before timing (as `clothsim serve` does), and --keep/--reuse-built measure a kept build again."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "index_scale.py"
+    common = [sys.executable, str(script), "--rows", "3000", "--dim", "32", "--categories", "5", "--queries", "20",
+              "--exact-queries", "5", "--batch", "8", "--backends", "exact", "faiss-hnsw", "--json",
+              "--workdir", str(tmp_path / "w"), "--keep"]
+    rows = []
+    for extra in ([], ["--reuse-built"]):
+        run = subprocess.run(common + extra, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        rows.append({r["backend"]: r for r in json.loads(run.stdout)})
+    first, again = rows
+    for field in ("recall_at_10", "qps", "p50_ms", "build_s", "rss_mib", "filtered_p50_ms", "filtered_p99_ms",
+                  "own_filtered_p50_ms"):
+        assert field in first["faiss-hnsw"] and field in first["exact"]
+    assert first["exact"]["recall_at_10"] == first["exact"]["filtered_recall_at_10"] == 1.0
+    assert first["exact"]["own_filtered_recall_at_10"] == 1.0
+    assert first["faiss-hnsw"]["recall_at_10"] >= 0.9 and first["faiss-hnsw"]["build_s"] > 0
+    assert "warm_s" in first["faiss-hnsw"]  # the category graphs were read before the timed queries
+    assert again["faiss-hnsw"]["reused_build"] is True and again["faiss-hnsw"]["build_s"] is None
+    assert again["faiss-hnsw"]["recall_at_10"] == first["faiss-hnsw"]["recall_at_10"]
+    assert (tmp_path / "w" / "store-3000" / "backends" / "faiss-hnsw").is_dir()

@@ -212,6 +212,10 @@ def write_state(store: "FeatureStore", name: str, state: dict[str, Any]) -> None
 
 
 # ----- what the store holds ------------------------------------------------------------------------
+def _filter_key(category: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if category is None else (category,) if isinstance(category, str) else tuple(sorted(set(category)))
+
+
 class StoreView:
     """Masks over a store's rows, recomputed only when the store grows or gains tombstones.
 
@@ -228,6 +232,7 @@ class StoreView:
         self._codes: np.ndarray | None = None
         self._names: list[str] = []
         self._allowed: dict[tuple[str, ...], np.ndarray] = {}
+        self._counts: dict[tuple[str, ...] | None, int] = {}
 
     def _refresh(self) -> None:
         key = (int(self.store.total_rows), int(len(self.store.deleted_ids)))
@@ -237,7 +242,7 @@ class StoreView:
         deleted = np.asarray(self.store.deleted_ids, dtype=np.int64)
         self._all_ids = all_ids
         self._live = ~np.isin(all_ids, deleted) if deleted.size else np.ones(all_ids.shape, dtype=bool)
-        self._codes, self._names, self._allowed = None, [], {}
+        self._codes, self._names, self._allowed, self._counts = None, [], {}, {}
         self._key = key
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
@@ -272,18 +277,31 @@ class StoreView:
         """
         with self._lock:
             self._refresh()
-            if category is None:
-                return self._live
-            wanted = (category,) if isinstance(category, str) else tuple(sorted(set(category)))
-            if wanted not in self._allowed:
-                codes, names = self._categories()
-                unknown = sorted(set(wanted) - set(names))
-                if unknown:
-                    raise UsageError(f"unknown category {unknown}; the index has {names}")
-                if len(self._allowed) > 64:  # many distinct filter sets: keep memory bounded
-                    self._allowed.clear()
-                self._allowed[wanted] = self._live & np.isin(codes, [names.index(n) for n in wanted])
-            return self._allowed[wanted]
+            return self._mask(category)
+
+    def allowed_count(self, category: str | Sequence[str] | None) -> int:
+        """How many rows :meth:`allowed_rows` allows, counted once per mask (a count over a million rows
+        costs more than a small graph search)."""
+        with self._lock:
+            self._refresh()
+            key = _filter_key(category)
+            if key not in self._counts:
+                self._counts[key] = int(np.count_nonzero(self._mask(category)))
+            return self._counts[key]
+
+    def _mask(self, category: str | Sequence[str] | None) -> np.ndarray:
+        wanted = _filter_key(category)
+        if wanted is None:
+            return self._live
+        if wanted not in self._allowed:
+            codes, names = self._categories()
+            unknown = sorted(set(wanted) - set(names))
+            if unknown:
+                raise UsageError(f"unknown category {unknown}; the index has {names}")
+            if len(self._allowed) > 64:  # many distinct filter sets: keep memory bounded
+                self._allowed.clear()
+            self._allowed[wanted] = self._live & np.isin(codes, [names.index(n) for n in wanted])
+        return self._allowed[wanted]
 
     def categories_of(self, ids: np.ndarray) -> list[str]:
         """Category names of ``ids`` (any rows, deleted included), from the columnar codes."""
@@ -393,9 +411,13 @@ def complete_rows(
     Returns the rows and how many queries were redone. This is what makes "exactly k results
     whenever k live matching items exist" hold for every engine, however aggressive its pruning.
     """
-    n_allowed = int(row_mask.sum())
+    n_allowed = None  # counted only when some row is short: a count over every row is not free
     short = []
     for q, (ids, _) in enumerate(rows):
+        if ids.size >= k:
+            continue
+        if n_allowed is None:
+            n_allowed = int(np.count_nonzero(row_mask))
         available = n_allowed
         if exclude is not None and exclude[q] >= 0:
             pos = np.searchsorted(all_ids, exclude[q])
@@ -419,23 +441,25 @@ def to_hits(store: "FeatureStore", rows: list[tuple[np.ndarray, np.ndarray]]) ->
     ]
 
 
-def gather_vectors(store: "FeatureStore", all_ids: np.ndarray, ids: np.ndarray,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """``(sorted unique ids, their float32 vectors)`` read from the store (for exact re-ranking)."""
-    wanted = np.unique(np.asarray(ids, dtype=np.int64))
-    wanted = wanted[wanted >= 0]
-    mask = np.zeros(all_ids.shape, dtype=bool)
-    pos = np.searchsorted(all_ids, wanted)
-    ok = pos < all_ids.size
-    ok[ok] &= all_ids[pos[ok]] == wanted[ok]
-    mask[pos[ok]] = True
-    found_ids, blocks = [], []
-    for block_ids, block in store.iter_blocks(chunk_rows, mask):
-        found_ids.append(np.asarray(block_ids, dtype=np.int64))
-        blocks.append(np.asarray(block, dtype=np.float32))
-    if not blocks:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, store.dim), dtype=np.float32)
-    return np.concatenate(found_ids), np.concatenate(blocks)
+def rescore_exactly(store: "FeatureStore", queries: np.ndarray, ids: np.ndarray,
+                    all_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, exact scores)`` of an engine's ``(n_queries, n)`` shortlist, re-scored with the store's
+    vectors (read row by row from the memory-mapped segments, so a shortlist costs only its rows).
+
+    An id that is not in the store (``-1`` padding, or a row a repair dropped) becomes ``-1`` with score
+    ``-inf``; deleted ids are scored and left to the caller's row mask.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+    if all_ids.size == 0:
+        return np.full(ids.shape, -1, dtype=np.int64), scores
+    pos = np.minimum(np.searchsorted(all_ids, ids), all_ids.size - 1)
+    known = (ids >= 0) & (all_ids[pos] == ids)
+    for q in range(ids.shape[0]):
+        cols = np.flatnonzero(known[q])
+        if cols.size:
+            scores[q, cols] = store.vectors_for(ids[q, cols]) @ queries[q]
+    return np.where(known, ids, -1), scores
 
 
 def iter_live_blocks(store: "FeatureStore", row_mask: np.ndarray | None, chunk_rows: int

@@ -226,7 +226,7 @@ class MilvusIndex:
             self.refresh()
         all_ids, _ = self._view.snapshot()
         mask = self._view.allowed_rows(category)
-        n_allowed = int(np.count_nonzero(mask))
+        n_allowed = self._view.allowed_count(category)
         if n_allowed == 0 or queries.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
         wanted = k + (exclude is not None)
