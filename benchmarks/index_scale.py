@@ -147,9 +147,6 @@ def worker(args: argparse.Namespace) -> dict:
     queries = np.load(work / "queries.npy")
     filters = json.loads((work / "filters.json").read_text())
     own = json.loads((work / "filters-own.json").read_text())
-    truth = np.load(work / f"{root.name}-truth-plain.npy")
-    truth_f = np.load(work / f"{root.name}-truth-filtered.npy")
-    truth_o = np.load(work / f"{root.name}-truth-own.npy")
     started = time.perf_counter()
     index = open_index(FeatureStore.open(root), name, **options)
     opened = time.perf_counter()
@@ -167,6 +164,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     n_single = spec["single_queries"]
     kinds = {"plain": None, "filtered": filters, "own": own}
+    truth = {kind: np.load(work / f"{root.name}-truth-{kind}.npy") for kind in kinds}
     lat: dict[str, list[float]] = {kind: [] for kind in kinds}
     found: dict[str, list[list[int]]] = {kind: [] for kind in kinds}
     for i in range(n_single):  # the three kinds in turn, so machine noise hits them alike
@@ -193,11 +191,11 @@ def worker(args: argparse.Namespace) -> dict:
     out.update({
         "p50_ms": ms(lat["plain"], 50), "p99_ms": ms(lat["plain"], 99),
         "single_qps": float(n_single / sum(lat["plain"])), "qps": float(n_batched / batched_s),
-        "recall_at_10": recall(found["plain"], truth[:n_single]),
+        "recall_at_10": recall(found["plain"], truth["plain"][:n_single]),
         "filtered_p50_ms": ms(lat["filtered"], 50), "filtered_p99_ms": ms(lat["filtered"], 99),
-        "filtered_recall_at_10": recall(found["filtered"], truth_f[:n_single]),
+        "filtered_recall_at_10": recall(found["filtered"], truth["filtered"][:n_single]),
         "own_filtered_p50_ms": ms(lat["own"], 50), "own_filtered_p99_ms": ms(lat["own"], 99),
-        "own_filtered_recall_at_10": recall(found["own"], truth_o[:n_single]),
+        "own_filtered_recall_at_10": recall(found["own"], truth["own"][:n_single]),
         "rss_mib": current, "peak_rss_mib": peak, "single_queries": n_single, "batched_queries": n_batched,
     })
     close = getattr(index, "close", None)
