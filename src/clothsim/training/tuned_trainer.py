@@ -284,15 +284,16 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     val_plain = np.asarray(val_cache.maps[:, 0])
     ks = sorted({1, config.k, 10})
 
-    def val_precision(network: torch.nn.Module) -> float:
-        queries = _embed_maps(network, val_plain, dev)
-        report = _precision(queries[val_known], y_val[val_known], _embed_maps(network, train_plain, dev), y_train, ks)
-        return float(report.precision[config.k])
+    def val_scores(network: torch.nn.Module) -> tuple[float, np.ndarray]:
+        """Validation P@k, and the embedded validation queries (the validation loss reuses them)."""
+        queries = _embed_maps(network, val_plain, dev)[val_known]
+        report = _precision(queries, y_val[val_known], _embed_maps(network, train_plain, dev), y_train, ks)
+        return float(report.precision[config.k]), queries
 
     pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
                             _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
     pretrained_p = float(pre_report.precision[config.k])
-    split = _Split(train_cache.maps, target, y_train, val_plain, y_val, val_known, code, len(classes), val_precision)
+    split = _Split(train_cache.maps, target, y_train, y_val, val_known, code, len(classes), val_scores)
     t0 = time.perf_counter()
     trained = []
     for member in range(config.members):
@@ -306,7 +307,7 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     final: TunedNetwork | TunedMembers = (trained[0].network if len(trained) == 1
                                           else TunedMembers([result.network for result in trained]))
     final.eval()
-    best = trained[0].best if len(trained) == 1 else val_precision(final)
+    best = trained[0].best if len(trained) == 1 else val_scores(final)[0]
     if len(trained) > 1:
         logger.info("%d members: validation P@%d %.3f together (%s alone)", len(trained), config.k, best,
                     ", ".join(f"{result.best:.3f}" for result in trained))
@@ -349,12 +350,11 @@ class _Split:
     train_maps: np.ndarray
     target: torch.Tensor
     y_train: np.ndarray
-    val_maps: np.ndarray
     y_val: np.ndarray
     val_known: np.ndarray
     code: dict[Any, int]
     n_classes: int
-    val_precision: Callable[[torch.nn.Module], float]
+    val_scores: Callable[[torch.nn.Module], tuple[float, np.ndarray]]
 
 
 @dataclass
@@ -399,8 +399,7 @@ def _train_member(network: TunedNetwork, split: _Split, config: TuneConfig, memb
     tag = {"member": member} if config.members > 1 else {}
 
     def validate() -> tuple[float, float]:
-        p = split.val_precision(scored)
-        queries = _embed_maps(scored, split.val_maps[split.val_known], dev)
+        p, queries = split.val_scores(scored)
         with torch.no_grad():
             val_target = torch.tensor([split.code.get(c, -1) for c in split.y_val[split.val_known]])
             val_loss = float(loss_fn(torch.from_numpy(queries).to(dev), val_target.to(dev)))
