@@ -49,6 +49,11 @@ class BackendIndexError(ClothsimError, RuntimeError):
     """
 
 
+class BackendUnavailable(ClothsimError, ConnectionError):
+    """A backend's server cannot be reached now. Not damage: nothing to rebuild; the same call may succeed
+    once the server is back (``clothsim serve`` answers 503 with ``Retry-After`` meanwhile)."""
+
+
 def quiet_faiss_loader() -> None:
     """FAISS's loader logs every CPU-feature probe at INFO (eight lines per process, on every command);
     unless someone set its level, only its warnings are shown."""

@@ -32,6 +32,7 @@ from clothsim.errors import ClothsimError, UsageError
 from clothsim.index.ann_common import (
     EXACT_BELOW,
     BackendIndexError,
+    BackendUnavailable,
     OptionSpec,
     Progress,
     StoreView,
@@ -63,6 +64,8 @@ logger = logging.getLogger(__name__)
 NAME = "milvus"
 INSTALL_HINT = "pip install 'clothsim[milvus]'"
 LOCAL_DB = "milvus.db"
+# Milvus's error code for a collection that is not loaded (a server's merr and Milvus Lite's alike).
+_COLLECTION_NOT_LOADED = 101
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX")
 MAX_TOPK = 16384  # Milvus refuses larger limits
 _QUERY_BATCH = 256  # queries per search request (bounds the message size)
@@ -193,8 +196,23 @@ class MilvusIndex:
         try:
             return fn(*args, **kwargs)
         except pymilvus.MilvusException as exc:
-            raise BackendIndexError(f"Milvus at {self.uri} failed to {what} collection {self.collection}: "
-                                    f"{getattr(exc, 'message', exc)}") from None
+            if getattr(exc, "code", None) != _COLLECTION_NOT_LOADED:
+                raise self._failed(what, exc) from None
+        # A server that restarted holds the collection released: load it again, once, so that a long-running
+        # `clothsim serve` answers again without a restart of its own.
+        logger.warning("%s: collection %s was released (the server restarted?); loading it again", self.where,
+                       self.collection)
+        try:
+            self._client.load_collection(self.collection, timeout=self._options["timeout"])
+            return fn(*args, **kwargs)
+        except pymilvus.MilvusException as exc:
+            raise self._failed(what, exc) from None
+
+    def _failed(self, what: str, exc: Exception) -> ClothsimError:
+        message = f"Milvus at {self.uri} failed to {what} collection {self.collection}: {getattr(exc, 'message', exc)}"
+        if _lost_connection(exc):
+            return BackendUnavailable(f"{message}; is the server running?")
+        return BackendIndexError(message)
 
     # ----- searching -----------------------------------------------------------------------
     def _search_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +368,10 @@ def _release_lite(uri: str) -> None:
 def _connect(store: "FeatureStore", uri: str, options: dict[str, Any], *, creating: bool) -> Any:
     """A ``MilvusClient`` for ``uri``; errors name the database and what to do."""
     pymilvus = _pymilvus()
-    kwargs: dict[str, Any] = {"uri": uri, "timeout": options["timeout"]}
+    # Dedicated: pymilvus otherwise shares one connection per URI across clients, and one that failed while
+    # a server was down is handed to the next client too, so an index reopened after the server came back
+    # could not reach it (found by tests/test_index_milvus_server.py).
+    kwargs: dict[str, Any] = {"uri": uri, "timeout": options["timeout"], "dedicated": True}
     token = os.environ.get(options["token_env"] or "")
     if token:
         kwargs["token"] = token
@@ -370,13 +391,27 @@ def _connect(store: "FeatureStore", uri: str, options: dict[str, Any], *, creati
                 f"could not open the Milvus Lite database {uri} ({reason}): it is open in another process (Milvus "
                 "Lite allows one; use a Milvus server with --backend-option uri=http://HOST:19530 to share it), "
                 f"or it is damaged; then {rebuild_hint(store, NAME)}") from None
-        raise ClothsimError(f"could not reach Milvus at {uri} ({reason}); is the server running, and is the token "
-                            f"in ${options['token_env']}?") from None
+        raise BackendUnavailable(_unreachable(uri, reason, options)) from None
     if local:
         with _LITE_LOCK:
             path = os.path.abspath(uri)
             _LITE_USERS[path] = _LITE_USERS.get(path, 0) + 1
     return client
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether pymilvus failed to reach the server (rather than the server refusing the request)."""
+    _pymilvus()
+    from pymilvus.client.types import Status
+    from pymilvus.exceptions import ConnectError, MilvusUnavailableException
+
+    return (isinstance(exc, (MilvusUnavailableException, ConnectError))
+            or getattr(exc, "code", None) == Status.CONNECT_FAILED)
+
+
+def _unreachable(uri: str, reason: str, options: dict[str, Any]) -> str:
+    return (f"could not reach Milvus at {uri} ({reason}); is the server running, and is the token in "
+            f"${options['token_env']}?")
 
 
 class MilvusBackend:
@@ -502,7 +537,7 @@ class MilvusBackend:
         with _quiet_engine_logs():
             try:
                 client = _connect(store, uri, runtime, creating=False)
-            except BackendIndexError as exc:
+            except BackendIndexError as exc:  # a missing or locked Lite file (a server out of reach raises)
                 return [str(exc)]
             index = MilvusIndex(store, client, uri, state, runtime)
             try:
@@ -515,7 +550,10 @@ class MilvusBackend:
                 if found != expected:
                     return [_wrong_count(index, found, expected)]
             except (_pymilvus().MilvusException, BackendIndexError) as exc:
-                return [f"{index.where} cannot be read ({getattr(exc, 'message', exc)}); {rebuild_hint(store, NAME)}"]
+                reason = getattr(exc, "message", str(exc))
+                if _lost_connection(exc):  # not damage: `clothsim verify` reports it as not checked
+                    raise BackendUnavailable(_unreachable(uri, reason, runtime)) from None
+                return [f"{index.where} cannot be read ({reason}); {rebuild_hint(store, NAME)}"]
             finally:
                 index.close()
         return []
@@ -550,7 +588,10 @@ class MilvusBackend:
                 raise BackendIndexError(_wrong_count(index, found, expected))
         except _pymilvus().MilvusException as exc:
             index.close()
-            raise BackendIndexError(f"{where} cannot be read ({getattr(exc, 'message', exc)}); it is damaged; "
+            reason = getattr(exc, "message", str(exc))
+            if _lost_connection(exc):  # a server that is down is not a damaged index: no rebuild
+                raise BackendUnavailable(_unreachable(uri, reason, runtime)) from None
+            raise BackendIndexError(f"{where} cannot be read ({reason}); it is damaged; "
                                     f"{rebuild_hint(store, NAME)}") from None
         except BaseException:
             index.close()

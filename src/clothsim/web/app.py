@@ -13,7 +13,7 @@ Routes:
 Errors are JSON ``{"detail": ...}``: 413 for uploads over the byte or pixel limit, 415 for files that
 are not decodable images, 404 for unknown ids, 422 for missing, conflicting or out-of-range fields, 408
 for a request body that stalls or trickles past its deadline, 503 (with ``Retry-After``) when the memory
-budget for decoding is taken. Errors quote at most a short prefix of what the client sent.
+budget for decoding is taken or the index's database server (Milvus) cannot be reached. Errors quote at most a short prefix of what the client sent.
 """
 
 # No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
@@ -32,6 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from clothsim import __version__
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
+from clothsim.index.ann_common import BackendUnavailable
 from clothsim.index.base import SearchHit
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.schemas import (
@@ -128,6 +129,12 @@ def create_app(
     async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400), headers=headers)
+
+    @app.exception_handler(BackendUnavailable)
+    async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        # The index's database server is down or restarting: the same request may succeed shortly.
+        logger.warning("search failed, the index's server is unavailable: %s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
