@@ -27,7 +27,7 @@ import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
 
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
-from clothsim.index.ann_common import BackendUnavailable  # noqa: E402
+from clothsim.index.ann_common import BackendIndexError, BackendUnavailable  # noqa: E402
 from clothsim.index.registry import check_backends  # noqa: E402
 
 DIM = 32
@@ -39,27 +39,46 @@ class MilvusServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        with socket.socket() as probe:
+        with socket.socket() as probe:  # a free port; start() checks that our process is the one on it
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its output goes to files: a pipe nobody reads fills up with the tracebacks the server logs for
+        # failed requests, and then the server blocks.
+        self.log = self.data_dir.parent / f"milvus-server-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log, stderr=log)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"milvus_lite server exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"milvus_lite server exited: {self.log.read_text()[-2000:]}")
+                if self._listening():
                     return
-            except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("milvus_lite server did not listen within 120 s")
+            raise RuntimeError(f"milvus_lite server did not listen within 120 s: {self.log.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _listening(self) -> bool:
+        """Our process says it listens (not some other one on the port), and a gRPC channel is ready."""
+        import grpc
+
+        if f"listening on 127.0.0.1:{self.port}" not in self.log.read_text(errors="replace"):
+            return False
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=2)
+            except grpc.FutureTimeoutError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -75,9 +94,11 @@ class MilvusServer:
 @pytest.fixture()
 def server(tmp_path):
     running = MilvusServer(tmp_path / "milvus-data")
-    running.start()
-    yield running
-    running.stop()
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture()
@@ -143,9 +164,9 @@ def test_a_rebuild_switches_the_alias_and_drops_the_old_collection(tmp_path, ser
         client.close()
 
 
-def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path, server, opened):
+def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path, server, opened, caplog):
     root = tmp_path / "s"
-    index = build_index(data.make_store(root, n=600, dim=DIM), "milvus", uri=server.uri, timeout=5)
+    index = build_index(data.make_store(root, n=600, dim=DIM), "milvus", uri=server.uri, timeout=30)
     opened.append(index)  # stays open across the restart, as a running `clothsim serve` would
     q = data.queries(8, DIM)
     before = index.search(q, 5)
@@ -160,6 +181,7 @@ def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path
     assert not check.checked and check.ok and f"could not reach Milvus at {server.uri}" in check.note
 
     server.start()  # the same data folder and port; it comes back with the collection released
+    caplog.set_level("WARNING")
     after = None
     for _ in range(3):  # the client's connection recovers on its own schedule: a request may still fail
         try:
@@ -168,6 +190,7 @@ def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path
         except BackendUnavailable:
             time.sleep(1)
     assert after is not None, "the open index did not answer after the server came back"
+    assert "was released (the server restarted?); loading it again" in caplog.text
     assert ids_of(after) == ids_of(before)
     again = open_index(FeatureStore.open(root))
     opened.append(again)
@@ -190,10 +213,11 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
     folder = str(Path(colour_catalog[0].path).parents[1])
     assert main(["-q", "index", folder, "--out", str(out), "--encoder", "test-thumb8", "--runtime", "torch",
                  "--workers", "0", "--backend", "milvus", "--backend-option", f"uri={server.uri}",
-                 "--backend-option", "timeout=5"]) == 0
+                 "--backend-option", "timeout=30"]) == 0
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     assert main(["serve", "--index", str(out), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
+    assert apps, "serve did not start"
     ask = {"id": "3", "k": "4"}  # unfiltered: a filter this narrow is answered by the store, not by Milvus
     try:
         with TestClient(apps[0]) as client:
@@ -202,7 +226,8 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
             server.stop()
             down = client.post("/api/search", data=ask)
             assert down.status_code == 503 and down.headers["Retry-After"] == "5"
-            assert server.uri in down.json()["detail"]
+            assert "cannot be reached" in down.json()["detail"]
+            assert server.uri not in down.json()["detail"]  # the server's address is for the log only
             server.start()
             for _ in range(3):  # as above: the connection may need one more request to recover
                 back = client.post("/api/search", data=ask)
@@ -212,3 +237,45 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
             assert back.status_code == 200 and back.json()["results"] == first.json()["results"]
     finally:
         apps[0].state.service.index.backend.close()
+
+
+class _RpcFailure(Exception):
+    """Stands for the grpc.RpcError that pymilvus lets through for a request that timed out."""
+
+    def __init__(self, code) -> None:
+        super().__init__(code)
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self) -> str:
+        return f"rpc {self._code.name}"
+
+
+def test_what_counts_as_a_server_out_of_reach(tmp_path, server, opened):
+    import grpc
+    from pymilvus import MilvusException
+
+    class RpcFailure(_RpcFailure, grpc.RpcError):
+        pass
+
+    index = build_index(data.make_store(tmp_path / "s", n=200, dim=DIM), "milvus", uri=server.uri)
+    opened.append(index)
+
+    def failing(error):
+        def call(*args, **kwargs):
+            raise error
+        return call
+
+    out_of_reach = [MilvusException(code=2, message="Fail connecting"), RpcFailure(grpc.StatusCode.UNAVAILABLE),
+                    RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED),
+                    MilvusException(code=5, message="service not ready", retriable=True)]
+    for error in out_of_reach:
+        with pytest.raises(BackendUnavailable, match="failed to search.*server running"):
+            index._call("search", failing(error))
+    refused = [MilvusException(code=1100, message="invalid parameter"), RpcFailure(grpc.StatusCode.INVALID_ARGUMENT)]
+    for error in refused:  # the server answered and said no: an error about the index, not about reaching it
+        with pytest.raises(BackendIndexError, match="failed to search") as caught:
+            index._call("search", failing(error))
+        assert not isinstance(caught.value, BackendUnavailable)

@@ -49,7 +49,7 @@ class BackendIndexError(ClothsimError, RuntimeError):
     """
 
 
-class BackendUnavailable(ClothsimError, ConnectionError):
+class BackendUnavailable(ClothsimError):  # not an OSError: an `except OSError` must not swallow it
     """A backend's server cannot be reached now. Not damage: nothing to rebuild; the same call may succeed
     once the server is back (``clothsim serve`` answers 503 with ``Retry-After`` meanwhile)."""
 

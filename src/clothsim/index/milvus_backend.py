@@ -192,24 +192,25 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def _call(self, what: str, fn, *args, **kwargs):
-        pymilvus = _pymilvus()
+        errors = _engine_errors()
         try:
             return fn(*args, **kwargs)
-        except pymilvus.MilvusException as exc:
+        except errors as exc:
             if getattr(exc, "code", None) != _COLLECTION_NOT_LOADED:
                 raise self._failed(what, exc) from None
-        # A server that restarted holds the collection released: load it again, once, so that a long-running
-        # `clothsim serve` answers again without a restart of its own.
+        # The collection is not loaded: Milvus Lite's server comes back from a restart with it released (a
+        # server that lost its load state would too). Load it again, once, so that a long-running `clothsim
+        # serve` answers again without a restart of its own.
         logger.warning("%s: collection %s was released (the server restarted?); loading it again", self.where,
                        self.collection)
         try:
             self._client.load_collection(self.collection, timeout=self._options["timeout"])
             return fn(*args, **kwargs)
-        except pymilvus.MilvusException as exc:
+        except errors as exc:
             raise self._failed(what, exc) from None
 
     def _failed(self, what: str, exc: Exception) -> ClothsimError:
-        message = f"Milvus at {self.uri} failed to {what} collection {self.collection}: {getattr(exc, 'message', exc)}"
+        message = f"Milvus at {self.uri} failed to {what} collection {self.collection}: {_reason(exc)}"
         if _lost_connection(exc):
             return BackendUnavailable(f"{message}; is the server running?")
         return BackendIndexError(message)
@@ -399,17 +400,39 @@ def _connect(store: "FeatureStore", uri: str, options: dict[str, Any], *, creati
     return client
 
 
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """What a Milvus call raises: pymilvus's errors, and gRPC's own where pymilvus lets one through (a
+    request that timed out)."""
+    import grpc
+
+    return (_pymilvus().MilvusException, grpc.RpcError)
+
+
+def _reason(exc: BaseException) -> str:
+    details = getattr(exc, "details", None)
+    if callable(details):  # a grpc.RpcError
+        return str(details())
+    return str(getattr(exc, "message", exc))
+
+
 def _lost_connection(exc: BaseException) -> bool:
-    """Whether pymilvus failed to reach the server (rather than the server refusing the request)."""
-    _pymilvus()
+    """Whether the server could not be reached or is not ready (rather than refusing the request)."""
+    import grpc
     from pymilvus.client.types import Status
     from pymilvus.exceptions import ConnectError, MilvusUnavailableException
 
-    return (isinstance(exc, (MilvusUnavailableException, ConnectError))
-            or getattr(exc, "code", None) == Status.CONNECT_FAILED)
+    transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    if isinstance(exc, grpc.RpcError):
+        return callable(getattr(exc, "code", None)) and exc.code() in transient
+    code = getattr(exc, "code", None)
+    return (isinstance(exc, (MilvusUnavailableException, ConnectError)) or code == Status.CONNECT_FAILED
+            or code in transient  # pymilvus's "retry timeout" carries the gRPC status
+            or bool(getattr(exc, "retriable", False)))  # e.g. a server still recovering
 
 
 def _unreachable(uri: str, reason: str, options: dict[str, Any]) -> str:
+    if _is_local(uri):
+        return f"could not use the Milvus Lite database {uri} ({reason})"
     return (f"could not reach Milvus at {uri} ({reason}); is the server running, and is the token in "
             f"${options['token_env']}?")
 
@@ -510,10 +533,14 @@ class MilvusBackend:
             index.close()
             raise
         same_place = bool(previous) and (previous.get("uri") or None) == (resolved["uri"] or None)
-        _point_alias(client, alias, physical,
-                     alias_exists=same_place and previous.get("build", {}).get("collection") == alias)
-        index._dirty = True
-        index.save()  # the commit point: from here on the new collection is the index
+        try:
+            _point_alias(client, alias, physical,
+                         alias_exists=same_place and previous.get("build", {}).get("collection") == alias)
+            index._dirty = True
+            index.save()  # the commit point: from here on the new collection is the index
+        except BaseException:
+            index.close()  # the new collection stays until the next build: the old one may still be in use
+            raise
         if same_place and previous.get("physical") not in (None, physical):
             _drop_quietly(client, previous["physical"])
         logger.info("milvus: built %s at %s over %d vectors in %.1f s", physical, uri, progress.done,
@@ -541,19 +568,18 @@ class MilvusBackend:
                 return [str(exc)]
             index = MilvusIndex(store, client, uri, state, runtime)
             try:
-                if not client.has_collection(index.collection):
+                if not client.has_collection(index.collection, timeout=runtime["timeout"]):
                     return [_missing_collection(index)]
-                client.load_collection(index.collection)
+                client.load_collection(index.collection, timeout=runtime["timeout"])
                 if index._behind():
                     return []  # the store grew since: the next open catches up, nothing is damaged
                 found, expected = index.count(), len(store)
                 if found != expected:
                     return [_wrong_count(index, found, expected)]
-            except (_pymilvus().MilvusException, BackendIndexError) as exc:
-                reason = getattr(exc, "message", str(exc))
+            except (*_engine_errors(), BackendIndexError) as exc:
                 if _lost_connection(exc):  # not damage: `clothsim verify` reports it as not checked
-                    raise BackendUnavailable(_unreachable(uri, reason, runtime)) from None
-                return [f"{index.where} cannot be read ({reason}); {rebuild_hint(store, NAME)}"]
+                    raise BackendUnavailable(_unreachable(uri, _reason(exc), runtime)) from None
+                return [f"{index.where} cannot be read ({_reason(exc)}); {rebuild_hint(store, NAME)}"]
             finally:
                 index.close()
         return []
@@ -573,9 +599,9 @@ class MilvusBackend:
         index = MilvusIndex(store, client, uri, state, runtime)
         where = index.where
         try:
-            if not client.has_collection(index.collection):
+            if not client.has_collection(index.collection, timeout=runtime["timeout"]):
                 raise BackendIndexError(_missing_collection(index))
-            client.load_collection(index.collection)
+            client.load_collection(index.collection, timeout=runtime["timeout"])
             if index._behind():
                 logger.warning("%s covers the store only up to id %d; catching up", where, state["covered_next_id"])
                 index.refresh()
@@ -586,12 +612,11 @@ class MilvusBackend:
                 found = index.count()
             if found != expected:
                 raise BackendIndexError(_wrong_count(index, found, expected))
-        except _pymilvus().MilvusException as exc:
+        except _engine_errors() as exc:
             index.close()
-            reason = getattr(exc, "message", str(exc))
             if _lost_connection(exc):  # a server that is down is not a damaged index: no rebuild
-                raise BackendUnavailable(_unreachable(uri, reason, runtime)) from None
-            raise BackendIndexError(f"{where} cannot be read ({reason}); it is damaged; "
+                raise BackendUnavailable(_unreachable(uri, _reason(exc), runtime)) from None
+            raise BackendIndexError(f"{where} cannot be read ({_reason(exc)}); it is damaged; "
                                     f"{rebuild_hint(store, NAME)}") from None
         except BaseException:
             index.close()

@@ -58,7 +58,7 @@ _STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request
 DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 FILENAME_CHARS = 100
-_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 415)}
+_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 415, 503)}
 
 
 def _image_url(request: Request, item_id: int) -> str:
@@ -132,9 +132,11 @@ def create_app(
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        # The index's database server is down or restarting: the same request may succeed shortly.
+        # The index's database server is down or restarting: the same request may succeed shortly. Its
+        # address stays in the log, not in an answer to the public.
         logger.warning("search failed, the index's server is unavailable: %s", exc)
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": "the index's database server cannot be reached; try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
