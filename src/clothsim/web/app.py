@@ -13,7 +13,8 @@ Routes:
 Errors are JSON ``{"detail": ...}``: 413 for uploads over the byte or pixel limit, 415 for files that
 are not decodable images, 404 for unknown ids, 422 for missing, conflicting or out-of-range fields, 408
 for a request body that stalls or trickles past its deadline, 503 (with ``Retry-After``) when the memory
-budget for decoding is taken or the index's database server (Milvus) cannot be reached. Errors quote at most a short prefix of what the client sent.
+budget for decoding is taken or the index's database server (Milvus) cannot be reached. Errors quote at
+most a short prefix of what the client sent.
 """
 
 # No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
