@@ -5,7 +5,6 @@ web service on a FAISS index."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ pytest.importorskip("faiss", reason="the faiss extra (faiss-cpu) is not installe
 
 import _ann_data as data  # noqa: E402
 import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
+from _serve import served_app  # noqa: E402
 
 from clothsim.cli.main import main  # noqa: E402
 from clothsim.data.records import CatalogRecord  # noqa: E402
@@ -399,23 +399,15 @@ def test_cli_unknown_backend_and_bad_option_exit_2(colour_catalog, tmp_path, cap
 
 
 def test_serve_works_on_a_faiss_index(faiss_index_dir, colour_catalog, monkeypatch):
-    pytest.importorskip("fastapi", reason="the web extra is not installed")
-    uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     from clothsim.index.faiss_category_graphs import CategoryGraphs
 
     loaded = []
     real_load_all = CategoryGraphs.load_all
     monkeypatch.setattr(CategoryGraphs, "load_all",
                         lambda self: (real_load_all(self), loaded.append(sorted(self._graphs)))[0])
-    assert main(["serve", "--index", str(faiss_index_dir), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
+    app, TestClient = served_app(faiss_index_dir, monkeypatch)
     assert loaded == [["blue", "green", "red"]]  # every category graph read before the first request
-    with TestClient(apps[0]) as client:
+    with TestClient(app) as client:
         assert client.get("/health").json()["items"] == 24
         by_id = client.post("/api/search", data={"id": "0", "k": "5"}).json()
         assert len(by_id["results"]) == 5 and 0 not in [h["id"] for h in by_id["results"]]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not insta
 pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not installed")
 
 import _ann_data as data  # noqa: E402
-import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
+from _serve import index_catalog, served_app  # noqa: E402
 
 from clothsim.cli.main import main  # noqa: E402
 from clothsim.data.records import CatalogRecord  # noqa: E402
@@ -210,16 +208,8 @@ def test_options_and_a_server_that_is_not_there(tmp_path, opened):
 
 
 def test_cli_and_serve_on_milvus(colour_catalog, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("fastapi", reason="the web extra is not installed")
-    uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
     out = tmp_path / "idx"
-    folder = str(Path(colour_catalog[0].path).parents[1])
-    assert main(["-q", "index", folder, "--out", str(out), "--encoder", "test-thumb8", "--runtime", "torch",
-                 "--workers", "0", "--backend", "milvus", "--backend-option", "efSearch=32"]) == 0
+    index_catalog(colour_catalog, out, "--backend", "milvus", "--backend-option", "efSearch=32")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["index_backend"] == "milvus"
     capsys.readouterr()
@@ -227,12 +217,10 @@ def test_cli_and_serve_on_milvus(colour_catalog, tmp_path, monkeypatch, capsys):
     assert main(["search", query, "--index", str(out), "-k", "3", "--json", "--runtime", "torch"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert [h["category"] for h in hits] == ["red"] * 3
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    assert main(["serve", "--index", str(out), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
-    with TestClient(apps[0]) as client:
+    app, TestClient = served_app(out, monkeypatch)
+    with TestClient(app) as client:
         assert client.get("/health").json()["items"] == 24
         found = client.post("/api/search", data={"id": "3", "k": "4", "category": "blue"}).json()
         assert [h["category"] for h in found["results"]] == ["blue"] * 4
         assert 3 not in [h["id"] for h in found["results"]]
-    apps[0].state.service.index.backend.close()
+    app.state.service.index.backend.close()

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not insta
 pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not installed")
 
 import _ann_data as data  # noqa: E402
-import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
+from _serve import index_catalog, served_app  # noqa: E402
 
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
@@ -201,26 +200,13 @@ def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path
 
 
 def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog, tmp_path, server, monkeypatch):
-    pytest.importorskip("fastapi", reason="the web extra is not installed")
-    uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
-    from clothsim.cli.main import main
-
     out = tmp_path / "idx"
-    folder = str(Path(colour_catalog[0].path).parents[1])
-    assert main(["-q", "index", folder, "--out", str(out), "--encoder", "test-thumb8", "--runtime", "torch",
-                 "--workers", "0", "--backend", "milvus", "--backend-option", f"uri={server.uri}",
-                 "--backend-option", "timeout=30"]) == 0
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    assert main(["serve", "--index", str(out), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
-    assert apps, "serve did not start"
+    index_catalog(colour_catalog, out, "--backend", "milvus", "--backend-option", f"uri={server.uri}",
+                  "--backend-option", "timeout=30")
+    app, TestClient = served_app(out, monkeypatch)
     ask = {"id": "3", "k": "4"}  # unfiltered: a filter this narrow is answered by the store, not by Milvus
     try:
-        with TestClient(apps[0]) as client:
+        with TestClient(app) as client:
             first = client.post("/api/search", data=ask)
             assert first.status_code == 200 and len(first.json()["results"]) == 4
             server.stop()
@@ -236,7 +222,7 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
                 time.sleep(1)
             assert back.status_code == 200 and back.json()["results"] == first.json()["results"]
     finally:
-        apps[0].state.service.index.backend.close()
+        app.state.service.index.backend.close()
 
 
 class _RpcFailure(Exception):
