@@ -65,3 +65,8 @@ def exact_ids(store: FeatureStore, q: np.ndarray, k: int, category=None, exclude
 
 def recall(found: list[list[int]], truth: list[list[int]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found, truth)]))
+
+
+def ids_of(hits) -> list[list[int]]:
+    """The ids of a backend's search hits, row by row."""
+    return [[h.id for h in row] for row in hits]

@@ -141,3 +141,13 @@ def awkward_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Image.new("RGB", (1, 1), (1, 2, 3)).save(path("one_pixel.png"))
     Image.new("1", (9000, 9000), 0).save(path("huge.png"))  # 81 MP, compresses to a few KB
     return paths
+
+
+@pytest.fixture()
+def opened():
+    """Indexes opened by a test, closed after it (a Milvus index closes its connection, and the last one
+    on a Milvus Lite file its embedded server)."""
+    indexes = []
+    yield indexes
+    for index in indexes:
+        index.close()

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("faiss", reason="the faiss extra (faiss-cpu) is not installed")
 
 import _ann_data as data  # noqa: E402
+from _ann_data import ids_of  # noqa: E402
 import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
 from _serve import served_app  # noqa: E402
 
@@ -41,10 +42,6 @@ def built(tmp_path_factory) -> dict[str, Path]:
         build_index(data.make_store(root, n=3000, dim=DIM), name)
         roots[name] = root
     return roots
-
-
-def ids_of(hits) -> list[list[int]]:
-    return [[h.id for h in row] for row in hits]
 
 
 @pytest.mark.parametrize("name", BACKENDS)

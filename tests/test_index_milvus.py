@@ -15,6 +15,7 @@ pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not insta
 pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not installed")
 
 import _ann_data as data  # noqa: E402
+from _ann_data import ids_of  # noqa: E402
 from _serve import index_catalog, served_app  # noqa: E402
 
 from clothsim.cli.main import main  # noqa: E402
@@ -28,19 +29,6 @@ from clothsim.index.registry import check_backends  # noqa: E402
 
 DIM = 32
 RECALL_FLOOR = 0.95  # measured 0.99+ on this data with the default HNSW (M=32, efSearch=128)
-
-
-@pytest.fixture()
-def opened():
-    """Indexes opened by a test, closed after it (each closes its Milvus Lite server)."""
-    indexes = []
-    yield indexes
-    for index in indexes:
-        index.close()
-
-
-def ids_of(hits) -> list[list[int]]:
-    return [[h.id for h in row] for row in hits]
 
 
 def test_recall_filters_deletes_and_k(tmp_path, opened):

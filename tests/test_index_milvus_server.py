@@ -22,6 +22,7 @@ pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not insta
 pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not installed")
 
 import _ann_data as data  # noqa: E402
+from _ann_data import ids_of  # noqa: E402
 from _serve import index_catalog, served_app  # noqa: E402
 
 from clothsim.features.store import FeatureStore  # noqa: E402
@@ -98,18 +99,6 @@ def server(tmp_path):
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture()
-def opened():
-    indexes = []
-    yield indexes
-    for index in indexes:
-        index.close()
-
-
-def ids_of(hits) -> list[list[int]]:
-    return [[h.id for h in row] for row in hits]
 
 
 def test_an_index_on_a_server_is_shared_by_two_processes(tmp_path, server, opened):
