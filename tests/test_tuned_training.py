@@ -207,3 +207,41 @@ def test_cosine_schedule_and_weight_average_train(run, tmp_path):
                        num_workers=0, evaluate_test=False)
     assert result.val_precision == result.history[result.best_epoch]["val_p@5"]
     assert result.val_precision > result.history[0]["val_p@5"]
+
+
+def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(run, tmp_path):
+    """--refit: validation picks each member's epochs; then fresh networks learn from train and validation
+    together for that many epochs and are saved. The test split is still not read."""
+    from dataclasses import replace
+
+    from clothsim.training.tuned_encoder import load_tuned_encoder
+    from clothsim.training.tuned_trainer import assign_splits
+
+    assert run["result"].refit == [] and "refit" not in json.loads((run["result"].out_dir / "config.json").read_text())
+    records = run["records"]
+    # The sample has train and test folders; validation is carved out of train, as fit_tuned does.
+    val_paths = {r.path for r in assign_splits(records, CONFIG.val_fraction, CONFIG.test_fraction, CONFIG.seed)
+                 if r.split == "validation"}
+    assert len(val_paths) == 20
+    read: list[str] = []
+    real_load = tuned_cache.load_image
+
+    def recording_load(path, *args, **kwargs):
+        read.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    config = replace(CONFIG, epochs=3, members=2, loss="multi-similarity,contrastive", refit=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuned_cache, "load_image", recording_load)
+        result = fit_tuned(records, tmp_path / "refit", config, runtime="torch", cache_dir=run["root"] / "cache",
+                           num_workers=0, evaluate_test=False)
+    assert [r["member"] for r in result.refit] == [0, 1]
+    assert [r["epochs"] for r in result.refit] == [m["best_epoch"] for m in result.members]
+    assert all(len(r["train_loss"]) == r["epochs"] for r in result.refit)
+    assert {r["rows"] for r in result.refit} == {200 + 20}  # the 200 train and 20 validation photos
+    # The validation photos were decoded again, now with augmented views to learn from; no test photo was.
+    assert set(read) == val_paths and not any(p in run["test_paths"] for p in read)
+    meta = json.loads((tmp_path / "refit" / "config.json").read_text())
+    assert meta["refit"] == result.refit and meta["train_config"]["refit"] is True
+    vectors = load_tuned_encoder(tmp_path / "refit").encode_images(_photos(records))
+    assert vectors.shape == (6, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

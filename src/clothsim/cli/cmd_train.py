@@ -75,6 +75,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--ema", type=float, default=0.0,
                        help="decay of a moving average of the weights, validated and saved (e.g. 0.99; 0: off)")
     group.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    group.add_argument("--refit", action="store_true",
+                       help="once validation has chosen each network's epochs, train it again on train and "
+                            "validation together for that many epochs, and save that (more photos to learn "
+                            "from; its validation P@k is the selection run's)")
     group.add_argument("-k", type=positive_int, default=5, help="the validation P@k that picks the epoch (default 5)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         augment=AugmentConfig(min_scale=args.min_scale, jitter=args.jitter), epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, m=args.m, lr=args.lr,
         backbone_lr_scale=args.backbone_lr_scale, weight_decay=args.weight_decay,
-        schedule=args.schedule, ema=args.ema, members=args.members, k=args.k, seed=args.seed)
+        schedule=args.schedule, ema=args.ema, refit=args.refit, members=args.members, k=args.k,
+        seed=args.seed)
     records = read_catalog(args.data, format=args.format)
     result = fit_tuned(records, args.out, config, weights=args.weights, device=args.device, runtime=args.runtime,
                        cache_dir=args.cache_dir, num_workers=args.workers, evaluate_test=not args.no_test,
@@ -125,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"best epoch {result.best_epoch}: validation P@{k} {result.val_precision:.3f} "
               f"(pretrained default {pretrained:.3f})")
+    if result.refit:
+        run = result.refit[0]
+        print(f"refit on {run['rows']} train and validation images: "
+              f"{', '.join(str(r['epochs']) for r in result.refit)} epoch(s) in {result.seconds['refit']:.1f} s "
+              f"(the validation P@{k} above is the selection run's)")
     if result.report is not None:
         pre, tuned = result.report["pretrained"]["precision"], result.report["tuned"]["precision"]
         print(f"test P@{k}: {tuned[str(k)]:.3f} tuned, {pre[str(k)]:.3f} pretrained default "

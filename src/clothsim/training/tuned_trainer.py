@@ -66,6 +66,10 @@ class TuneConfig:
         schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to zero over ``epochs``.
         ema: Decay of an exponential moving average of the weights, kept per step and used for
             validation and the saved model (0: off, the raw weights).
+        refit: Once each member's epoch is chosen on validation, train it again from a fresh start on
+            the train and validation images together for that many epochs, and save those networks (a
+            tenth more photos to learn from; their own validation P@k cannot be measured, so the
+            selection run's is reported).
         k: The P@k that picks the epoch.
         val_fraction, test_fraction: Shares carved per category where the catalogue lacks those splits.
         seed: Seed of splits, views, batches and initialisation.
@@ -94,6 +98,7 @@ class TuneConfig:
     weight_decay: float = 1e-4
     schedule: str = "constant"
     ema: float = 0.0
+    refit: bool = False
     k: int = 5
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -114,6 +119,8 @@ class TuneResult:
         best_epoch: Epoch kept (best validation P@k; the first member's where there are several).
         val_precision: Validation P@k of the model saved (all members together).
         members: Per member: ``loss``, ``best_epoch`` and its own ``val_precision``.
+        refit: Per member, with ``config.refit``: ``epochs`` and ``train_loss`` per epoch of the run on
+            train and validation together, and ``rows`` (images it learnt from).
         report: The test report (``None`` when the catalogue has no test split or it was not asked for).
         seconds: Wall time of each phase (caching, training, test).
         failures: Paths that could not be decoded.
@@ -129,6 +136,7 @@ class TuneResult:
     lower_runtime: str
     val_precision: float = 0.0
     members: list[dict[str, Any]] = field(default_factory=list)
+    refit: list[dict[str, Any]] = field(default_factory=list)
 
 
 def assign_splits(records: Sequence[CatalogRecord], val_fraction: float, test_fraction: float,
@@ -311,6 +319,12 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     if len(trained) > 1:
         logger.info("%d members: validation P@%d %.3f together (%s alone)", len(trained), config.k, best,
                     ", ".join(f"{result.best:.3f}" for result in trained))
+    refit: list[dict[str, Any]] = []
+    if config.refit:
+        t0 = time.perf_counter()
+        final, refit = _refit(trained, train_cache, cache(val, config.views, "validation (refit)"), y_train,
+                              pretrained_upper, channels, net_config, config, dev)
+        seconds["refit"] = time.perf_counter() - t0
     network = final
 
     out = Path(out_dir)
@@ -324,6 +338,9 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
                 for i, result in enumerate(trained)]
     if len(members) > 1:
         meta["member_runs"] = members  # "members" (their count) is written by save_tuned
+    if refit:
+        meta["refit"] = refit
+        meta["val_p_measured_on"] = "the selection run (the saved network also learnt from validation)"
     save_tuned(out, network, meta, history)
     _plot_curves(history, config.k, out / CURVES)
 
@@ -340,7 +357,28 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
             (out / REPORT_MD).write_text(_report_markdown(report, config.k), encoding="utf-8")
     seconds["total"] = time.perf_counter() - started
     return TuneResult(out, history, trained[0].best_epoch, report, seconds, failures, part.runtime_used,
-                      val_precision=best, members=members)
+                      val_precision=best, members=members, refit=refit)
+
+
+def _refit(trained: list["_Member"], train_cache: CachedSplit, val_views: CachedSplit, y_train: np.ndarray,
+           pretrained_upper: torch.nn.Module, channels: int, net_config: NetworkConfig, config: TuneConfig,
+           dev: torch.device) -> tuple["TunedNetwork | TunedMembers", list[dict[str, Any]]]:
+    """Each member trained again from a fresh start on train plus validation, for its chosen epochs."""
+    maps = np.concatenate([np.asarray(train_cache.maps), np.asarray(val_views.maps)])
+    labels = np.concatenate([y_train, _labels(val_views.records, config.labels)])
+    networks, runs = [], []
+    for member, result in enumerate(trained):
+        torch.manual_seed(config.seed + member)
+        network = TunedNetwork(list(copy.deepcopy(pretrained_upper).requires_grad_(True)), channels,
+                               net_config).to(dev)
+        network, losses = _refit_member(network, maps, labels, config, member, result.best_epoch, dev)
+        networks.append(network)
+        runs.append({"member": member, "epochs": result.best_epoch, "rows": int(len(labels)), "train_loss": losses})
+    logger.info("refit on train and validation (%d images): %s epoch(s)", len(labels),
+                ", ".join(str(run["epochs"]) for run in runs))
+    final = networks[0] if len(networks) == 1 else TunedMembers(networks)
+    final.eval()
+    return final, runs
 
 
 @dataclass
@@ -374,28 +412,9 @@ def member_loss(config: TuneConfig, member: int) -> str:
 def _train_member(network: TunedNetwork, split: _Split, config: TuneConfig, member: int, pretrained_p: float,
                   dev: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None) -> _Member:
     """Train one network (seed ``config.seed + member``); keep the epoch of best validation P@k."""
-    seed = config.seed + member
     loss_name = member_loss(config, member)
-    sampler = MPerClassBatches(split.y_train, m=config.m, batch_size=config.batch_size, seed=seed)
-    loss_fn = build_loss(loss_name, split.n_classes, config.embedding_dim).to(dev)
-    backbone_params = [p for p in network.upper.parameters() if p.requires_grad]
-    groups = [{"params": list(network.pool.parameters()) + list(network.head.parameters()), "lr": config.lr}]
-    if backbone_params:
-        groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
-    if list(loss_fn.parameters()):
-        # Proxies start random and must move fast (the proxy-anchor paper uses 100x the backbone rate).
-        groups.append({"params": list(loss_fn.parameters()), "lr": config.lr * 10})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps = config.epochs * len(sampler)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
-        if config.schedule == "cosine" else None)
-    # The averaged copy is what validation scores and what is saved: on a few thousand photos the raw
-    # weights' validation P@k swings by a point or two from one epoch to the next.
-    averaged = (torch.optim.swa_utils.AveragedModel(
-        network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        if config.ema else None)
-    scored = network if averaged is None else averaged.module
+    steps = _Steps(network, split.train_maps, split.y_train, split.target, split.n_classes, config, member, dev)
+    loss_fn, scored = steps.loss_fn, steps.scored
     tag = {"member": member} if config.members > 1 else {}
 
     def validate() -> tuple[float, float]:
@@ -412,27 +431,11 @@ def _train_member(network: TunedNetwork, split: _Split, config: TuneConfig, memb
     logger.info("%sepoch 0: val P@%d %.3f untrained, %.3f pretrained default", _prefix(config, member, loss_name),
                 config.k, p0, pretrained_p)
     best, best_epoch, best_state, waited = p0, 0, copy.deepcopy(scored.state_dict()), 0
-    rng = np.random.default_rng([seed, 1])
     for epoch in range(1, config.epochs + 1):
-        network.train()
-        t_epoch, losses = time.perf_counter(), []
-        for rows in sampler.batches(epoch):
-            views = rng.integers(0, config.views, size=rows.size)
-            x = torch.from_numpy(np.asarray(split.train_maps[rows, views], dtype=np.float32)).to(dev)
-            mirror = torch.from_numpy(rng.random(rows.size) < 0.5).to(dev)
-            # A mirrored feature map is close to the map of the mirrored image: a free extra view.
-            x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
-            loss = loss_fn(network(x), split.target[rows].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(network)
-            losses.append(float(loss.detach()))
+        t_epoch = time.perf_counter()
+        train_loss = steps.epoch(epoch)
         p, val_loss = validate()
-        row = {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+        row = {**tag, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                f"val_p@{config.k}": p, "seconds": time.perf_counter() - t_epoch}
         if config.pooling == "gem":
             row["gem_p"] = float(scored.pool.p.detach())
@@ -452,6 +455,79 @@ def _train_member(network: TunedNetwork, split: _Split, config: TuneConfig, memb
     network.load_state_dict(best_state)
     network.eval()
     return _Member(network, history, best_epoch, best)
+
+
+class _Steps:
+    """One member's optimiser, schedule and weight average over one set of cached training maps.
+
+    ``scored`` is the network validation scores and the model folder saves: the averaged copy with
+    ``config.ema`` (on a few thousand photos the raw weights' validation P@k swings by a point or two
+    from one epoch to the next), else the network itself.
+    """
+
+    def __init__(self, network: TunedNetwork, maps: np.ndarray, labels: np.ndarray, target: torch.Tensor,
+                 n_classes: int, config: TuneConfig, member: int, dev: torch.device) -> None:
+        seed = config.seed + member
+        self.network, self.maps, self.target, self.config, self.dev = network, maps, target, config, dev
+        self.sampler = MPerClassBatches(labels, m=config.m, batch_size=config.batch_size, seed=seed)
+        self.loss_fn = build_loss(member_loss(config, member), n_classes, config.embedding_dim).to(dev)
+        backbone_params = [p for p in network.upper.parameters() if p.requires_grad]
+        groups = [{"params": list(network.pool.parameters()) + list(network.head.parameters()), "lr": config.lr}]
+        if backbone_params:
+            groups.append({"params": backbone_params, "lr": config.lr * config.backbone_lr_scale})
+        if list(self.loss_fn.parameters()):
+            # Proxies start random and must move fast (the proxy-anchor paper uses 100x the backbone rate).
+            groups.append({"params": list(self.loss_fn.parameters()), "lr": config.lr * 10})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        steps = config.epochs * len(self.sampler)
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+            if config.schedule == "cosine" else None)
+        self.averaged = (torch.optim.swa_utils.AveragedModel(
+            network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+            if config.ema else None)
+        self.scored = network if self.averaged is None else self.averaged.module
+        self.rng = np.random.default_rng([seed, 1])
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch (class-balanced batches, a random cached view of each image); its mean loss."""
+        network, rng, dev = self.network, self.rng, self.dev
+        network.train()
+        losses = []
+        for rows in self.sampler.batches(epoch):
+            views = rng.integers(0, self.config.views, size=rows.size)
+            x = torch.from_numpy(np.asarray(self.maps[rows, views], dtype=np.float32)).to(dev)
+            mirror = torch.from_numpy(rng.random(rows.size) < 0.5).to(dev)
+            # A mirrored feature map is close to the map of the mirrored image: a free extra view.
+            x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
+            loss = self.loss_fn(network(x), self.target[rows].to(dev))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(network)
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses))
+
+
+def _refit_member(network: TunedNetwork, maps: np.ndarray, labels: np.ndarray, config: TuneConfig, member: int,
+                  epochs: int, dev: torch.device) -> tuple[TunedNetwork, list[float]]:
+    """Train a fresh network on ``maps`` (train and validation) for the ``epochs`` validation chose."""
+    classes = sorted(set(labels.tolist()))
+    code = {c: i for i, c in enumerate(classes)}
+    target = torch.tensor([code[c] for c in labels])
+    steps = _Steps(network, maps, labels, target, len(classes), config, member, dev)
+    losses = []
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.perf_counter()
+        losses.append(steps.epoch(epoch))
+        logger.info("%srefit epoch %d/%d: train loss %.4f (%.1f s)", _prefix(config, member, member_loss(config, member)),
+                    epoch, epochs, losses[-1], time.perf_counter() - t_epoch)
+    scored = steps.scored
+    scored.eval()
+    return scored, losses
 
 
 def _prefix(config: TuneConfig, member: int, loss_name: str) -> str:
