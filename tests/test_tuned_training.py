@@ -239,7 +239,7 @@ def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(run, t
     assert [r["epochs"] for r in result.refit] == [m["best_epoch"] for m in result.members]
     assert all(len(r["train_loss"]) == r["epochs"] for r in result.refit)
     assert {r["rows"] for r in result.refit} == {200 + 20}  # the 200 train and 20 validation photos
-    # The validation photos were decoded again, now with augmented views to learn from; no test photo was.
+    # The validation photos were decoded once more, now with augmented views to learn from; no test photo was.
     assert set(read) == val_paths and not any(p in run["test_paths"] for p in read)
     meta = json.loads((tmp_path / "refit" / "config.json").read_text())
     assert meta["refit"] == result.refit and meta["train_config"]["refit"] is True

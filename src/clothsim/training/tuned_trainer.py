@@ -172,6 +172,12 @@ def _labels(records: Sequence[CatalogRecord], by: str) -> np.ndarray:
     raise UsageError(f"labels must be 'category' or 'item', got {by!r}")
 
 
+def _class_codes(labels: np.ndarray) -> tuple[dict[Any, int], torch.Tensor]:
+    """Each distinct label's class number (in sorted order), and the labels as those numbers."""
+    code = {c: i for i, c in enumerate(sorted(set(labels.tolist())))}
+    return code, torch.tensor([code[c] for c in labels])
+
+
 def _embed_maps(network: TunedNetwork, maps: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
     out = []
     network.eval()
@@ -268,16 +274,16 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
 
     t0 = time.perf_counter()
     train_cache = cache(train, config.views, "train")
-    val_cache = cache(val, 1, "validation")
+    # Validation is queried through its plain view 0; a refit also learns from its augmented views, so
+    # they are cached with it, in the same single pass over the photos.
+    val_cache = cache(val, config.views if config.refit else 1, "validation")
     seconds["cache"] = time.perf_counter() - t0
     logger.info("lower part (%s, %d layers, output %s) cached in %.1f s", part.runtime_used, cut,
                 part.map_shape, seconds["cache"])
 
     y_train = _labels(train_cache.records, config.labels)
     y_val = _labels(val_cache.records, config.labels)
-    classes = sorted(set(y_train.tolist()))
-    code = {c: i for i, c in enumerate(classes)}
-    target = torch.tensor([code[c] for c in y_train])
+    code, target = _class_codes(y_train)
     net_config = NetworkConfig(backbone=config.backbone, cut=cut, train_layers=config.train_layers,
                                pooling=config.pooling, gem_p=config.gem_p, learn_p=config.learn_p,
                                hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim, flip=config.flip)
@@ -301,7 +307,7 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
                             _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
     pretrained_p = float(pre_report.precision[config.k])
-    split = _Split(train_cache.maps, target, y_train, y_val, val_known, code, len(classes), val_scores)
+    split = _Split(train_cache.maps, target, y_train, y_val, val_known, code, len(code), val_scores)
     t0 = time.perf_counter()
     trained = []
     for member in range(config.members):
@@ -322,8 +328,8 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     refit: list[dict[str, Any]] = []
     if config.refit:
         t0 = time.perf_counter()
-        final, refit = _refit(trained, train_cache, cache(val, config.views, "validation (refit)"), y_train,
-                              pretrained_upper, channels, net_config, config, dev)
+        final, refit = _refit(trained, train_cache, val_cache, y_train, pretrained_upper, channels, net_config,
+                              config, dev)
         seconds["refit"] = time.perf_counter() - t0
     network = final
 
@@ -515,10 +521,8 @@ class _Steps:
 def _refit_member(network: TunedNetwork, maps: np.ndarray, labels: np.ndarray, config: TuneConfig, member: int,
                   epochs: int, dev: torch.device) -> tuple[TunedNetwork, list[float]]:
     """Train a fresh network on ``maps`` (train and validation) for the ``epochs`` validation chose."""
-    classes = sorted(set(labels.tolist()))
-    code = {c: i for i, c in enumerate(classes)}
-    target = torch.tensor([code[c] for c in labels])
-    steps = _Steps(network, maps, labels, target, len(classes), config, member, dev)
+    code, target = _class_codes(labels)
+    steps = _Steps(network, maps, labels, target, len(code), config, member, dev)
     losses = []
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
