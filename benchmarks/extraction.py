@@ -1,6 +1,6 @@
 """Indexing speed end to end: a plain torch loop against clothsim on torch, ONNX Runtime and int8.
 
-Usage:
+Usage (needs the torch extra, for the reference loop and the torch runtime):
     python benchmarks/extraction.py --images ../shared/data/clothing-dataset-small --encoder efficientnet_lite0 \
         [--weights PATH] [--n 256] [--batch 32] [--workers 2] [--json]
 
@@ -10,8 +10,10 @@ In one run, on the same N photos (an even sample of the catalogue, in catalogue 
   (a) the reference loop a user writes from the torchvision documentation: eager torch, decoding in the
       main process, batches of 32, vectors saved with numpy;
   (b) ``clothsim`` with ``--runtime torch``; (c) with ``--runtime onnx``; (d) with ``--precision int8``
-  (b-d through ``extract_features``: decoding in worker processes, a feature store written atomically);
-* forward only, on one preprocessed batch, images/s of each network;
+  (b-d through ``extract_features``: decoding in threads beside the runtime, a feature store written
+  atomically); (e) ONNX Runtime fed by a pool of decoding *processes* instead (what the threads replace);
+* forward only, on batches of the same photos preprocessed beforehand, images/s of each network, and
+  end to end over forward only for ONNX Runtime (how much of the network's rate decoding leaves);
 * the fraction of the machine's float32 limit the ONNX forward reaches: model GFLOPs per image (counted
   by ``torch.utils.flop_counter``, 2 per multiply-add) x images/s / the GFLOP/s of a numpy float32
   matrix product measured in the same run.
@@ -32,10 +34,12 @@ import torch
 from PIL import Image
 
 from clothsim.data import read_catalog
-from clothsim.encoders.base import l2_normalize
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders import create_encoder
+from clothsim.encoders.base import collate, l2_normalize
+from clothsim.encoders.factory import resolve_encoder
 from clothsim.features import extract_features
-from clothsim.runtimes.int8 import build_int8_encoder
+from clothsim.images import load_image
+from clothsim.runtimes.int8 import Calibration
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
@@ -82,9 +86,41 @@ def clothsim_rate(records, encoder, folder: Path, batch_size: int, workers: int)
     return len(records) / seconds
 
 
-def forward_rate(fn, batch: torch.Tensor, repeats: int = 3) -> float:
-    fn(batch)
-    return repeats * len(batch) / sum(_timed(lambda: fn(batch)) for _ in range(repeats))
+class _Prepare:
+    """Decode and preprocess one photo as clothsim does (picklable, for a process pool)."""
+
+    def __init__(self, preprocessing, min_side: int) -> None:
+        self.preprocessing, self.min_side = preprocessing, min_side
+
+    def __call__(self, path: str) -> np.ndarray:
+        return self.preprocessing(load_image(path, min_side=self.min_side))
+
+
+def process_pool_rate(paths: list[str], encoder, batch_size: int, workers: int) -> float:
+    """ONNX Runtime fed by ``workers`` decoding processes (arrays pickled back), images/s end to end."""
+    from multiprocessing import get_context
+
+    prepare = _Prepare(encoder.preprocessing, encoder.decode_min_side)
+
+    def run() -> None:
+        with get_context("fork").Pool(workers) as pool:
+            batch, rows = [], []
+            for array in pool.imap(prepare, paths, chunksize=4):
+                batch.append(array)
+                if len(batch) == batch_size:
+                    rows.append(encoder.embed(collate(batch)))
+                    batch = []
+            if batch:
+                rows.append(encoder.embed(collate(batch)))
+
+    return len(paths) / _timed(run)
+
+
+def forward_rate(fn, batches: list, repeats: int = 2) -> float:
+    """Images/s of ``fn`` over already preprocessed batches (the best of ``repeats`` passes)."""
+    fn(batches[0])
+    n = sum(len(b) for b in batches)
+    return n / min(_timed(lambda: [fn(b) for b in batches]) for _ in range(repeats))
 
 
 def main() -> None:
@@ -94,7 +130,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--n", type=int, default=256, help="photos to encode (default 256)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="clothsim's decoding processes (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="clothsim's decoding threads (default 2)")
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -109,7 +145,8 @@ def main() -> None:
     onnx_encoder = create_encoder(args.encoder, weights=args.weights, runtime="onnx")
     export_s = time.perf_counter() - started
     started = time.perf_counter()
-    int8_encoder = build_int8_encoder(torch_encoder, catalogue, count=args.calibration_images)
+    int8_encoder = resolve_encoder(onnx_encoder, precision="int8",
+                                   calibration=Calibration(catalogue, images=args.calibration_images))
     calibration_s = time.perf_counter() - started
     module = torch_encoder.export_module().eval()  # the plain module, as a user would write it
     transform = torch_encoder.preprocessing.build_transform()
@@ -125,15 +162,20 @@ def main() -> None:
         result["reference_img_s"] = reference_loop(paths, module, transform, args.batch, work / "reference.npy")
         for label, encoder in (("torch", torch_encoder), ("onnx", onnx_encoder), ("int8", int8_encoder)):
             result[f"{label}_img_s"] = clothsim_rate(records, encoder, work / label, args.batch, args.workers)
+        result["processes_img_s"] = process_pool_rate(paths, onnx_encoder, args.batch, args.workers)
 
-        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[: args.batch]])
+        prepare = _Prepare(onnx_encoder.preprocessing, onnx_encoder.decode_min_side)
+        arrays = [prepare(p) for p in paths]
+        batches = [collate(arrays[lo:lo + args.batch]) for lo in range(0, len(arrays), args.batch)]
         with torch.inference_mode():
-            result["reference_forward_img_s"] = forward_rate(module, batch)
+            result["reference_forward_img_s"] = forward_rate(lambda b: module(torch.from_numpy(b)), batches)
         for label, encoder in (("torch", torch_encoder), ("onnx", onnx_encoder), ("int8", int8_encoder)):
-            result[f"{label}_forward_img_s"] = forward_rate(encoder.embed, batch)
+            result[f"{label}_forward_img_s"] = forward_rate(encoder.embed, batches)
+        result["processes_forward_img_s"] = result["onnx_forward_img_s"]
 
     result["speedup_onnx"] = result["onnx_img_s"] / result["reference_img_s"]
     result["speedup_int8"] = result["int8_img_s"] / result["reference_img_s"]
+    result["onnx_end_to_end_over_forward"] = result["onnx_img_s"] / result["onnx_forward_img_s"]
     result["flop_fraction_onnx"] = per_image * result["onnx_forward_img_s"] / gflops
     result["flop_fraction_int8_equiv"] = per_image * result["int8_forward_img_s"] / gflops
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
@@ -144,9 +186,11 @@ def main() -> None:
           f"{args.workers} decoding workers, sgemm {gflops:.0f} GFLOP/s, model {per_image:.2f} GFLOP/image")
     print(f"{'':34}{'end to end':>12}{'forward':>10}  images/s")
     rows = [("(a) reference torch loop", "reference"), ("(b) clothsim, torch runtime", "torch"),
-            ("(c) clothsim, onnx runtime", "onnx"), ("(d) clothsim, onnx int8", "int8")]
+            ("(c) clothsim, onnx runtime", "onnx"), ("(d) clothsim, onnx int8", "int8"),
+            ("(e) onnx fed by decoding processes", "processes")]
     for title, key in rows:
         print(f"{title:34}{result[f'{key}_img_s']:>12.1f}{result[f'{key}_forward_img_s']:>10.1f}")
+    print(f"onnx end to end / onnx forward only: {100 * result['onnx_end_to_end_over_forward']:.0f}%")
     print(f"onnx end to end / reference: x{result['speedup_onnx']:.2f}; int8: x{result['speedup_int8']:.2f}; "
           f"onnx forward at {100 * result['flop_fraction_onnx']:.0f}% of the sgemm limit")
     print(f"one-off: ONNX export {export_s:.1f} s (0 when cached), int8 calibration {calibration_s:.1f} s")

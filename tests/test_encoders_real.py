@@ -51,7 +51,7 @@ def test_efficientnet_lite0_file_loads_strictly(lite0_weights: Path) -> None:
 
 def test_efficientnet_lite0_classifies_a_cat_and_a_coffee(lite0_weights: Path, photos) -> None:
     enc = create_encoder("efficientnet_lite0")
-    batch = torch.stack([enc.transform(photos["chelsea"]), enc.transform(photos["coffee"])])
+    batch = torch.from_numpy(np.stack([enc.transform(photos["chelsea"]), enc.transform(photos["coffee"])]))
     cat, coffee = enc.classify(batch).argmax(dim=1).tolist()
     assert cat in CAT_CLASSES
     assert coffee in COFFEE_CLASSES
@@ -70,5 +70,5 @@ def test_vgg16_shared_weights_match_their_readme(vgg16_weights: Path, photos) ->
     sims = vectors @ vectors.T
     assert sims[0, 1] > 0.9  # README: about 0.99
     assert sims[0, 2] < 0.5  # README: about 0.14
-    fmap = enc.feature_maps(torch.stack([enc.transform(photos["chelsea"])]))
+    fmap = enc.feature_maps(torch.from_numpy(np.stack([enc.transform(photos["chelsea"])])))
     assert fmap.shape == (1, 512, 7, 7)

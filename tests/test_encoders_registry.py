@@ -17,7 +17,7 @@ from torchvision import models
 
 import clothsim.encoders.weights as W
 from clothsim.encoders import DEFAULT_ENCODER, create_encoder, list_encoders
-from clothsim.encoders.builtin import INCEPTION_V3, RESNET50, VGG16
+from clothsim.encoders.torchvision_cnn import INCEPTION_V3, RESNET50, VGG16
 from clothsim.encoders.torch_cnn import TorchCNNEncoder
 from clothsim.errors import UnknownEncoderError, WeightsUnavailableError
 

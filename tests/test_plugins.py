@@ -57,14 +57,15 @@ class MeanColourPlugin:
 
 
 class CountingRuntime:
-    description = "dummy: runs the encoder as it is"
+    description = "dummy: runs the encoder's network as it is"
     priority = -1  # never chosen by auto
+    executes = "network"
 
     def unavailable_reason(self):
         return None
 
-    def prepare(self, encoder, threads=None):
-        return encoder
+    def load(self, spec, *, threads=None, device="cpu", network=None):
+        return network
 
 
 class ListReader:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from clothsim.encoders import create_encoder
+from clothsim.encoders import build_encoder, create_encoder
 from clothsim.encoders.spec import EncoderSpec
 from clothsim.errors import UsageError
 
@@ -56,7 +56,7 @@ def test_flip_makes_a_photo_and_its_mirror_image_one_vector(photos):
 
 def test_the_recorded_spec_rebuilds_the_same_encoder(photos):
     encoder = create_encoder("flip:gem:2.5:efficientnet_lite0", runtime="torch")
-    again = EncoderSpec.from_dict(encoder.build_spec.to_dict()).build()
+    again = build_encoder(EncoderSpec.from_dict(encoder.spec.to_dict()))
     assert again.fingerprint() == encoder.fingerprint()
     assert _cos(again.encode_images(photos[:2]), encoder.encode_images(photos[:2])).min() > 0.9999
 

@@ -13,7 +13,8 @@ from clothsim.cli.main import main
 from clothsim.data import read_folder_catalog
 from clothsim.encoders.registry import create_encoder, encoder_registry
 from clothsim.errors import DataError, UsageError
-from clothsim.runtimes.int8 import Int8Encoder, int8_model_path
+from clothsim.features.store import FeatureStore
+from clothsim.runtimes.onnx_runtime import OnnxEncoder
 from clothsim.similarity_index import SimilarityIndex
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample"
@@ -30,17 +31,25 @@ def gallery():
     return [r for r in read_folder_catalog(SAMPLE) if r.split == "train"][::3]
 
 
+def kept_model(index_dir: Path) -> Path:
+    """The model file the index folder records (its spec names it relative to the folder)."""
+    spec = json.loads((index_dir / "manifest.json").read_text())["encoder_spec"]
+    assert spec["model_file"].startswith("models/")
+    return index_dir / spec["model_file"]
+
+
 def test_int8_index_is_stamped_kept_and_reopened(lite0_offered, gallery, tmp_path):
     built, report = SimilarityIndex.build(gallery, tmp_path / "idx", precision="int8", calibration_images=16,
                                           num_workers=0, progress=False)
-    assert isinstance(built.encoder, Int8Encoder) and report.n_encoded == len(gallery)
+    assert isinstance(built.encoder, OnnxEncoder) and built.encoder.spec.precision == "int8"
+    assert report.n_encoded == len(gallery)
     fingerprint = json.loads((tmp_path / "idx" / "manifest.json").read_text())["fingerprint"]
-    kept = int8_model_path(tmp_path / "idx", "efficientnet_lite0")
+    kept = kept_model(tmp_path / "idx")
     assert fingerprint["precision"] == "int8" and kept.is_file()
-    assert fingerprint["quantized_sha256"] == built.encoder.quantized_sha256
+    assert fingerprint["quantized_sha256"] == built.encoder.spec.model_sha256
 
     reopened = SimilarityIndex.open(tmp_path / "idx")
-    assert isinstance(reopened.encoder, Int8Encoder) and reopened.encoder.model_path == kept
+    assert reopened.encoder.spec.precision == "int8" and reopened.encoder.model_path == kept
     query = next(SAMPLE.glob("test/shoes/*.jpg"))
     assert [h.id for h in reopened.search(query, k=5)] == [h.id for h in built.search(query, k=5)]
 
@@ -62,7 +71,7 @@ def _open(path: str):
 def test_a_damaged_int8_model_is_refused_naming_the_file(lite0_offered, gallery, tmp_path):
     SimilarityIndex.build(gallery[:12], tmp_path / "idx", precision="int8", calibration_images=8, num_workers=0,
                           progress=False)
-    kept = int8_model_path(tmp_path / "idx", "efficientnet_lite0")
+    kept = kept_model(tmp_path / "idx")
     kept.write_bytes(kept.read_bytes()[:-100])
     with pytest.raises(DataError, match=str(kept)):
         SimilarityIndex.open(tmp_path / "idx")
@@ -91,3 +100,17 @@ def test_cli_builds_and_searches_an_int8_index(lite0_offered, tmp_path, capsys):
     assert main(["search", str(query), "--index", str(out), "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert len(hits) == 3 and hits[0]["category"] == "hat"
+
+
+def test_an_int8_index_from_before_specs_were_recorded_still_opens(lite0_offered, gallery, tmp_path):
+    built, _ = SimilarityIndex.build(gallery[:12], tmp_path / "idx", precision="int8", calibration_images=8,
+                                     num_workers=0, progress=False)
+    # Such an index recorded only its fingerprint and kept its model at models/<encoder>-int8.onnx.
+    kept = kept_model(tmp_path / "idx")
+    kept.rename(kept.parent / "efficientnet_lite0-int8.onnx")
+    FeatureStore.open(tmp_path / "idx").commit(encoder_spec=None)
+    reopened = SimilarityIndex.open(tmp_path / "idx")
+    assert reopened.encoder.spec.precision == "int8"
+    assert reopened.encoder.model_path == kept.parent / "efficientnet_lite0-int8.onnx"
+    query = next(SAMPLE.glob("test/shoes/*.jpg"))
+    assert [h.id for h in reopened.search(query, k=5)] == [h.id for h in built.search(query, k=5)]

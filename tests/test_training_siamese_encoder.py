@@ -41,7 +41,7 @@ def make_model_dir(path: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(autouse=True)
 def tiny_registry(monkeypatch):
-    monkeypatch.setattr(se, "create_encoder", lambda name, weights=None, device="cpu": tiny_base(weights, device))
+    monkeypatch.setattr(se, "build_network", lambda name, weights=None, device="cpu": tiny_base(weights, device))
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ through ``create_encoder`` and ``SimilarityIndex``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_members_train_apart_and_average_their_cosines(run, tmp_path):
     assert together.shape == (len(photos), 128)
     members = encoder.graph.network.members
     with torch.no_grad():
-        batch = torch.stack([encoder.transform(p) for p in photos])
+        batch = torch.from_numpy(np.stack([encoder.transform(p) for p in photos]))
         lower = encoder.graph.lower(batch)
         alone = [member(lower).numpy() for member in members]
     np.testing.assert_allclose(together @ together.T, np.mean([a @ a.T for a in alone], axis=0), atol=1e-5)
@@ -245,3 +246,41 @@ def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(run, t
     assert meta["refit"] == result.refit and meta["train_config"]["refit"] is True
     vectors = load_tuned_encoder(tmp_path / "refit").encode_images(_photos(records))
     assert vectors.shape == (6, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_model_folder_searches_without_torch(run, tmp_path):
+    """Training saved the network as model.onnx: indexing and searching with tuned:<folder> then needs no
+    torch, and gives the torch network's vectors."""
+    from _no_torch import no_torch
+
+    from clothsim.encoders import create_encoder
+
+    folder = run["root"] / "model"
+    assert (folder / "model.onnx").is_file()
+    assert json.loads((folder / "config.json").read_text())["encoder_spec"]["model_file"] == "model.onnx"
+    catalogue = tmp_path / "catalogue"
+    for record in run["records"][:12]:
+        target = catalogue / record.category / Path(record.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(record.path).read_bytes())
+    index = tmp_path / "idx"
+    built = no_torch("clothsim", "-q", "index", str(catalogue), "--out", str(index), "--encoder", f"tuned:{folder}")
+    assert built.returncode == 0, built.stderr
+    query = sorted(catalogue.glob("*/*"))[0]
+    found = no_torch("clothsim", "search", str(query), "--index", str(index), "-k", "1", "--json")
+    assert found.returncode == 0, found.stderr
+    hit = json.loads(found.stdout)[0]["results"][0]
+    assert hit["path"] == str(query) and hit["score"] > 0.999
+    # The stored vectors are the torch network's.
+    from clothsim.features.store import FeatureStore
+
+    vectors, items = FeatureStore.open(index).load_vectors()
+    network = create_encoder(f"tuned:{folder}", runtime="torch")
+    expected = network.encode_images([_load(it.record.path) for it in items])
+    assert np.sum(vectors * expected, axis=1).min() >= 0.9999
+
+
+def _load(path):
+    from clothsim.images import load_image
+
+    return load_image(path)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clothsim.data.protocol import choose_protocol, pick_grid_queries
-from clothsim.data.records import CatalogRecord
+from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_RUNTIME
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import create_encoder
 from clothsim.errors import EmptyCatalogError
 from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.features.store import FeatureStore
@@ -142,6 +142,7 @@ def run_demo(
     """
     out_dir = Path(out_dir)
     records, data_name = load_demo_data(data, out_dir)
+    require_categories(records, "clothsim demo (it measures precision by category)")
     gallery, queries = split_for_demo(records, seed=seed)
     if not gallery or not queries:
         raise EmptyCatalogError(f"{data_name}: the demo needs gallery and query images, got "

@@ -41,3 +41,8 @@ class StaleStoreError(ClothsimError, RuntimeError):
 
 class EmptyCatalogError(ClothsimError, ValueError):
     """There is nothing to index or search."""
+
+
+class MissingDependencyError(ClothsimError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message gives the exact
+    ``pip install`` line that adds it."""

@@ -34,6 +34,11 @@ ENGINES = "clothsim.engines"
 GROUPS = (ENCODERS, ENCODER_FAMILIES, RUNTIMES, ENGINES, INDEX_BACKENDS, READERS)
 
 
+def declared_names(group: str) -> list[str]:
+    """Names declared in an entry-point group, without importing any plug-in (for the CLI's choices)."""
+    return sorted({ep.name for ep in entry_points(group=group)})
+
+
 class PluginRegistry(Generic[P]):
     """The plug-ins of one entry-point group, by name.
 

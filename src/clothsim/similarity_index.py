@@ -1,31 +1,32 @@
 """The Python API in one object: build a searchable index folder from a catalogue, open it, search it.
 
-Words, used the same way in the CLI, this API and the README: a *catalogue* is the photos and their
+Words, used the same way in the CLI, this API and the docs: a *catalogue* is the photos and their
 labels that go in (``read_catalog``); an *index* is the folder that ``clothsim index`` /
 :meth:`SimilarityIndex.build` writes and ``clothsim search --index`` / :meth:`SimilarityIndex.open`
-reads. Inside it, the vectors and their metadata are a :class:`~clothsim.features.FeatureStore`, and
-an index backend (a plug-in) searches them.
+reads. Inside it, the vectors and their metadata are a :class:`~clothsim.features.FeatureStore`, the
+encoder that made them is recorded as an :class:`~clothsim.encoders.spec.EncoderSpec` (with its model
+file under ``models/``), and an index backend (a plug-in) searches them.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from clothsim.data.records import CatalogRecord
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
-from clothsim.encoders.base import Encoder
-from clothsim.encoders.registry import create_encoder
-from clothsim.encoders.weights import weights_source
+from clothsim.encoders.base import Encoder, collate
+from clothsim.encoders.factory import build_encoder, ready_spec, resolve_encoder, weights_source
+from clothsim.encoders.spec import EncoderSpec, fingerprint_mismatch
 from clothsim.engines import configure_engine
-from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.errors import UsageError
+from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.features.store import FeatureStore
-from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 from clothsim.index.base import IndexBackend, SearchHit
 from clothsim.index.registry import backend_registry, build_index, open_index
 
@@ -33,13 +34,19 @@ logger = logging.getLogger(__name__)
 
 ImageLike = str | Path | bytes | Image.Image
 
+#: Photos decoded and encoded together by :meth:`SimilarityIndex.embed` and :meth:`SimilarityIndex.add`.
+BATCH_SIZE = 32
+#: :meth:`SimilarityIndex.add` commits after every this many photos, so memory stays bounded however
+#: many are added and an interruption keeps what was committed.
+ADD_COMMIT_EVERY = 10_000
+
 
 class SimilarityIndex:
     """A searchable index folder: an encoder, the feature store it filled, and a backend over it.
 
     Build one with :meth:`build`, reopen it later with :meth:`open`::
 
-        index, report = SimilarityIndex.build(records, "index/", encoder="vgg16", weights="vgg16.pth")
+        index, report = SimilarityIndex.build(records, "index/")
         hits = SimilarityIndex.open("index/").search("query.jpg", k=5)
     """
 
@@ -79,7 +86,7 @@ class SimilarityIndex:
             precision: ``"fp32"``, or ``"int8"``: the network quantized by ONNX Runtime, calibrated on
                 ``calibration_images`` photos of ``records`` (seeded) with ``calibration_method``
                 (``minmax``, ``percentile``, ``entropy``); offered for the encoders whose int8 P@5 was
-                measured within 0.01 of float32. The int8 model is kept in the index folder.
+                measured within 0.01 of float32.
             backend: Index backend plug-in (see ``clothsim.index.list_backends()``); recorded in the
                 folder, so :meth:`open` uses it again.
             backend_options: Options of the backend, recorded with it.
@@ -91,27 +98,27 @@ class SimilarityIndex:
 
         Returns:
             The open index and the extraction report (what was encoded, what was skipped and why).
+
+        The encoder's spec is recorded in the folder, with its model file copied into ``models/``
+        unless it ships with clothsim, so the index searches with exactly that model later.
         """
-        plugin = backend_registry.get(backend)  # an unknown backend fails before hours of encoding
-        chosen_engine = configure_engine(engine, **(engine_options or {}))
+        from clothsim.runtimes.int8 import Calibration
+
+        # Everything that can be refused is refused before any work: backend, its options, the engine.
+        plugin = backend_registry.get(backend)
         check_options = getattr(plugin, "check_options", None)
-        if check_options is not None:  # and so does a misspelt backend option
+        if check_options is not None:
             check_options(dict(backend_options or {}))
+        chosen_engine = configure_engine(engine, **(engine_options or {}))
+        calibration = None
         if precision == "int8":
-            enc = _int8_encoder(encoder, records, weights, device, runtime, threads, calibration_images,
-                                calibration_method, extract_options.get("use_bbox", True))
-        elif precision != "fp32":
-            raise UsageError(f"precision must be fp32 or int8, got {precision!r}")
-        else:
-            enc = encoder if isinstance(encoder, Encoder) else create_encoder(
-                encoder, weights=weights, device=device, runtime=runtime, threads=threads)
+            calibration = Calibration(records, images=calibration_images, method=calibration_method,
+                                      use_bbox=extract_options.get("use_bbox", True))
+        enc = resolve_encoder(encoder, weights, device, runtime, threads, precision=precision,
+                              calibration=calibration)
         extra = {"weights_source": weights_source(weights)}
         report = extract_features(records, enc, out_dir, extra_manifest=extra, engine=chosen_engine,
                                   **extract_options)
-        if precision == "int8":
-            from clothsim.runtimes.int8 import keep_in_index
-
-            keep_in_index(enc, out_dir)  # type: ignore[arg-type]
         store = FeatureStore.open(out_dir)
         options = dict(backend_options or {})
         recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
@@ -138,28 +145,31 @@ class SimilarityIndex:
         threads: int | None = None,
         backend_options: dict[str, Any] | None = None,
     ) -> "SimilarityIndex":
-        """Open an index folder built earlier; its encoder is rebuilt from the store's stamp.
+        """Open an index folder built earlier; its encoder is built from the spec the folder records.
 
-        The weights file recorded at build time is used unless ``weights`` names another; either way
-        the weights' hash must match the store's, or :class:`clothsim.errors.StaleStoreError` is raised.
+        The recorded model file is run (on ONNX Runtime, no torch needed) unless ``runtime`` asks for
+        another runtime or ``weights`` names a weights file to build the network from, which must
+        then be the weights the index was built with (else :class:`clothsim.errors.StaleStoreError`).
         Any runtime may search an index built by another: they give the same vectors.
         ``backend_options`` override the recorded search-time options of the index's backend
         (e.g. ``{"efSearch": 256}``); the backend itself is the one recorded at build time.
-        """
-        store = FeatureStore.open(path)
-        if encoder is None:
-            if weights is None:
-                weights = store.manifest.get("weights_source")
-            if store.fingerprint.get("precision") == "int8":
-                from clothsim.runtimes.int8 import int8_model_path, load_int8_encoder
 
-                base = create_encoder(store.encoder_name, weights=weights, device=device, runtime="torch")
-                encoder = load_int8_encoder(base, int8_model_path(path, store.encoder_name),
-                                            store.fingerprint.get("quantized_sha256"), threads=threads)
-                encoder.runtime = "onnx"
-            else:
-                encoder = create_encoder(store.encoder_name, weights=weights, device=device, runtime=runtime,
-                                         threads=threads)
+        Raises:
+            FileNotFoundError: no index folder at ``path``.
+            StoreIntegrityError: the folder is damaged (the message names the file and the repair).
+        """
+        folder = Path(path)
+        if not folder.exists():
+            raise FileNotFoundError(f"index folder {folder} does not exist")
+        store = FeatureStore.open(folder)
+        if encoder is None:
+            spec = recorded_spec(store)
+            if weights is not None:
+                if spec.precision != "fp32":
+                    raise UsageError(f"{folder} was built with an {spec.precision} model file, which is the model; "
+                                     "--weights does not apply to it")
+                spec = replace(spec, weights_source=weights_source(weights), model_file=None, model_sha256=None)
+            encoder = build_encoder(spec, runtime=runtime, threads=threads, device=device, base_dir=folder)
         return cls(store, encoder, open_index(store, **(backend_options or {})))
 
     def __len__(self) -> int:
@@ -174,12 +184,41 @@ class SimilarityIndex:
         """Live item count per category."""
         return self.backend.categories()
 
-    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """Encode query images (paths, bytes or PIL images) with the index's encoder."""
-        side = self.encoder.decode_min_side  # decoded as at indexing time: reduced where that is exact
-        pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img, min_side=side)
-               for img in images]
-        return self.encoder.encode_images(pil)
+    def embed(self, images: Sequence[ImageLike], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """Encode query images (paths, bytes or PIL images) with the index's encoder.
+
+        Photos are decoded as at indexing time (reduced where that is exact) and encoded
+        ``batch_size`` at a time, so memory stays bounded however many there are.
+
+        Raises:
+            ImageDecodeError, FileNotFoundError: a query photo cannot be used (the message names it).
+        """
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        out = [self.encoder.embed(collate(batch)) for batch in self._query_batches(images, batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+    def _query_batches(self, images: Sequence[ImageLike], batch_size: int) -> Iterator[list[Any]]:
+        from clothsim.engines.local import iter_decoded
+        from clothsim.images import load_image
+
+        transform, side = self.encoder.transform, self.encoder.decode_min_side
+
+        def prepare(image: ImageLike, _bbox: Any) -> tuple[Any, None]:
+            # A query that cannot be used is an error (raised here, in the caller's thread), not a skip.
+            if isinstance(image, Image.Image):
+                return transform(image.convert("RGB")), None
+            return transform(load_image(image if isinstance(image, bytes) else str(image), min_side=side)), None
+
+        batch: list[Any] = []
+        for value, _ in iter_decoded([(image, None) for image in images], prepare,
+                                     workers=min(2, len(images) - 1), ahead=batch_size):
+            batch.append(value)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def search(
         self, image: ImageLike, k: int = 5, category: str | Sequence[str] | None = None
@@ -194,32 +233,35 @@ class SimilarityIndex:
         vector = self.store.vector(item_id)[None, :]
         return self.backend.search(vector, k, category=category, exclude_ids=[item_id])[0]
 
-    def add(self, records: Sequence[CatalogRecord]) -> np.ndarray:
-        """Encode and add images without rebuilding; returns their new ids.
+    def add(self, records: Sequence[CatalogRecord], progress: bool = False) -> np.ndarray:
+        """Encode and add photos without rebuilding; returns their new ids (in the order of the records
+        that could be encoded).
 
-        Images are cropped to their boxes exactly when the index was built that way. Files that cannot
-        be decoded are skipped, logged and recorded in the index's failure list, as at build time.
+        Photos are decoded and encoded :data:`BATCH_SIZE` at a time and committed every
+        :data:`ADD_COMMIT_EVERY`, so memory stays bounded however many are added. Images are cropped to
+        their boxes exactly when the index was built that way. Files that cannot be decoded are
+        skipped, logged and recorded in the index's failure list, as at build time.
         """
-        crop = bool(self.store.manifest.get("use_bbox", True))
-        images, kept, failures = [], [], []
-        for record in records:
-            try:
-                images.append(load_image(record.path, bbox=record.bbox if crop else None,
-                                         min_side=self.encoder.decode_min_side))
-                kept.append(record)
-            except UNUSABLE_IMAGE_ERRORS as exc:
-                logger.warning("not added: %s", exc)
-                failures.append({"path": record.path, "reason": str(exc)})
-        vectors = self.encoder.encode_images(images) if kept else np.zeros((0, self.encoder.dim), np.float32)
-        if not kept and not failures:
-            return np.zeros(0, dtype=np.int64)
-        ids = self.backend.add(vectors, kept, failures=failures) if kept else self._record_failures(failures)
-        self.backend.save()
-        return ids
+        from clothsim.engines.local import iter_encoded_shards
 
-    def _record_failures(self, failures: list[dict[str, str]]) -> np.ndarray:
-        self.store.commit(failures=self.store.failures + failures)
-        return np.zeros(0, dtype=np.int64)
+        crop = bool(self.store.manifest.get("use_bbox", True))
+        if not records:
+            return np.zeros(0, dtype=np.int64)
+        ids: list[np.ndarray] = []
+        n_chunks = (len(records) + ADD_COMMIT_EVERY - 1) // ADD_COMMIT_EVERY
+        for done in iter_encoded_shards(records, range(n_chunks), ADD_COMMIT_EVERY, self.encoder.transform,
+                                        self.encoder.embed, batch_size=BATCH_SIZE, num_workers=2, use_bbox=crop,
+                                        progress=progress, desc="adding", min_side=self.encoder.decode_min_side):
+            for failure in done.failures:
+                logger.warning("not added: %s", failure["reason"])
+            if done.indices:
+                kept = [records[i] for i in done.indices]
+                ids.append(self.backend.add(np.asarray(done.outputs, dtype=np.float32), kept,
+                                            failures=done.failures))
+            elif done.failures:
+                self.store.commit(failures=self.store.failures + done.failures)
+            self.backend.save()
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove items by id; returns how many were present."""
@@ -228,19 +270,30 @@ class SimilarityIndex:
         return removed
 
 
-def _int8_encoder(encoder: str | Encoder, records: Sequence[CatalogRecord], weights: str | Path | None,
-                  device: str, runtime: str, threads: int | None, count: int, method: str,
-                  use_bbox: bool) -> Encoder:
-    from clothsim.encoders.registry import encoder_registry
-    from clothsim.runtimes.int8 import build_int8_encoder, check_int8_offered
+def recorded_spec(store: FeatureStore) -> EncoderSpec:
+    """The spec of the encoder that made ``store``'s vectors, as recorded in its manifest.
 
-    if runtime not in ("auto", "onnx"):
-        raise UsageError(f"--precision int8 runs on the onnx runtime, not {runtime!r}")
-    base = encoder if isinstance(encoder, Encoder) else create_encoder(encoder, weights=weights, device=device,
-                                                                       runtime="torch")
-    base = getattr(base, "source", base)  # quantize the torch network, whatever runtime was asked for
-    plugin = encoder_registry.get(base.name) if base.name in encoder_registry else None
-    check_int8_offered(base.name, bool(getattr(plugin, "int8_validated", False)))
-    int8 = build_int8_encoder(base, records, count=count, method=method, use_bbox=use_bbox, threads=threads)
-    int8.runtime = "onnx"
-    return int8
+    An index written before specs were recorded has only its fingerprint: its spec is rebuilt from that
+    (with the int8 model file such an index kept under ``models/``). A spec without a model file whose
+    identity is that of a model file ready to run (the shipped default encoder's) gets that file, so it
+    searches without torch.
+    """
+    manifest = store.manifest
+    if manifest.get("encoder_spec"):
+        spec = EncoderSpec.from_dict(manifest["encoder_spec"])
+    else:
+        fingerprint = store.fingerprint
+        model_file = None
+        if fingerprint.get("precision") == "int8":  # kept at models/<name>-int8.onnx by earlier versions
+            slug = "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(fingerprint["encoder"]))[-60:]
+            model_file = f"models/{slug}-int8.onnx"
+        spec = EncoderSpec.from_fingerprint(fingerprint, weights_source=manifest.get("weights_source"),
+                                            model_file=model_file)
+    if spec.model_file is None:
+        try:
+            ready = ready_spec(spec.name, spec.weights_source)
+        except UsageError:
+            ready = None
+        if ready is not None and not fingerprint_mismatch(ready.fingerprint(), spec.fingerprint()):
+            spec = replace(spec, model_file=ready.model_file, model_sha256=ready.model_sha256)
+    return spec

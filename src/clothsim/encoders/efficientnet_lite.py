@@ -64,7 +64,10 @@ class Conv2dSame(nn.Conv2d):
         if self.symmetric:
             return super().forward(x)
         pads = []
-        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation, strict=True):
+        # Plain ints: an ONNX export (at a fixed input size) then gets constant pads instead of shape
+        # arithmetic, which int8 quantization mishandles (its vectors lost cosine 0.99 -> 0.91).
+        sizes = [int(size) for size in x.shape[-2:]]
+        for size, k, s, d in zip(sizes, self.kernel_size, self.stride, self.dilation, strict=True):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads

@@ -145,36 +145,28 @@ def _batch_size(batch: Any) -> int:
 
 
 def _inner(spec: str, weights: str | Path | None, device: str) -> Encoder:
-    from clothsim.encoders.registry import create_encoder
+    from clothsim.encoders.factory import build_network
 
-    # Built in torch: the runtime chosen for the wrapper runs the whole exported network.
-    return create_encoder(spec, weights=weights, device=device, runtime="torch")
-
-
-class GeMFamily:
-    """The ``gem:`` family: ``gem:NAME`` (p = 3) or ``gem:P:NAME``."""
-
-    description = "GeM pooling over a CNN encoder's feature map: gem:efficientnet_lite0, gem:4:vgg16 (p, default 3)"
-
-    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
-        head, _, rest = spec.partition(":")
-        p = DEFAULT_GEM_P
-        if _is_number(head):
-            if not rest:
-                raise UsageError(f"gem:{head}: name the encoder after the exponent, e.g. gem:{head}:efficientnet_lite0")
-            p, spec = float(head), rest
-        if not 0.5 <= p <= 20:
-            raise UsageError(f"gem: the exponent p must be within 0.5 and 20, not {p:g}")
-        return GeMEncoder(_inner(spec, weights, device), p)
+    # The network alone: the runtime chosen for the wrapper runs the whole exported network.
+    return build_network(spec, weights=weights, device=device)
 
 
-class FlipFamily:
-    """The ``flip:`` family: ``flip:NAME`` averages each image with its mirror image."""
+def build_gem(spec: str, weights: str | Path | None, device: str) -> Encoder:
+    """The ``gem:`` family's encoder: ``gem:NAME`` (p = 3) or ``gem:P:NAME``."""
+    head, _, rest = spec.partition(":")
+    p = DEFAULT_GEM_P
+    if _is_number(head):
+        if not rest:
+            raise UsageError(f"gem:{head}: name the encoder after the exponent, e.g. gem:{head}:efficientnet_lite0")
+        p, spec = float(head), rest
+    if not 0.5 <= p <= 20:
+        raise UsageError(f"gem: the exponent p must be within 0.5 and 20, not {p:g}")
+    return GeMEncoder(_inner(spec, weights, device), p)
 
-    description = "test-time flip: each image averaged with its mirror image, flip:efficientnet_lite0"
 
-    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
-        return FlipEncoder(_inner(spec, weights, device))
+def build_flip(spec: str, weights: str | Path | None, device: str) -> Encoder:
+    """The ``flip:`` family's encoder: ``flip:NAME`` averages each image with its mirror image."""
+    return FlipEncoder(_inner(spec, weights, device))
 
 
 def _is_number(text: str) -> bool:

@@ -3,7 +3,8 @@
 Plain names (``vgg16``) map to one :class:`EncoderPlugin` each. Family names carry a spec after a colon
 (``ensemble:vgg16+resnet50``, ``siamese:model/``) and map to one :class:`EncoderFamilyPlugin` per
 prefix. clothsim's own encoders are declared in its ``pyproject.toml`` like any third party's; nothing
-here imports them (or torch) until an encoder is asked for.
+here imports them (or torch) until an encoder is asked for. Building one is the factory's job
+(:mod:`clothsim.encoders.factory`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
-from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_RUNTIME
-from clothsim.errors import UnknownEncoderError, UsageError
+from clothsim.defaults import DEFAULT_ENCODER
 from clothsim.plugins import ENCODER_FAMILIES, ENCODERS, PluginRegistry
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ __all__ = [
     "EncoderFamilyPlugin",
     "EncoderInfo",
     "EncoderPlugin",
-    "create_encoder",
+    "ReadyModelFamily",
+    "ReadyModelPlugin",
     "encoder_registry",
     "family_registry",
     "list_encoders",
@@ -49,7 +50,8 @@ class EncoderPlugin(Protocol):
     description: str
 
     def create(self, weights: str | Path | None, device: str) -> "Encoder":
-        """Build the encoder with official (``None``), ``"random"`` or local-file weights."""
+        """Build the encoder's network with official (``None``), ``"random"`` or local-file weights (in
+        torch, for the built-ins: the ``torch`` extra)."""
         ...
 
 
@@ -60,7 +62,27 @@ class EncoderFamilyPlugin(Protocol):
     description: str
 
     def create(self, spec: str, weights: str | Path | None, device: str) -> "Encoder":
-        """Build the encoder that ``spec`` describes."""
+        """Build the network of the encoder that ``spec`` describes."""
+        ...
+
+
+@runtime_checkable
+class ReadyModelPlugin(Protocol):
+    """An optional extra of an :class:`EncoderPlugin`: the spec of a model file that is ready to run
+    (shipped with the plug-in), so ONNX Runtime runs it without building the network or importing torch.
+    """
+
+    def ready_spec(self, weights: str | Path | None) -> "EncoderSpec | None":
+        """The spec with its model file for these weights, or ``None`` when the network must be built."""
+        ...
+
+
+@runtime_checkable
+class ReadyModelFamily(Protocol):
+    """An optional extra of an :class:`EncoderFamilyPlugin`, as :class:`ReadyModelPlugin` (e.g. a model
+    folder that training saved with its ONNX file)."""
+
+    def ready_spec(self, spec: str, weights: str | Path | None) -> "EncoderSpec | None":
         ...
 
 
@@ -134,63 +156,10 @@ def list_encoders() -> list[EncoderInfo]:
     return plain + families
 
 
-def create_encoder(
-    name: str = DEFAULT_ENCODER,
-    weights: str | Path | None = None,
-    device: str = "cpu",
-    runtime: str = DEFAULT_RUNTIME,
-    threads: int | None = None,
-) -> "Encoder":
-    """Build a registered encoder and hand it to a runtime.
+def __getattr__(name: str):
+    # create_encoder lives with the one factory (clothsim.encoders.factory); kept reachable from here.
+    if name == "create_encoder":
+        from clothsim.encoders.factory import create_encoder
 
-    Args:
-        name: A name from :func:`list_encoders`, or ``family:spec``.
-        weights: ``None`` for the official pretrained weights (downloaded and cached on first use where
-            that needs a download), ``"random"`` for random initialisation, or a path to a local
-            state-dict file.
-        device: Torch device string; CPU by default.
-        runtime: What runs the network: a name from ``clothsim.runtimes.list_runtimes()`` or
-            ``"auto"`` (the fastest one that can run this encoder here: ONNX Runtime on a CPU, else
-            torch). Every runtime gives the same vectors.
-        threads: Compute threads of the runtime (default: every core this process may use).
-
-    Raises:
-        UnknownEncoderError: ``name`` is not registered; the message lists the known names.
-        WeightsUnavailableError: no weights could be had; the message says what to download and where.
-        UsageError: unknown or unavailable runtime.
-    """
-    from clothsim.runtimes import AUTO, resolve_runtime, run_with
-
-    resolve_runtime(runtime)  # before building: a bad or missing runtime should fail at once
-    if runtime == AUTO and str(device) != "cpu":
-        runtime = "torch"  # the other runtimes here run on the CPU
-    if name in encoder_registry:
-        encoder = encoder_registry.get(name).create(weights, device)
-    else:
-        prefix, sep, spec = name.partition(":")
-        if sep and prefix in family_registry:
-            if not spec:
-                raise UnknownEncoderError(f"encoder {name!r} needs a spec after '{prefix}:'")
-            encoder = family_registry.get(prefix).create(spec, weights, device)
-        else:
-            broken = {**encoder_registry.broken(), **family_registry.broken()}
-            if name in broken or prefix in broken:
-                raise UsageError(f"encoder {name!r} is installed but failed to load: "
-                                 f"{broken.get(name) or broken.get(prefix)}")
-            known = encoder_registry.names() + [f"{p}:<spec>" for p in family_registry.names()]
-            raise UnknownEncoderError(f"unknown encoder {name!r}; known encoders: {', '.join(known)}")
-    prepared = run_with(encoder, runtime, threads)
-    prepared.build_spec = _spec(name, encoder, weights, device, prepared.runtime, threads)
-    return prepared
-
-
-def _spec(asked: str, encoder: "Encoder", weights: str | Path | None, device: str, runtime: str,
-          threads: int | None) -> "EncoderSpec":
-    from clothsim.encoders.spec import EncoderSpec
-    from clothsim.encoders.weights import weights_source
-
-    if asked in encoder_registry:
-        recorded = weights_source(weights)
-    else:  # a family: its name holds its absolute folder; weights may be "part=PATH" pairs
-        recorded = None if weights is None else str(weights)
-    return EncoderSpec(encoder.name if ":" in asked else asked, recorded, str(device), runtime, threads)
+        return create_encoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,71 +1,181 @@
-"""How an encoder was built, as plain data, so another process (a Ray actor) can build the same one."""
+"""The encoder identity: one value that says everything that decides an encoder's vectors.
+
+An :class:`EncoderSpec` names the encoder (family and name), its weights (an id that changes with them,
+and where they were read from), its preprocessing, its precision, and the model file a runtime executes
+with that file's SHA-256. Index folders record it, Ray workers rebuild from it, and
+:func:`clothsim.encoders.build_encoder` is the one factory that turns it into a working encoder.
+
+What does *not* belong here is how fast the vectors come: the runtime, its threads and the device are
+arguments of the factory, because every runtime gives the same vectors.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
-if TYPE_CHECKING:
-    from clothsim.encoders.base import Encoder
+from clothsim.encoders.preprocessing import Preprocessing
+from clothsim.errors import DataError
+
+#: Model files shipped inside the package are named ``package:<file>`` in a spec.
+PACKAGED = "package:"
+PRECISIONS = ("fp32", "int8")
+#: The fingerprint keys every encoder has; the rest of a fingerprint is the spec's ``identity``.
+_BASE_KEYS = ("encoder", "weights", "dim", "preprocessing")
+_INT8_KEYS = ("precision", "quantized_sha256")
+
+
+def fingerprint_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+    """Names of the fingerprint fields that decide comparability and differ (empty: the vectors of the
+    two are comparable)."""
+    # Compare as stored: JSON turns tuples into lists.
+    expected, found = json.loads(json.dumps(expected)), json.loads(json.dumps(found))
+    return [key for key in _BASE_KEYS if expected.get(key) != found.get(key)]
+
+
+def packaged_models_dir() -> Path:
+    """The folder of the ONNX models shipped with clothsim (package data)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "models"
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """The arguments that rebuild an encoder.
+    """Everything that decides an encoder's vectors.
 
     Attributes:
-        name: Registry name (families carry their absolute folder, e.g. ``tuned:/models/a``).
-        weights: Absolute weights path, ``"random"``, a family's weights string, or ``None`` (official).
-        device: Torch device.
-        runtime: The runtime that ran it (``torch``, ``onnx``, ...).
-        threads: Compute threads asked for, if any.
-        int8_model: For an int8 encoder, its quantized ONNX file; ``quantized_sha256`` its hash.
+        name: Registry name; families carry their spec (``flip:vgg16``, ``tuned:/abs/model``).
+        dim: Size of the vectors.
+        weights_id: Changes whenever the weights do: a file's SHA-256 prefix, a torchvision tag,
+            ``"random"``; for int8, it also carries the quantized file's hash.
+        preprocessing: How a photo becomes the network input (``None`` for an encoder made of parts
+            with their own, an ensemble).
+        precision: ``"fp32"`` or ``"int8"`` (the model file is then the quantized network, and it is
+            part of the identity).
+        weights_source: Where the weights were read from, so the network can be built again in torch:
+            ``None`` (official), ``"random"``, an absolute path, or a family's weights string.
+        model_file: The ONNX file a runtime executes, if there is one: ``package:<file>`` (shipped with
+            clothsim), an absolute path, or a path relative to the folder that holds the spec (an index
+            folder's ``models/...``).
+        model_sha256: SHA-256 of ``model_file``; a file with another hash is refused.
+        identity: What else a family adds to the identity (GeM's ``p``, a checkpoint's hash, an
+            ensemble's parts), as JSON values.
     """
 
     name: str
-    weights: str | None = None
-    device: str = "cpu"
-    runtime: str = "torch"
-    threads: int | None = None
-    int8_model: str | None = None
-    quantized_sha256: str | None = None
+    dim: int
+    weights_id: str
+    preprocessing: Preprocessing | None = None
+    precision: str = "fp32"
+    weights_source: str | None = None
+    model_file: str | None = None
+    model_sha256: str | None = None
+    identity: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if (self.model_file is None) != (self.model_sha256 is None):
+            raise ValueError("model_file and model_sha256 go together")
+        if self.precision == "int8" and self.model_file is None:
+            raise ValueError("an int8 encoder is its quantized model file; model_file is required")
+        if self.dim < 1:
+            raise ValueError(f"dim must be positive, got {self.dim}")
+
+    # ----- what a store is stamped with ---------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two encoders' vectors comparable; stamped on every feature store."""
+        fp: dict[str, Any] = {
+            "encoder": self.name,
+            "weights": self.weights_id,
+            "dim": int(self.dim),
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing is not None else None,
+            **self.identity,
+        }
+        if self.precision == "int8":
+            fp["precision"] = "int8"
+            fp["quantized_sha256"] = self.model_sha256
+        return fp
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderSpec":
-        return cls(**data)
+    def from_fingerprint(cls, fingerprint: Mapping[str, Any], weights_source: str | None = None,
+                         model_file: str | None = None, model_sha256: str | None = None) -> "EncoderSpec":
+        """The spec an encoder with this fingerprint has (e.g. an index folder written before specs were
+        recorded, or an encoder that only says its fingerprint)."""
+        pre = fingerprint.get("preprocessing")
+        precision = "int8" if fingerprint.get("precision") == "int8" else "fp32"
+        if precision == "int8":
+            model_sha256 = fingerprint.get("quantized_sha256", model_sha256)
+        return cls(
+            name=str(fingerprint["encoder"]),
+            dim=int(fingerprint["dim"]),
+            weights_id=str(fingerprint["weights"]),
+            preprocessing=Preprocessing.from_dict(pre) if pre is not None else None,
+            precision=precision,
+            weights_source=weights_source,
+            model_file=model_file,
+            model_sha256=model_sha256 if model_file is not None else None,
+            identity={k: v for k, v in fingerprint.items() if k not in _BASE_KEYS + _INT8_KEYS},
+        )
 
-    def with_int8(self, model: str | Path, sha256: str) -> "EncoderSpec":
-        return replace(self, int8_model=str(model), quantized_sha256=sha256, runtime="onnx")
+    # ----- files -----------------------------------------------------------------------------------------
+    def with_model(self, model_file: str | Path, sha256: str) -> "EncoderSpec":
+        """The same identity, executed from another copy of its model file."""
+        return replace(self, model_file=str(model_file), model_sha256=sha256)
 
-    def build(self, int8_model: str | Path | None = None) -> "Encoder":
-        """Build the encoder (``int8_model`` overrides where the quantized file is, e.g. a local copy)."""
-        from clothsim.encoders.registry import create_encoder
+    def model_path(self, base_dir: str | Path | None = None) -> Path | None:
+        """Where :attr:`model_file` is: the package's models folder, ``base_dir`` for a relative path
+        (the folder holding the spec), or the absolute path itself."""
+        if self.model_file is None:
+            return None
+        if self.model_file.startswith(PACKAGED):
+            return packaged_models_dir() / self.model_file[len(PACKAGED):]
+        path = Path(self.model_file)
+        if not path.is_absolute():
+            if base_dir is None:
+                raise DataError(f"model file {self.model_file} is relative, and no folder was given to find it in")
+            path = Path(base_dir) / path
+        return path
 
-        if self.int8_model is None:
-            return create_encoder(self.name, weights=self.weights, device=self.device, runtime=self.runtime,
-                                  threads=self.threads)
-        from clothsim.runtimes.int8 import load_int8_encoder
+    # ----- as JSON ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dim": int(self.dim),
+            "weights_id": self.weights_id,
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing is not None else None,
+            "precision": self.precision,
+            "weights_source": self.weights_source,
+            "model_file": self.model_file,
+            "model_sha256": self.model_sha256,
+            "identity": json.loads(json.dumps(dict(self.identity), default=str)),
+        }
 
-        base = create_encoder(self.name, weights=self.weights, device=self.device, runtime="torch")
-        encoder = load_int8_encoder(base, int8_model or self.int8_model, self.quantized_sha256, threads=self.threads)
-        encoder.runtime = "onnx"
-        return encoder
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EncoderSpec":
+        """Inverse of :meth:`to_dict`.
 
+        Raises:
+            DataError: a field is missing or malformed (the message names it).
+        """
+        try:
+            pre = data.get("preprocessing")
+            return cls(
+                name=str(data["name"]),
+                dim=int(data["dim"]),
+                weights_id=str(data["weights_id"]),
+                preprocessing=Preprocessing.from_dict(pre) if pre is not None else None,
+                precision=str(data.get("precision", "fp32")),
+                weights_source=data.get("weights_source"),
+                model_file=data.get("model_file"),
+                model_sha256=data.get("model_sha256"),
+                identity=dict(data.get("identity") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"encoder spec is malformed ({type(exc).__name__}: {exc})") from exc
 
-def spec_of(encoder: "Encoder") -> EncoderSpec:
-    """The spec ``create_encoder`` recorded on ``encoder``.
-
-    Raises:
-        UsageError: the encoder was built by hand, not by ``create_encoder`` (no spec to rebuild it from).
-    """
-    from clothsim.errors import UsageError
-
-    spec = getattr(encoder, "build_spec", None)
-    if spec is None:
-        raise UsageError(f"encoder {encoder.name!r} was not built by create_encoder, so another process cannot "
-                         "rebuild it; pass its registry name instead")
-    return spec
+    def describe(self) -> str:
+        """One line for logs and errors."""
+        extra = f", {self.precision}" if self.precision != "fp32" else ""
+        return f"{self.name} ({self.dim}-d, weights {self.weights_id}{extra})"

@@ -42,14 +42,6 @@ _CHUNK = 1 << 20
 StateDict = dict[str, torch.Tensor]
 
 
-def weights_source(weights: str | Path | None) -> str | None:
-    """What a store records so its encoder can be rebuilt later: an absolute path, ``"random"`` or
-    ``None`` (the official weights)."""
-    if weights is None or str(weights) == RANDOM:
-        return None if weights is None else RANDOM
-    return str(Path(weights).resolve())
-
-
 def file_digest(path: str | Path, length: int = 16) -> str:
     """First ``length`` hex digits of the SHA-256 of a file."""
     sha = hashlib.sha256()

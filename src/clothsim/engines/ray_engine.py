@@ -13,6 +13,7 @@ filesystem layer opens (``s3://``, ``gs://``, ``hdfs://``...).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -22,16 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothsim.engines import DecodePhoto, EncodedShard
 from clothsim.errors import ClothsimError, UsageError
+from clothsim.optional import install_hint, is_installed
 
 if TYPE_CHECKING:
     from clothsim.data.records import CatalogRecord
     from clothsim.encoders.base import Encoder
-    from clothsim.features.extract import EncodedShard
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'clothsim[distributed]'  (Ray Data)"
+INSTALL_HINT = install_hint("distributed")
 
 
 class EncodeBatch:
@@ -39,55 +41,54 @@ class EncodeBatch:
 
     Args:
         spec: ``EncoderSpec.to_dict()`` of the driver's encoder.
-        fingerprint: The driver's encoder fingerprint; the actor refuses to run another model.
         use_bbox: Crop to boxes, as the driver was asked.
-        int8_bytes: The quantized model file's content, for an int8 encoder (workers may not see the
-            driver's cache folder).
-        min_side: Decode JPEGs at a reduced scale down to this short side (the encoder's resize size).
+        model_bytes: The content of the spec's model file, when it has one (workers may not see the
+            driver's files); written to a local file and checked against the spec's SHA-256.
+        network: The driver's encoder itself, for one that no plug-in can build again from its spec
+            (made by hand in the driver); Ray pickles it.
+        runtime: The runtime to run it with, as on the driver.
     """
 
-    def __init__(self, spec: dict[str, Any], fingerprint: dict[str, Any], use_bbox: bool,
-                 int8_bytes: bytes | None = None, min_side: int | None = None) -> None:
-        import json
-
+    def __init__(self, spec: dict[str, Any], use_bbox: bool, model_bytes: bytes | None = None,
+                 network: Any = None, runtime: str = "auto") -> None:
+        from clothsim.encoders.factory import build_encoder
         from clothsim.encoders.spec import EncoderSpec
 
-        local_int8 = None
-        if int8_bytes is not None:
-            handle = tempfile.NamedTemporaryFile(prefix="clothsim-int8-", suffix=".onnx", delete=False)
-            handle.write(int8_bytes)
-            handle.close()
-            local_int8 = handle.name
-        self.encoder = EncoderSpec.from_dict(spec).build(int8_model=local_int8)
+        wanted = EncoderSpec.from_dict(spec)
+        if network is not None:
+            self.encoder = network
+        else:
+            if model_bytes is not None:
+                handle = tempfile.NamedTemporaryFile(prefix="clothsim-model-", suffix=".onnx", delete=False)
+                handle.write(model_bytes)
+                handle.close()
+                wanted = wanted.with_model(handle.name, wanted.model_sha256)  # type: ignore[arg-type]
+            self.encoder = build_encoder(wanted, runtime=runtime)
         got = json.loads(json.dumps(self.encoder.fingerprint(), default=str))
-        want = json.loads(json.dumps(fingerprint, default=str))
+        want = json.loads(json.dumps(wanted.fingerprint(), default=str))
         if got != want:
-            raise ClothsimError(f"a Ray worker on {os.uname().nodename} built {spec['name']} with another setup "
+            raise ClothsimError(f"a Ray worker on {os.uname().nodename} built {wanted.name} with another setup "
                                 f"(weights {got.get('weights')!r}, driver has {want.get('weights')!r}); every node "
                                 "needs the same weights file at the same path")
-        self.transform = self.encoder.transform
-        self.use_bbox = use_bbox
-        self.min_side = min_side
+        self.decode = DecodePhoto(self.encoder.transform, use_bbox=use_bbox, min_side=self.encoder.decode_min_side)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from torch.utils.data import default_collate
-
-        from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
+        from clothsim.encoders.base import collate
 
         rows = batch["row"]
-        good, tensors = [], []
+        good, inputs = [], []
         errors = np.full(len(rows), "", dtype=object)
         for position, (path, box) in enumerate(zip(batch["path"], batch["bbox"])):
-            bbox = tuple(int(v) for v in box) if self.use_bbox and len(box) == 4 else None
-            try:
-                image = load_image(str(path), bbox=bbox, min_side=self.min_side)  # local paths and URIs
-                tensors.append(self.transform(image))
+            bbox = tuple(int(v) for v in box) if len(box) == 4 else None
+            value, reason = self.decode(str(path), bbox)  # local paths and URIs
+            if reason is None:
+                inputs.append(value)
                 good.append(position)
-            except UNUSABLE_IMAGE_ERRORS as exc:
-                errors[position] = str(exc)
+            else:
+                errors[position] = reason
         vectors = np.zeros((len(rows), self.encoder.dim), dtype=np.float32)
         if good:
-            vectors[good] = self.encoder.embed(default_collate(tensors))
+            vectors[good] = self.encoder.embed(collate(inputs))
         return {"row": rows, "vector": vectors, "error": errors.astype(str)}
 
 
@@ -97,41 +98,59 @@ class RayEngine:
     description = "a Ray cluster (Ray Data map_batches over an actor pool); --ray-address, --actors"
 
     def unavailable_reason(self) -> str | None:
-        import importlib.util
+        return None if is_installed("ray") else f"ray is not installed: {INSTALL_HINT}"
 
-        return None if importlib.util.find_spec("ray") is not None else f"ray is not installed: {INSTALL_HINT}"
+    def check(self, ray_address: str | None = None, **options: Any) -> None:
+        """Reach the cluster at ``ray_address`` now, before any work (a local Ray needs no check)."""
+        if ray_address is None:
+            return
+        import ray
+
+        started_here = _connect(ray, ray_address)
+        if started_here:
+            ray.shutdown()
 
     def iter_shards(self, records: Sequence["CatalogRecord"], shard_size: int, encoder: "Encoder", *,
                     batch_size: int, num_workers: int, use_bbox: bool, progress: bool,
                     ray_address: str | None = None, actors: int | None = None,
-                    **options: Any) -> Iterator["EncodedShard"]:
+                    **options: Any) -> Iterator[EncodedShard]:
         import ray
         from tqdm.auto import tqdm
 
-        from clothsim.encoders.spec import spec_of
-        from clothsim.features.extract import EncodedShard
-
-        spec = spec_of(encoder)
+        spec = encoder.spec
         started_here = _connect(ray, ray_address)
         try:
             dataset = _dataset(ray, records)
-            int8_bytes = None
-            if spec.int8_model is not None:
-                with open(spec.int8_model, "rb") as handle:
-                    int8_bytes = handle.read()
+            model_bytes, network = None, None
+            path = spec.model_path()
+            if path is not None:
+                model_bytes = path.read_bytes()
+            elif not _rebuildable(spec.name):
+                network = encoder  # made by hand: no plug-in can build it again from its spec
             pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
             encoded = dataset.map_batches(
                 EncodeBatch, batch_size=batch_size, batch_format="numpy",
-                fn_constructor_kwargs={"spec": spec.to_dict(), "fingerprint": encoder.fingerprint(),
-                                       "use_bbox": use_bbox, "int8_bytes": int8_bytes,
-                                       "min_side": getattr(encoder, "decode_min_side", None)},
+                fn_constructor_kwargs={"spec": spec.to_dict(), "use_bbox": use_bbox, "model_bytes": model_bytes,
+                                       "network": network, "runtime": getattr(encoder, "runtime", "auto")},
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool), num_cpus=1)
-            yield from _shards(encoded, records, shard_size, EncodedShard,
+            yield from _shards(encoded, records, shard_size,
                                tqdm(total=len(records), unit="img", desc=f"encoding on Ray ({encoder.name})",
                                     disable=not progress))
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def _rebuildable(name: str) -> bool:
+    """Whether a plug-in can build the encoder called ``name`` again (in a Ray worker)."""
+    from clothsim.encoders.factory import ready_spec
+    from clothsim.errors import UsageError
+
+    try:
+        ready_spec(name)
+    except UsageError:  # unknown name: registered in the driver's code only, or made by hand
+        return False
+    return True
 
 
 def _connect(ray: Any, address: str | None) -> bool:
@@ -144,7 +163,12 @@ def _connect(ray: Any, address: str | None) -> bool:
                  runtime_env={"env_vars": {"CLOTHSIM_CACHE": os.environ.get("CLOTHSIM_CACHE", "")}}
                  if os.environ.get("CLOTHSIM_CACHE") else None)
     except ConnectionError as exc:
-        raise UsageError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
+        # Ray's own message names its CLI's --address flag; clothsim's option is another.
+        logger.debug("ray.init(address=%r) failed: %s", address, exc)
+        raise UsageError(f"cannot reach a Ray cluster at {address!r}: no running Ray instance answered there; start "
+                         "one (ray start --head) or give its address with --ray-address ray://HOST:10001 (Python: "
+                         "engine_options={'ray_address': ...}), or leave the address out to start Ray on this "
+                         "machine") from exc
     return True
 
 
@@ -162,8 +186,7 @@ def _dataset(ray: Any, records: Sequence["CatalogRecord"]) -> Any:
     return ray.data.from_arrow(table)
 
 
-def _shards(encoded: Any, records: Sequence["CatalogRecord"], shard_size: int, shard_type: type,
-            bar: Any) -> Iterator["EncodedShard"]:
+def _shards(encoded: Any, records: Sequence["CatalogRecord"], shard_size: int, bar: Any) -> Iterator[EncodedShard]:
     n_shards = (len(records) + shard_size - 1) // shard_size
     shard, rows, vectors, failures = 0, [], [], []
     started = time.perf_counter()
@@ -172,7 +195,7 @@ def _shards(encoded: Any, records: Sequence["CatalogRecord"], shard_size: int, s
             for row, vector, error in zip(batch["row"], batch["vector"], batch["error"]):
                 row = int(row)
                 while row >= (shard + 1) * shard_size:  # the batch reached the next shard
-                    yield _finish(shard_type, shard, rows, vectors, failures)
+                    yield _finish(shard, rows, vectors, failures)
                     shard, rows, vectors, failures = shard + 1, [], [], []
                 if error:
                     logger.warning("skipping %s", error)
@@ -183,11 +206,10 @@ def _shards(encoded: Any, records: Sequence["CatalogRecord"], shard_size: int, s
             bar.update(len(batch["row"]))
             bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - started, 1e-9):.1f} img/s")
         while shard < n_shards:
-            yield _finish(shard_type, shard, rows, vectors, failures)
+            yield _finish(shard, rows, vectors, failures)
             shard, rows, vectors, failures = shard + 1, [], [], []
 
 
-def _finish(shard_type: type, shard: int, rows: list[int], vectors: list[np.ndarray],
-            failures: list[dict[str, str]]) -> "EncodedShard":
+def _finish(shard: int, rows: list[int], vectors: list[np.ndarray], failures: list[dict[str, str]]) -> EncodedShard:
     outputs = np.stack(vectors).astype(np.float32) if vectors else None
-    return shard_type(shard, rows, outputs, failures)
+    return EncodedShard(shard, rows, outputs, failures)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clothsim.encoders.base import Encoder
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import build_network
 from clothsim.ensemble.model import EnsembleModel
 from clothsim.errors import StaleStoreError, UnknownEncoderError, UsageError
 from clothsim.specs import parse_name_paths
@@ -117,19 +117,15 @@ def load_ensemble_encoder(folder: str | Path, weights: str | Path | None = None,
     unknown = set(overrides) - {p.name for p in model.parts}
     if unknown:
         raise UsageError(f"weights given for {sorted(unknown)}, which are not parts of {model.label}")
-    parts = [create_encoder(p.name, weights=overrides.get(p.name, p.weights_source), device=device)
+    parts = [build_network(p.name, weights=overrides.get(p.name, p.weights_source), device=device)
              for p in model.parts]
     return EnsembleEncoder(f"{PREFIX}:{folder}", model, parts)
 
 
-class EnsembleFamily:
-    """The ``ensemble:`` encoder family (a plug-in of ``clothsim.encoder_families``)."""
-
-    description = "fitted weighted ensemble of encoders: ensemble:<folder from `clothsim fit-ensemble`>"
-
-    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
-        if not EnsembleModel.is_model_dir(spec):
-            raise UnknownEncoderError(
-                f"ensemble:{spec}: {spec} is not a fitted ensemble folder; fit one with `clothsim fit-ensemble "
-                f"--data DIR --parts vgg16,efficientnet_lite0 --out FOLDER`, then use ensemble:FOLDER")
-        return load_ensemble_encoder(spec, weights, device)
+def build_ensemble(spec: str, weights: str | Path | None, device: str) -> Encoder:
+    """The ``ensemble:`` family's encoder: the ensemble fitted in the folder ``spec``."""
+    if not EnsembleModel.is_model_dir(spec):
+        raise UnknownEncoderError(
+            f"ensemble:{spec}: {spec} is not a fitted ensemble folder; fit one with `clothsim fit-ensemble "
+            f"--data DIR --parts vgg16,efficientnet_lite0 --out FOLDER`, then use ensemble:FOLDER")
+    return load_ensemble_encoder(spec, weights, device)

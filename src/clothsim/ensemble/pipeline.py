@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from clothsim.data.records import CatalogRecord
-from clothsim.encoders.registry import create_encoder
+from clothsim.data.records import CatalogRecord, require_categories
+from clothsim.encoders.factory import create_encoder
 from clothsim.ensemble.encoder import EnsembleEncoder
 from clothsim.ensemble.fit import FIT_SPLITS, aligned_vectors, fit_ensemble
 from clothsim.ensemble.model import EnsembleModel, PartSpec
-from clothsim.encoders.weights import weights_source
+from clothsim.encoders.factory import weights_source
 from clothsim.evaluation.cache import extract_split, split_store_dir
 from clothsim.features.extract import catalog_hash
 from clothsim.features.store import FeatureStore, fingerprint_mismatch
@@ -63,6 +63,7 @@ def fit_from_catalog(
         ValueError: No train records, repeated or too few parts.
         WeightsUnavailableError: A part's weights cannot be had.
     """
+    require_categories(records, "clothsim fit-ensemble")
     if len(parts) < 2 or len(set(parts)) != len(parts):
         raise UsageError(f"an ensemble needs two or more different parts, got {list(parts)}")
     if part_weights is not None or weights is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
-from clothsim.encoders.weights import weights_source
+from clothsim.encoders.factory import weights_source
 from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.errors import DataError
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import create_encoder
 from clothsim.errors import DataError, UsageError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
-from clothsim.data.records import CatalogRecord
+from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.encoders.base import Encoder
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUnavailableError
 from clothsim.evaluation import plots
 from clothsim.evaluation.backends import RECALL_K, check_backends, evaluate_backend
@@ -200,6 +200,7 @@ def compare_encoders(
         UsageError: No encoders, repeated names, an unknown encoder or backend, a bad backend option.
         DataError: An ensemble to fit on a catalogue without a train split.
     """
+    require_categories(records, "clothsim evaluate")
     if not records:
         raise EmptyCatalogError("the catalogue has no images to evaluate")
     if not encoders:

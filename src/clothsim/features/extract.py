@@ -7,8 +7,8 @@ but whose labels did reuses its stored vector. Work is committed every ``checkpo
 interrupted run loses at most one checkpoint; the same call again continues from the last one and ends
 with exactly the store an uninterrupted run would have written (same ids, rows and vectors).
 
-Images are decoded in DataLoader worker processes while the main process runs the encoder, so decoding
-and inference overlap. A catalogue entry that cannot be encoded (missing, a dangling link, a link loop, a
+Images are decoded by the extraction engine (threads of this process for the default ``local`` engine,
+a Ray cluster for ``ray``) while the runtime encodes, so decoding and inference overlap. A catalogue entry that cannot be encoded (missing, a dangling link, a link loop, a
 folder, unreadable, undecodable, or a vector that is not finite) is skipped, recorded in the store's
 failure list with the reason and reported; it is not retried until its file changes.
 
@@ -29,15 +29,13 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm.auto import tqdm
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
+from clothsim.engines import EncodedShard, ExtractionEngine
 from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
 from clothsim.features.store import (
     NORM_TOLERANCE,
@@ -45,8 +43,8 @@ from clothsim.features.store import (
     StoreIntegrityError,
     fingerprint_mismatch,
 )
+from clothsim.features.model_files import keep_model_file
 from clothsim.fileio import remove_path, rename_path
-from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -102,41 +100,6 @@ class ExtractionReport:
         return text
 
 
-class _ImageDataset(Dataset):
-    """Decodes and transforms one record; errors come back as values, not exceptions."""
-
-    def __init__(self, records: Sequence[CatalogRecord], transform: Callable[[Any], Any], use_bbox: bool,
-                 min_side: int | None = None):
-        self.records = records
-        self.transform = transform
-        self.use_bbox = use_bbox
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        record = self.records[index]
-        try:
-            image = load_image(record.path, bbox=record.bbox if self.use_bbox else None, min_side=self.min_side)
-        except UNUSABLE_IMAGE_ERRORS as exc:
-            return index, None, str(exc)
-        return index, self.transform(image), None
-
-
-def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    good = [(i, x) for i, x, err in items if err is None]
-    bad = [(i, err) for i, _, err in items if err is not None]
-    batch = default_collate([x for _, x in good]) if good else None
-    return [i for i, _ in good], batch, bad
-
-
-def _single_threaded(worker_id: int) -> None:
-    # A decoding worker runs one image at a time; torch's default of one thread per core in every worker
-    # would fight the encoder's threads for the same cores.
-    torch.set_num_threads(1)
-
-
 def catalog_hash(records: Sequence[CatalogRecord]) -> str:
     """A digest of the catalogue (paths, labels, boxes), to tell a resumed run it is the same work."""
     digest = hashlib.sha256()
@@ -144,62 +107,6 @@ def catalog_hash(records: Sequence[CatalogRecord]) -> str:
         digest.update(json.dumps(record.to_dict(), sort_keys=True).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
-
-
-@dataclass
-class EncodedShard:
-    """One finished shard of :func:`iter_encoded_shards`: its number, the records that decoded (by
-    catalogue index, in order), their outputs stacked, and ``{"path", "reason"}`` for those that did not."""
-
-    shard: int
-    indices: list[int]
-    outputs: np.ndarray | None
-    failures: list[dict[str, str]]
-
-
-def iter_encoded_shards(
-    records: Sequence[CatalogRecord],
-    shards: Sequence[int],
-    shard_size: int,
-    transform: Callable[[Any], Any],
-    compute: Callable[[Any], np.ndarray],
-    *,
-    batch_size: int,
-    num_workers: int,
-    use_bbox: bool = True,
-    progress: bool = True,
-    desc: str = "encoding",
-    min_side: int | None = None,
-) -> Iterator[EncodedShard]:
-    """Decode (in worker processes) and run ``compute`` over the given shards, yielding each when done.
-
-    The one loop behind every resumable extraction (feature stores, the Siamese feature-map cache): the
-    caller decides which shards are missing and how a finished shard is written. ``min_side`` lets JPEGs
-    decode at a reduced scale down to that short side (see :func:`clothsim.images.load_image`).
-    """
-    # Batches never straddle two shards, so each shard is complete when its last batch arrives.
-    batches = [list(range(lo, min(lo + batch_size, (s + 1) * shard_size, len(records))))
-               for s in shards for lo in range(s * shard_size, min((s + 1) * shard_size, len(records)), batch_size)]
-    loader = DataLoader(_ImageDataset(records, transform, use_bbox, min_side), batch_sampler=batches,
-                        collate_fn=_collate, num_workers=num_workers,
-                        worker_init_fn=_single_threaded if num_workers else None)
-    pending: dict[int, dict[str, list]] = {}
-    with tqdm(total=sum(len(b) for b in batches), unit="img", desc=desc, disable=not progress) as bar:
-        for good, batch, bad in loader:
-            indices = good + [i for i, _ in bad]
-            shard = indices[0] // shard_size
-            acc = pending.setdefault(shard, {"idx": [], "out": [], "bad": []})
-            if batch is not None:
-                acc["out"].append(compute(batch))
-                acc["idx"].extend(good)
-            for i, reason in bad:
-                logger.warning("skipping %s", reason)
-                acc["bad"].append({"path": records[i].path, "reason": reason})
-            bar.update(len(indices))
-            if max(indices) == min((shard + 1) * shard_size, len(records)) - 1:
-                del pending[shard]
-                outputs = np.concatenate(acc["out"]) if acc["out"] else None
-                yield EncodedShard(shard, acc["idx"], outputs, acc["bad"])
 
 
 # ----- what a catalogue entry is on disk ----------------------------------------------------------------
@@ -408,7 +315,7 @@ def extract_features(
             ``records`` (reused as it is when nothing changed); an interrupted run is continued; damaged
             segments are re-encoded.
         batch_size: Images per forward pass.
-        num_workers: DataLoader worker processes decoding images (0 decodes in this process).
+        num_workers: Threads decoding images beside the encoder (0 decodes between batches).
         dtype: ``"float32"`` or ``"float16"`` on disk.
         checkpoint_every: Images encoded between two commits (what an interruption can lose at most).
         shard_size: Old name of ``checkpoint_every``.
@@ -417,8 +324,8 @@ def extract_features(
             setting, or whose manifest is damaged, instead of refusing.
         progress: Show a tqdm progress bar.
         extra_manifest: More fields to stamp on the manifest (e.g. where the weights came from).
-        engine: What decodes and encodes (an :mod:`clothsim.engines` plug-in or its name); ``None``
-            decodes in local worker processes and encodes here.
+        engine: What decodes and encodes (an :mod:`clothsim.engines` plug-in or its name); ``None`` is
+            the ``local`` engine (decoding threads here, the encoder's runtime here).
 
     Raises:
         EmptyCatalogError: ``records`` is empty.
@@ -541,8 +448,13 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
             setattr(report, name, getattr(plan, name))
         source = catalog_hash(records)
         if plan.empty and not pending and not repaired and _same_failures(store.failures, plan.failures):
+            updates: dict[str, Any] = {}
             if store.manifest.get("source_hash") != source:
-                store.commit(source_hash=source, n_source_records=len(records))  # same entries, new order
+                updates.update(source_hash=source, n_source_records=len(records))  # same entries, new order
+            if "encoder_spec" not in store.manifest:  # an index from before specs were recorded
+                updates["encoder_spec"] = keep_model_file(store.root, encoder.spec).to_dict()
+            if updates:
+                store.commit(**updates)
             logger.info("%s already holds these %d images encoded by %s; reusing it",
                         store_dir, len(records), encoder.name)
             report.reused = True
@@ -566,9 +478,10 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
 
         with store.transaction():
             store.compact()
-            updates: dict[str, Any] = dict(
+            updates = dict(
                 sync=None, source_hash=source, n_source_records=len(records), use_bbox=options["use_bbox"],
-                crop_to_bbox=crops, runtime=getattr(encoder, "runtime", "torch"), **(options["extra_manifest"] or {}))
+                crop_to_bbox=crops, runtime=getattr(encoder, "runtime", "torch"),
+                encoder_spec=keep_model_file(store.root, encoder.spec).to_dict(), **(options["extra_manifest"] or {}))
             if n_new or "extraction" not in store.manifest:
                 # Throughput of this run, kept so a report that reuses the store can say how fast it was built.
                 speed = n_new / compute_seconds if n_new and compute_seconds > 0 else None
@@ -609,6 +522,12 @@ def _repair(store: FeatureStore) -> list[str]:
     return [str(p) for p in problems]
 
 
+def _local_engine() -> ExtractionEngine:
+    from clothsim.engines.local import LocalEngine
+
+    return LocalEngine()
+
+
 def _encode_missing(store: FeatureStore, encoder: Encoder, todo: list[tuple[CatalogRecord, Signature]],
                     options: dict[str, Any]) -> int:
     """Encode ``todo`` in catalogue order, committing every ``checkpoint_every`` images."""
@@ -617,17 +536,10 @@ def _encode_missing(store: FeatureStore, encoder: Encoder, todo: list[tuple[Cata
     records = [r for r, _ in todo]
     size = options["checkpoint_every"]
     n_new = 0
-    engine = options.get("engine")
-    if engine is not None:
-        shards = engine.iter_shards(records, size, encoder, batch_size=options["batch_size"],
-                                    num_workers=options["num_workers"], use_bbox=options["use_bbox"],
-                                    progress=options["progress"])
-    else:
-        shards = iter_encoded_shards(records, range((len(records) + size - 1) // size), size, encoder.transform,
-                                     encoder.embed, batch_size=options["batch_size"],
-                                     num_workers=options["num_workers"], use_bbox=options["use_bbox"],
-                                     progress=options["progress"], desc=f"encoding ({encoder.name})",
-                                     min_side=getattr(encoder, "decode_min_side", None))
+    engine: ExtractionEngine = options.get("engine") or _local_engine()
+    shards: Iterator[EncodedShard] = engine.iter_shards(
+        records, size, encoder, batch_size=options["batch_size"], num_workers=options["num_workers"],
+        use_bbox=options["use_bbox"], progress=options["progress"])
     for done in shards:
         vectors = done.outputs if done.outputs is not None else np.zeros((0, encoder.dim), np.float32)
         indices = list(done.indices)

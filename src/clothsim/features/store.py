@@ -48,6 +48,7 @@ import numpy as np
 
 from clothsim import __version__
 from clothsim.data.records import CatalogRecord
+from clothsim.encoders.spec import fingerprint_mismatch
 from clothsim.errors import ClothsimError, StaleStoreError, UsageError
 from clothsim.fileio import (
     FileDigest,
@@ -70,6 +71,8 @@ LEGACY_FORMAT = 1
 DTYPES = ("float32", "float16")
 #: Stores with at most this many bytes of data files are checksummed in full every time they are opened.
 AUTO_VERIFY_BYTES = 64 * 1024 * 1024
+#: The category code of a row without a category (see :meth:`FeatureStore.category_codes`).
+NO_CATEGORY = -1
 #: How far a stored vector's norm may be from 1 (float16 rounding stays well inside).
 NORM_TOLERANCE = 1e-2
 #: Rows per Parquet row group: a hit's record is read with its row group only, not the whole segment.
@@ -77,8 +80,6 @@ ROW_GROUP_ROWS = 8192
 #: Segments smaller than this are merged by :meth:`FeatureStore.compact` once there are enough of them.
 COMPACT_ROWS = 65536
 COMPACT_MIN_SMALL = 16
-# What must match between an encoder and a store for their vectors to be comparable.
-_FINGERPRINT_KEYS = ("encoder", "weights", "dim", "preprocessing")
 _LEFTOVER = re.compile(r"^\..*\.tmp$")
 
 
@@ -176,13 +177,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def fingerprint_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """Names of the fingerprint fields that differ (empty when the two are comparable)."""
-    # Compare as stored: JSON turns tuples into lists.
-    expected, found = json.loads(json.dumps(expected)), json.loads(json.dumps(found))
-    return [key for key in _FINGERPRINT_KEYS if expected.get(key) != found.get(key)]
 
 
 def file_signature(path: str | Path) -> tuple[int, int] | None:
@@ -662,25 +656,28 @@ class FeatureStore:
             if self.is_legacy:
                 records = [CatalogRecord.from_dict(r) for r in read_jsonl(path)]
                 return _record_columns(records, [None] * len(records))
-            return pq.read_table(path, schema=_metadata_schema())
+            # ParquetFile, not read_table: the latter goes through pyarrow.dataset, whose import alone
+            # costs more than a whole search.
+            return pq.ParquetFile(path).read().cast(_metadata_schema())
 
         table = self._checked_metadata(segment, read)
-        if table.column("path").null_count or table.column("category").null_count:
-            raise StoreIntegrityError(path, "has rows without a path or category", self.root)
+        if table.column("path").null_count:
+            raise StoreIntegrityError(path, "has rows without a path", self.root)
         self._tables[segment.name] = table
         return table
 
     def category_codes(self) -> tuple[np.ndarray, list[str]]:
         """``(codes, categories)``: for every row of :meth:`all_ids` (deleted included) the index of its
-        category in the sorted ``categories`` list, as int32. What backends filter and count with."""
+        category in the sorted ``categories`` list, as int32, and :data:`NO_CATEGORY` for a row without
+        one (a catalogue without categories). What backends filter and count with."""
         if self._codes is None:
             import pyarrow as pa
             import pyarrow.compute as pc
 
             chunks = [self._segment_categories(self._segment(seg)) for seg in self._manifest["segments"]]
             column = pa.chunked_array(chunks, type=pa.string())
-            categories = sorted(str(v) for v in pc.unique(column).to_pylist())
-            codes = pc.index_in(column, value_set=pa.array(categories, type=column.type))
+            categories = sorted(str(v) for v in pc.unique(column).to_pylist() if v is not None)
+            codes = pc.fill_null(pc.index_in(column, value_set=pa.array(categories, type=column.type)), NO_CATEGORY)
             array = codes.to_numpy(zero_copy_only=False).astype(np.int32) if len(column) else np.zeros(0, np.int32)
             array.flags.writeable = False
             self._codes = (array, categories)
@@ -774,9 +771,9 @@ class FeatureStore:
 
             # One row group of a segment: its row count is the group's, not the manifest's.
             return self._checked_metadata(segment, read_group, whole=False)
-        table = self._checked_metadata(segment, lambda: pq.read_table(path, columns=columns))
-        if "category" in table.column_names and table.column("category").null_count:
-            raise StoreIntegrityError(path, "has rows without a category", self.root)
+        table = self._checked_metadata(segment, lambda: pq.ParquetFile(path).read(columns=columns))
+        if "path" in table.column_names and table.column("path").null_count:
+            raise StoreIntegrityError(path, "has rows without a path", self.root)
         return table
 
     def _checked_metadata(self, segment: Segment, read: Callable[[], Any], whole: bool = True) -> Any:

@@ -1,9 +1,25 @@
-"""Similarity search backends over feature stores; each backend is a plug-in (``clothsim.index_backends``)."""
+"""Similarity search backends over feature stores; each backend is a plug-in (``clothsim.index_backends``).
 
-from clothsim.index.base import IndexBackend, IndexBackendPlugin, SearchHit
-from clothsim.index.exact import ExactIndex
-from clothsim.index.registry import backend_registry, build_index, list_backends, open_index
-from clothsim.index.topk import topk_cosine
+Names are resolved on first use, so importing this package loads no backend.
+"""
 
-__all__ = ["ExactIndex", "IndexBackend", "IndexBackendPlugin", "SearchHit", "backend_registry", "build_index",
-           "list_backends", "open_index", "topk_cosine"]
+from __future__ import annotations
+
+from clothsim._lazy import lazy_getattr
+
+_EXPORTS = {
+    "IndexBackend": "clothsim.index.base",
+    "IndexBackendPlugin": "clothsim.index.base",
+    "SearchHit": "clothsim.index.base",
+    "ExactIndex": "clothsim.index.exact",
+    "backend_registry": "clothsim.index.registry",
+    "build_index": "clothsim.index.registry",
+    "list_backends": "clothsim.index.registry",
+    "open_index": "clothsim.index.registry",
+    "topk_cosine": "clothsim.index.topk",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

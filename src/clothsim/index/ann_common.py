@@ -271,7 +271,8 @@ class StoreView:
         with self._lock:
             self._refresh()
             codes, names = self._categories()
-            counts = np.bincount(codes[self._live], minlength=len(names))
+            live = codes[self._live]
+            counts = np.bincount(live[live >= 0], minlength=len(names))  # rows without a category: not counted
         return {name: int(n) for name, n in zip(names, counts) if n}
 
     def allowed_rows(self, category: str | Sequence[str] | None) -> np.ndarray:
@@ -308,13 +309,14 @@ class StoreView:
             self._allowed[wanted] = self._live & np.isin(codes, [names.index(n) for n in wanted])
         return self._allowed[wanted]
 
-    def categories_of(self, ids: np.ndarray) -> list[str]:
-        """Category names of ``ids`` (any rows, deleted included), from the columnar codes."""
+    def categories_of(self, ids: np.ndarray) -> list[str | None]:
+        """Category names of ``ids`` (any rows, deleted included), from the columnar codes; ``None`` for
+        a row without a category."""
         with self._lock:
             self._refresh()
             codes, names = self._categories()
             rows = np.searchsorted(self._all_ids, np.asarray(ids, dtype=np.int64))
-        return [names[int(c)] for c in codes[rows]]
+        return [names[int(c)] if c >= 0 else None for c in codes[rows]]
 
 
 def id_bitmap(ids: np.ndarray, size: int) -> np.ndarray:

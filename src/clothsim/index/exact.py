@@ -52,7 +52,8 @@ class ExactIndex:
     def categories(self) -> dict[str, int]:
         """Live item count per category."""
         codes, names = self.store.category_codes()
-        counts = np.bincount(codes[self.store.live_mask()], minlength=len(names))
+        live = codes[self.store.live_mask()]
+        counts = np.bincount(live[live >= 0], minlength=len(names))  # rows without a category are not counted
         return {name: int(n) for name, n in zip(names, counts) if n}
 
     def _category_mask(self, category: str | Sequence[str] | None) -> np.ndarray | None:

@@ -115,13 +115,14 @@ class CategoryGraphs:
             self._quantizer_sample = self.store.vectors_for(np.asarray(self.store.all_ids())[pick])
         return self._quantizer_sample
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, categories: list[str]) -> None:
-        """Insert each vector into its category's graph (a new category gets a new graph)."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, categories: list[str | None]) -> None:
+        """Insert each vector into its category's graph (a new category gets a new graph; a vector
+        without a category goes into none)."""
         if not ids.size:
             return
         names = np.asarray(categories, dtype=object)
         with self._lock:
-            for name in dict.fromkeys(categories):
+            for name in dict.fromkeys(c for c in categories if c is not None):
                 rows = np.flatnonzero(names == name)
                 graph = self._writable(name)
                 graph.add_with_ids(np.ascontiguousarray(vectors[rows], dtype=np.float32), ids[rows].astype(np.int64))

@@ -281,7 +281,8 @@ class MilvusIndex:
         splits = [r.split or "" for r in self.store.records_for(ids)]
         batch = int(self._options["insert_batch"])
         for lo in range(0, ids.size, batch):
-            rows = [{"id": int(i), "vector": v, "category": c, "split": s}
+            # A row without a category gets "", which no filter names: unknown categories are refused first.
+            rows = [{"id": int(i), "vector": v, "category": c or "", "split": s}
                     for i, v, c, s in zip(ids[lo:lo + batch], vectors[lo:lo + batch],
                                           categories[lo:lo + batch], splits[lo:lo + batch])]
             # upsert, not insert: replaying rows after a crash must not duplicate them.

@@ -1,46 +1,60 @@
-"""Runtimes: what runs an encoder's network, kept apart from the model's identity.
+"""Runtimes: what executes an encoder, kept apart from what the encoder is.
 
-An encoder is a model (name, weights, preprocessing: what a store's fingerprint stamps); a runtime runs
-it. Every runtime must give the same vectors, so an index built with one is searched with another; a
-store records which runtime built it as information only. Runtimes are plug-ins of the
-``clothsim.runtimes`` entry-point group.
+What the vectors are (weights, preprocessing, precision) is the encoder's identity, an
+:class:`~clothsim.encoders.spec.EncoderSpec`; a runtime only executes it. The ``onnx`` runtime runs the
+spec's model file in ONNX Runtime and needs no torch; the ``torch`` runtime runs the network that the
+encoder's plug-in builds in eager torch (the ``torch`` extra). Every runtime gives the same vectors, so
+an index built with one is searched with another; a store records which runtime built it as
+information only. Runtimes are plug-ins of the ``clothsim.runtimes`` entry-point group; the one
+factory that picks a runtime and hands it what it needs is :func:`clothsim.encoders.build_encoder`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
-from clothsim.errors import ClothsimError, UsageError
+from clothsim.errors import UsageError
 from clothsim.plugins import RUNTIMES, PluginRegistry
 
 if TYPE_CHECKING:
     from clothsim.encoders.base import Encoder
+    from clothsim.encoders.spec import EncoderSpec
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
 
+class NotRunnableError(UsageError):
+    """This runtime cannot execute this encoder here (no model file to run, a GPU device, int8 on
+    torch); with ``auto`` the next runtime is tried."""
+
+
 @runtime_checkable
 class Runtime(Protocol):
-    """Runs encoders.
+    """Executes encoders.
 
     Attributes:
         description: One line for ``clothsim encoders --runtimes``.
-        priority: ``auto`` takes the available runtime with the highest priority.
+        priority: ``auto`` tries available runtimes from the highest priority down.
+        executes: What the runtime needs to run an encoder: ``"model_file"`` (the spec's model file,
+            e.g. ONNX) or ``"network"`` (the encoder object its plug-in builds, e.g. a torch module).
     """
 
     description: str
     priority: int
+    executes: str
 
     def unavailable_reason(self) -> str | None:
         """``None`` when the runtime works here, else why not and how to fix it (a pip line)."""
         ...
 
-    def prepare(self, encoder: "Encoder", threads: int | None = None) -> "Encoder":
-        """An encoder giving the same vectors as ``encoder``, run by this runtime (with ``threads``
-        compute threads, or the runtime's default)."""
+    def load(self, spec: "EncoderSpec", *, threads: int | None = None, device: str = "cpu",
+             network: "Encoder | None" = None, network_factory: "Callable[[], Encoder] | None" = None) -> "Encoder":
+        """An encoder executing ``spec``: from its (resolved, absolute) model file, or from ``network``,
+        the encoder its plug-in built. ``network_factory`` builds that network on demand, for the
+        methods that only the network offers. Raises :class:`NotRunnableError` when it cannot."""
         ...
 
 
@@ -53,7 +67,26 @@ def list_runtimes() -> list[tuple[str, Runtime, str | None]]:
     return sorted(rows, key=lambda row: -row[1].priority)
 
 
-def resolve_runtime(name: str) -> list["NamedRuntime"]:
+class NamedRuntime:
+    """A resolved runtime and the name it is registered under (what a store records)."""
+
+    def __init__(self, name: str, runtime: Runtime) -> None:
+        self.name = name
+        self.runtime = runtime
+
+    @property
+    def executes(self) -> str:
+        return self.runtime.executes
+
+    def load(self, spec: "EncoderSpec", *, threads: int | None = None, device: str = "cpu",
+             network: "Encoder | None" = None, network_factory: "Callable[[], Encoder] | None" = None) -> "Encoder":
+        extra = {"network_factory": network_factory} if network_factory is not None else {}
+        encoder = self.runtime.load(spec, threads=threads, device=device, network=network, **extra)
+        encoder.runtime = self.name
+        return encoder
+
+
+def resolve_runtime(name: str) -> list[NamedRuntime]:
     """The runtimes to try, in order: just ``name``, or for ``"auto"`` every available one, best first.
 
     Raises:
@@ -66,7 +99,7 @@ def resolve_runtime(name: str) -> list["NamedRuntime"]:
             if reason is None:
                 usable.append(NamedRuntime(rt_name, rt))
             else:
-                logger.info("runtime %s is not available (%s)", rt_name, reason)
+                logger.debug("runtime %s is not available (%s)", rt_name, reason)
         if not usable:
             raise UsageError("no runtime is available: "
                              + ("; ".join(f"{n}: {r}" for n, _, r in rows) or "none installed"))
@@ -78,33 +111,15 @@ def resolve_runtime(name: str) -> list["NamedRuntime"]:
     return [NamedRuntime(name, runtime)]
 
 
-def run_with(encoder: "Encoder", runtime: str = AUTO, threads: int | None = None) -> "Encoder":
-    """``encoder`` handed to ``runtime``. With ``"auto"``, a runtime that cannot take this encoder (no
-    network to export, a GPU device, an export that disagrees with torch) is skipped with one log line."""
-    candidates = resolve_runtime(runtime)
-    for position, candidate in enumerate(candidates):
-        try:
-            return candidate.prepare(encoder, threads)
-        except ClothsimError as exc:
-            if runtime != AUTO or position == len(candidates) - 1:
-                raise
-            logger.info("runtime %s cannot run %s (%s); using %s", candidate.name, encoder.name, exc,
-                        candidates[position + 1].name)
-    raise AssertionError("unreachable: resolve_runtime returns at least one runtime")
+def default_threads() -> int:
+    """The cores this process may run on (what a runtime uses unless told otherwise)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
-class NamedRuntime:
-    """A resolved runtime and the name it is registered under (what a store records)."""
-
-    def __init__(self, name: str, runtime: Runtime) -> None:
-        self.name = name
-        self.runtime = runtime
-
-    def prepare(self, encoder: "Encoder", threads: int | None = None) -> "Encoder":
-        # ``threads`` only when asked for, so a runtime written without the option still works.
-        prepared = self.runtime.prepare(encoder) if threads is None else self.runtime.prepare(encoder, threads=threads)
-        prepared.runtime = self.name
-        return prepared
-
-
-__all__ = ["AUTO", "NamedRuntime", "Runtime", "list_runtimes", "resolve_runtime", "run_with", "runtime_registry"]
+__all__ = ["AUTO", "NamedRuntime", "NotRunnableError", "Runtime", "default_threads",
+           "list_runtimes", "resolve_runtime", "runtime_registry"]

@@ -1,184 +1,39 @@
-"""ONNX Runtime: an encoder's network exported once to ONNX and run by ONNX Runtime's CPU provider.
+"""The ``onnx`` runtime: an encoder's model file executed by ONNX Runtime's CPU provider, without torch.
 
-On this project's 2-core build machine it ran efficientnet_lite0 about 3x faster than eager torch on the
-same batch, with the same vectors (see ``benchmarks/extraction.py``). The export is cached under the
-user cache folder, keyed by the encoder's fingerprint (weights, preprocessing) and the exporter's
-version; it is written atomically, checked against torch on a probe batch before first use, and a
-damaged or truncated file is detected (size and SHA-256 recorded beside it) and exported again.
+An :class:`OnnxEncoder` is a spec (name, weights, preprocessing, precision) plus the ONNX file it names,
+checked against the SHA-256 the spec records before a session is made. Preprocessing runs in Pillow and
+numpy (:class:`~clothsim.encoders.preprocessing.Preprocessing`), so searching with a shipped, exported,
+tuned or quantized model needs no torch. Exporting a torch network to such a file is the ``torch``
+extra's job (:mod:`clothsim.runtimes.onnx_export`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
-import os
-import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from clothsim.errors import ClothsimError, UsageError
+from clothsim.encoders.base import Encoder, l2_normalize
+from clothsim.encoders.preprocessing import Preprocessing
+from clothsim.encoders.spec import EncoderSpec
+from clothsim.errors import DataError
 from clothsim.fileio import file_sha256
+from clothsim.optional import is_installed
+from clothsim.runtimes import NotRunnableError, default_threads
 
 if TYPE_CHECKING:
-    import torch
-
-    from clothsim.encoders.base import Encoder
+    import onnxruntime
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1
-OPSET = 17
-# Largest 1 - cosine between torch's and ONNX Runtime's vector of one probe image that is accepted.
-MAX_DISAGREEMENT = 1e-5
-PROBE_IMAGES = 4
-INSTALL_HINT = "pip install onnxruntime onnx"
+INSTALL_HINT = "pip install onnxruntime"
 
 
-class NotExportableError(UsageError):
-    """The encoder has no single network to export (``export_module()`` is ``None``)."""
-
-
-class RuntimeMismatchError(ClothsimError, RuntimeError):
-    """The exported network does not give torch's vectors; the message gives the measured gap."""
-
-
-def default_threads() -> int:
-    """The cores this process may run on (what ONNX Runtime uses unless told otherwise)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class OnnxRuntime:
-    """The ``onnx`` runtime plug-in."""
-
-    description = "ONNX Runtime (CPU provider) over the exported network; same vectors, ~3x eager torch"
-    priority = 10
-
-    def unavailable_reason(self) -> str | None:
-        missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
-        return f"{' and '.join(missing)} not installed: {INSTALL_HINT}" if missing else None
-
-    def prepare(self, encoder: "Encoder", threads: int | None = None) -> "Encoder":
-        """``encoder`` run by ONNX Runtime (its parts, for an ensemble).
-
-        Raises:
-            NotExportableError: the encoder has no network to export.
-            UsageError: the encoder lives on a GPU (this runtime uses the CPU provider).
-            RuntimeMismatchError: the export disagrees with torch beyond :data:`MAX_DISAGREEMENT`.
-        """
-        composite = encoder.with_parts(lambda part: self.prepare(part, threads))
-        if composite is not None:
-            return composite
-        if getattr(encoder, "device", None) is not None and encoder.device.type != "cpu":
-            raise UsageError(f"the onnx runtime runs on the CPU; {encoder.name} is on {encoder.device} "
-                             "(use --runtime torch for a GPU)")
-        module = encoder.export_module()
-        if module is None:
-            raise NotExportableError(f"encoder {encoder.name!r} has no network to export to ONNX; "
-                                     "use --runtime torch")
-        path = exported_model(encoder, module)
-        return OnnxEncoder(encoder, path, threads=threads)
-
-
-def _input_size(encoder: "Encoder") -> int:
-    if encoder.preprocessing is None:
-        raise NotExportableError(f"encoder {encoder.name!r} has no fixed input size to export")
-    return int(encoder.preprocessing.input_size)
-
-
-def export_key(encoder: "Encoder", part: str = "vectors") -> str:
-    """What the cached export depends on: the encoder's fingerprint, which output (``vectors``, or
-    ``maps`` for the un-pooled feature map) and the exporter (hex digest)."""
-    import onnx
-    import torch
-
-    identity = {"fingerprint": encoder.fingerprint(), "format": EXPORT_FORMAT, "opset": OPSET,
-                "torch": torch.__version__, "onnx": onnx.__version__, "part": part}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def cache_path(encoder: "Encoder", part: str = "vectors") -> Path:
-    """Where the export of ``encoder`` is cached (``$CLOTHSIM_CACHE/onnx/<name>-<key>.onnx``)."""
-    from clothsim.cache import default_cache_dir
-
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", encoder.name).strip("_.")[-40:] or "encoder"
-    suffix = "" if part == "vectors" else f"-{part}"
-    return default_cache_dir() / "onnx" / f"{slug}{suffix}-{export_key(encoder, part)}.onnx"
-
-
-def _damage(path: Path, meta_path: Path) -> str | None:
-    """Why the cached export at ``path`` cannot be used, or ``None`` when it is intact."""
-    if not path.is_file():
-        return "missing"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return f"its record {meta_path.name} is unreadable ({exc})"
-    if meta.get("size") != path.stat().st_size:
-        return f"size {path.stat().st_size} bytes, recorded {meta.get('size')}"
-    if meta.get("sha256") != file_sha256(path):
-        return "its SHA-256 differs from the one recorded at export"
-    return None
-
-
-def _probe_batch(size: int) -> "torch.Tensor":
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn((PROBE_IMAGES, 3, size, size), generator=generator)
-
-
-def exported_model(encoder: "Encoder", module: "torch.nn.Module", part: str = "vectors",
-                   reference: Callable[[Any], np.ndarray] | None = None) -> Path:
-    """The cached, verified ONNX file of ``module`` (exported now if missing or damaged).
-
-    ``reference`` computes what the module must reproduce on the probe batch (default: the encoder's
-    own ``embed``); rows are compared by cosine after flattening.
-    """
-    from clothsim.fileio import atomic_path, write_json
-
-    path = cache_path(encoder, part)
-    meta_path = path.with_suffix(".json")
-    damage = _damage(path, meta_path)
-    if damage is None:
-        return path
-    if damage != "missing":
-        logger.warning("cached ONNX export %s is damaged (%s); exporting it again", path, damage)
-    import onnx
-    import torch
-
-    probe = _probe_batch(_input_size(encoder))
-    logger.info("exporting %s to ONNX (once; cached at %s)", encoder.name, path)
-    with atomic_path(path) as tmp:
-        # The tracer warns that shape arithmetic becomes constants: intended, the input size is fixed.
-        # (catch_warnings is process-wide, but an export happens once per model and cache.)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, chosen on purpose
-            # The TorchScript exporter needs no extra package; the batch axis stays dynamic.
-            torch.onnx.export(module.eval(), (probe,), str(tmp), input_names=["images"], output_names=["vectors"],
-                              dynamic_axes={"images": {0: "batch"}, "vectors": {0: "batch"}}, opset_version=OPSET,
-                              dynamo=False)
-        onnx.checker.check_model(str(tmp))
-        gap = _disagreement(reference or encoder.embed, tmp, probe)
-        if gap > MAX_DISAGREEMENT:
-            raise RuntimeMismatchError(
-                f"the ONNX export of {encoder.name} disagrees with torch on a probe batch (1 - cos = {gap:.2e}, "
-                f"allowed {MAX_DISAGREEMENT:.0e}); use --runtime torch")
-    write_json(meta_path, {"size": path.stat().st_size, "sha256": file_sha256(path), "encoder": encoder.name,
-                           "fingerprint": encoder.fingerprint(), "max_one_minus_cos": gap,
-                           "torch": torch.__version__, "onnx": onnx.__version__})
-    return path
-
-
-def _session(path: Path, threads: int | None) -> Any:
+def make_session(path: str | Path, threads: int | None = None) -> "onnxruntime.InferenceSession":
+    """An ONNX Runtime CPU session over ``path`` with ``threads`` intra-op threads (default: every core
+    this process may use) and no inter-op parallelism, so one session owns its cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -188,64 +43,100 @@ def _session(path: Path, threads: int | None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _disagreement(reference: Callable[[Any], np.ndarray], path: Path, probe: "torch.Tensor") -> float:
-    from clothsim.encoders.base import l2_normalize
+def check_model_file(path: Path, sha256: str | None, what: str) -> None:
+    """Refuse a missing model file, or one whose SHA-256 is not the recorded one.
 
-    session = _session(path, threads=None)
-    outputs = session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0]
-    onnx_vectors = l2_normalize(outputs.reshape(len(probe), -1))
-    expected = reference(probe)
-    expected = expected.numpy() if hasattr(expected, "numpy") else np.asarray(expected)
-    torch_vectors = l2_normalize(expected.reshape(len(probe), -1))
-    # A row that is zero in both (a network with dead units) agrees; a zero row in one only does not.
-    both_zero = (np.linalg.norm(onnx_vectors, axis=1) < 0.5) & (np.linalg.norm(torch_vectors, axis=1) < 0.5)
-    cosines = np.where(both_zero, 1.0, np.sum(onnx_vectors * torch_vectors, axis=1))
-    return float(1.0 - np.min(cosines))
-
-
-def _encoder_base() -> type:
-    from clothsim.encoders.base import Encoder
-
-    return Encoder
+    Raises:
+        DataError: the message names the file and what differs.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: the model file of {what} is missing")
+    if sha256 is not None:
+        found = file_sha256(path)
+        if found != sha256:
+            raise DataError(f"{path}: the model file of {what} is not the one recorded (SHA-256 {found[:16]}..., "
+                            f"expected {sha256[:16]}...); it is damaged or was replaced")
 
 
-class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
-    """An encoder whose ``embed`` runs an exported network in ONNX Runtime.
+class OnnxEncoder(Encoder):
+    """An encoder whose ``embed`` runs an ONNX model file in ONNX Runtime.
 
-    Everything else (name, fingerprint, transform, and any extra method such as ``feature_maps`` or
-    ``classify``) is the torch encoder's, so callers cannot tell the two apart except by speed.
+    Args:
+        spec: The encoder's identity; its model file is what runs.
+        model_path: Where that file is (the spec's path resolved; checked against its SHA-256).
+        threads: Intra-op threads of the session (default: every core this process may use).
+        network: The encoder the file was exported from, when there is one in this process; extra
+            methods it offers (``classify``, ``feature_maps``) and inputs of another size go to it.
+        network_factory: Builds that network on first need, when it was not given (so a search never
+            builds it, and the methods stay reachable where its plug-in can build it: the torch extra).
+
+    Raises:
+        DataError: the file is missing or is not the one the spec records.
     """
 
-    def __init__(self, source: "Encoder", model_path: Path, threads: int | None = None) -> None:
-        import torch
-
-        self.source = source
-        self.name = source.name
-        self.dim = source.dim
-        self.weights_id = source.weights_id
-        self.preprocessing = source.preprocessing
-        self.device = torch.device("cpu")
+    def __init__(self, spec: EncoderSpec, model_path: str | Path, threads: int | None = None,
+                 network: Encoder | None = None, network_factory: Callable[[], Encoder] | None = None) -> None:
+        if spec.model_sha256 is None:
+            raise ValueError(f"{spec.name}: an ONNX encoder needs a spec with a model file and its SHA-256")
         self.model_path = Path(model_path)
+        check_model_file(self.model_path, spec.model_sha256, spec.name)
+        self._spec = spec
+        self.name = spec.name
+        self.dim = spec.dim
+        self.weights_id = spec.weights_id
+        self.weights_source = spec.weights_source
+        self.preprocessing = spec.preprocessing
+        self.device = "cpu"
+        self.network = network
+        self._network_factory = network_factory
         self.threads = threads or default_threads()
-        self.session = _session(self.model_path, self.threads)
-        self._input = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape
-        self._input_hw = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else None
-        self._maps_session: Any = None
+        self.session = make_session(self.model_path, self.threads)
+        inputs = self.session.get_inputs()[0]
+        self._input = inputs.name
+        self._input_hw = tuple(inputs.shape[2:]) if all(isinstance(d, int) for d in inputs.shape[2:]) else None
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, name: str, preprocessing: Preprocessing, weights_id: str | None = None,
+                  threads: int | None = None) -> "OnnxEncoder":
+        """An encoder over any ONNX file that maps a ``(N, 3, H, W)`` float32 batch to ``(N, dim)``
+        vectors (e.g. one exported elsewhere). Its spec names the file and its hash, so it goes to Ray
+        workers and into index folders like a built-in.
+
+        Args:
+            path: The ONNX file.
+            name: What the vectors are called (recorded in indexes built with it).
+            preprocessing: How a photo becomes the network input for these weights.
+            weights_id: An id for the weights (default: the first 16 hex digits of the file's SHA-256).
+        """
+        path = Path(path).resolve()
+        if not path.is_file():
+            raise DataError(f"{path}: no such ONNX file")
+        sha = file_sha256(path)
+        session = make_session(path, threads=1)
+        dim = session.get_outputs()[0].shape[-1]
+        if not isinstance(dim, int):
+            raise DataError(f"{path}: the model's output has no fixed size, so the vector size is unknown")
+        spec = EncoderSpec(name=name, dim=dim, weights_id=weights_id or sha[:16], preprocessing=preprocessing,
+                           model_file=str(path), model_sha256=sha)
+        return cls(spec, path, threads=threads)
 
     @property
-    def transform(self):  # type: ignore[override]
-        return self.source.transform
+    def spec(self) -> EncoderSpec:
+        return self._spec
 
     def fingerprint(self) -> dict[str, Any]:
-        return self.source.fingerprint()
+        return self._spec.fingerprint()
 
-    def export_module(self):  # type: ignore[override]
-        return self.source.export_module()
+    @property
+    def transform(self) -> Any:
+        if self.network is not None and self.preprocessing is None:
+            return self.network.transform
+        return super().transform
+
+    def export_module(self) -> Any:
+        return self.network.export_module() if self.network is not None else None
 
     def embed(self, batch: Any) -> np.ndarray:
-        from clothsim.encoders.base import l2_normalize
-
         array = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
         array = np.ascontiguousarray(array, dtype=np.float32)
         if array.ndim != 4 or array.shape[1] != 3:
@@ -253,26 +144,74 @@ class OnnxEncoder(_encoder_base()):  # type: ignore[misc]
         if array.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._input_hw is not None and tuple(array.shape[2:]) != self._input_hw:
-            # The export fixed the image size of the preprocessing; any other size is torch's to run.
-            return self.source.embed(batch)
+            network = self._built_network()
+            if network is None:
+                raise ValueError(f"{self.name}: the model takes {self._input_hw[0]}x{self._input_hw[1]} images, "
+                                 f"got {array.shape[2]}x{array.shape[3]}")
+            return network.embed(batch)  # the export fixed the size; any other is the network's to run
         return l2_normalize(self.session.run(None, {self._input: array})[0])
 
-    def feature_maps(self, batch: Any) -> "torch.Tensor":
-        """The un-pooled last feature map (as the torch encoder's ``feature_maps``), run by ONNX
-        Runtime; its export is made and cached on first use. Raises ``AttributeError`` when the torch
-        encoder has no feature maps."""
-        import torch
-
-        if not hasattr(self.source, "feature_maps") or getattr(self.source, "trunk", None) is None:
+    def feature_maps(self, batch: Any) -> Any:
+        """The un-pooled last feature map, as the torch network's ``feature_maps`` (its export is made
+        and cached on first use; the ``torch`` extra). Raises ``AttributeError`` when there is none."""
+        network = self._built_network()
+        if network is None or not hasattr(network, "feature_maps"):
             raise AttributeError(f"{self.name} has no feature_maps()")
-        if self._maps_session is None:
-            path = exported_model(self.source, self.source.trunk, part="maps", reference=self.source.feature_maps)
-            self._maps_session = _session(path, self.threads)
-        array = np.ascontiguousarray(batch.numpy() if hasattr(batch, "numpy") else batch, dtype=np.float32)
-        return torch.from_numpy(self._maps_session.run(None, {self._maps_session.get_inputs()[0].name: array})[0])
+        from clothsim.runtimes.onnx_export import feature_maps
+
+        return feature_maps(self, batch)
+
+    def _built_network(self) -> Encoder | None:
+        """The network, built now by the factory if it was not built yet (``None`` without either)."""
+        if self.__dict__.get("network") is None and self.__dict__.get("_network_factory") is not None:
+            self.network = self._network_factory()  # type: ignore[misc]
+        return self.__dict__.get("network")
 
     def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes this class lacks; "source" itself must not recurse (unpickling).
-        if name in ("source", "_maps_session"):
+        # Only reached for attributes this class lacks: the network's extra methods (classify, trunk...).
+        # Private names never build it (pickling and internal probes must not import torch).
+        if name.startswith("_") or name in ("network", "session"):
             raise AttributeError(name)
-        return getattr(self.source, name)
+        network = self._built_network()
+        if network is None:
+            raise AttributeError(f"{type(self).__name__} {self.__dict__.get('name')!r} has no attribute {name!r}")
+        return getattr(network, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A session cannot be pickled; a copy in another process opens its own from the same file.
+        state = dict(self.__dict__)
+        state.pop("session", None)
+        state.pop("_maps_session", None)
+        state.pop("_network_factory", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.session = make_session(self.model_path, self.threads)
+
+
+class OnnxRuntime:
+    """The ``onnx`` runtime plug-in."""
+
+    description = "ONNX Runtime (CPU provider) over the encoder's model file; no torch needed"
+    priority = 10
+    executes = "model_file"
+
+    def unavailable_reason(self) -> str | None:
+        return None if is_installed("onnxruntime") else f"onnxruntime is not installed: {INSTALL_HINT}"
+
+    def load(self, spec: EncoderSpec, *, threads: int | None = None, device: str = "cpu",
+             network: Encoder | None = None, network_factory: Callable[[], Encoder] | None = None) -> Encoder:
+        """``spec``'s model file run by ONNX Runtime.
+
+        Raises:
+            NotRunnableError: a device other than the CPU, or a spec without a model file.
+            DataError: the model file is missing or damaged.
+        """
+        if str(device) != "cpu":
+            raise NotRunnableError(f"the onnx runtime runs on the CPU; {spec.name} was asked for on {device} "
+                                   "(use --runtime torch for a GPU)")
+        path = spec.model_path()
+        if path is None:
+            raise NotRunnableError(f"encoder {spec.name!r} has no model file for ONNX Runtime")
+        return OnnxEncoder(spec, path, threads=threads, network=network, network_factory=network_factory)

@@ -32,7 +32,8 @@ import torch
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import DataError, EmptyCatalogError, UsageError
-from clothsim.features.extract import catalog_hash, iter_encoded_shards
+from clothsim.engines.local import iter_encoded_shards
+from clothsim.features.extract import catalog_hash
 from clothsim.fileio import read_jsonl, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)

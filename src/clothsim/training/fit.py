@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clothsim.data.records import CatalogRecord
+from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.data.splits import balanced_split
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError
 from clothsim.training.checkpoint import HISTORY, save_model
+from clothsim.training.model_folder import save_model_file
 from clothsim.training.feature_cache import FeatureMapCache, build_feature_map_cache
 from clothsim.training.plots import save_training_curves
 from clothsim.training.trainer import TrainConfig, TrainResult, train_siamese
@@ -102,6 +103,7 @@ def fit_siamese_on_catalog(
     Returns:
         The training result and the feature-map cache it used.
     """
+    require_categories(records, "clothsim train-siamese")
     config = config or TrainConfig()
     base = create_encoder(encoder, weights=weights, device=device, runtime=runtime)
     cache = build_feature_map_cache(records, base, cache_root or default_feature_cache_root(),
@@ -140,6 +142,7 @@ def fit_siamese_on_catalog(
         "feature_cache": str(cache.root),
     }
     save_model(out, result.model, meta, result.history)
+    save_model_file(out, f"siamese:{out.resolve()}")
     save_training_curves(result.history, out / LOSS_PLOT, out / ACCURACY_PLOT, best_epoch=result.best_epoch)
     logger.info("saved the model, %s and plots to %s", HISTORY, out)
     return result, cache

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from clothsim.encoders.base import Encoder, l2_normalize
-from clothsim.encoders.registry import create_encoder
+from clothsim.encoders.factory import build_network
 from clothsim.training.checkpoint import load_model
 from clothsim.training.distance import euclidean_distance, similarity_from_distance
 from clothsim.training.model import SiameseNetwork
@@ -122,22 +122,13 @@ def load_siamese_encoder(model_dir: str | Path, weights: str | Path | None = Non
     folder = Path(model_dir).expanduser().resolve()
     model, meta = load_model(folder)
     base_weights = weights if weights is not None else meta.get("base_weights")
-    base = create_encoder(meta["base_encoder"], weights=base_weights, device=device)
+    base = build_network(meta["base_encoder"], weights=base_weights, device=device)
     trained_on = meta.get("base_fingerprint", {}).get("weights")
     if trained_on is not None and trained_on != base.weights_id:
         raise UsageError(f"{folder / 'config.json'}: the model was trained on {meta['base_encoder']} weights "
                          f"{trained_on}, but the weights given are {base.weights_id}; pass --weights with the "
                          "original file")
     return SiameseEncoder(f"siamese:{folder}", base, model, meta, device)
-
-
-class SiameseFamily:
-    """The ``siamese:`` encoder family (a plug-in of ``clothsim.encoder_families``)."""
-
-    description = "a trained Siamese model folder (clothsim train-siamese), e.g. siamese:model/"
-
-    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
-        return load_siamese_encoder(spec, weights=weights, device=device)
 
 
 def read_model_summary(model_dir: str | Path) -> dict[str, Any]:

@@ -135,14 +135,14 @@ def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
         DataError: the checkpoint is of another format or does not fit its config.
         UsageError: the backbone weights are not those the model was trained on.
     """
-    from clothsim.encoders.registry import create_encoder
+    from clothsim.encoders.factory import build_network
 
     folder = Path(model_dir).expanduser().resolve()
     path, meta, saved = read_model_folder(folder, CHECKPOINT, "tuned", FORMAT, "clothsim train")
     config_path = folder / CONFIG
     config = NetworkConfig(**saved["network"])
     base_weights = weights if weights is not None else meta.get("backbone_weights")
-    backbone = create_encoder(config.backbone, weights=base_weights, device="cpu", runtime="torch")
+    backbone = build_network(config.backbone, weights=base_weights, device="cpu")
     trained_on = meta.get("backbone_fingerprint", {}).get("weights")
     if trained_on is not None and trained_on != backbone.weights_id:
         raise UsageError(f"{config_path}: the model was trained on {config.backbone} weights {trained_on}, "
@@ -160,11 +160,3 @@ def load_tuned_encoder(model_dir: str | Path, weights: str | Path | None = None,
     meta["checkpoint_sha256"] = file_sha256(path)  # the file as it is now, whatever config.json says
     return TunedEncoder(f"tuned:{folder}", backbone, nn.Sequential(*layers[:config.cut]), network, meta, device)
 
-
-class TunedFamily:
-    """The ``tuned:`` encoder family (a plug-in of ``clothsim.encoder_families``)."""
-
-    description = "a fine-tuned encoder folder (clothsim train), e.g. tuned:model/"
-
-    def create(self, spec: str, weights: str | Path | None, device: str) -> Encoder:
-        return load_tuned_encoder(spec, weights=weights, device=device)

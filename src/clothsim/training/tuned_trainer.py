@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clothsim.data.records import CatalogRecord
+from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.errors import DataError, UsageError
 from clothsim.fileio import write_json
 from clothsim.training.tuned_cache import AugmentConfig, CachedSplit, LowerPart, cache_split
+from clothsim.training.model_folder import save_model_file
 from clothsim.training.tuned_encoder import save_tuned
 from clothsim.training.tuned_losses import DEFAULT_LOSS, build_loss
 from clothsim.training.tuned_model import NetworkConfig, TunedMembers, TunedNetwork, backbone_layers, check_cut
@@ -233,8 +234,9 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
         DataError: fewer than two categories, an empty split, undecodable images only.
         UsageError: an unknown loss, backbone, pooling or out-of-range option.
     """
+    require_categories(records, "clothsim train")
     from clothsim.cache import default_cache_dir
-    from clothsim.encoders.registry import create_encoder
+    from clothsim.encoders.factory import create_encoder
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -348,6 +350,7 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
         meta["refit"] = refit
         meta["val_p_measured_on"] = "the selection run (the saved network also learnt from validation)"
     save_tuned(out, network, meta, history)
+    save_model_file(out, f"tuned:{out.resolve()}")
     _plot_curves(history, config.k, out / CURVES)
 
     report = None
