@@ -33,10 +33,13 @@ def unit(rng, n, d, dtype=np.float32):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
 
 
+@pytest.mark.parametrize("torch_loaded", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("n_queries", [1, 3])
 @pytest.mark.parametrize("keep_fraction", [1.0, 0.6, 0.05])
-def test_matches_the_naive_reference(dtype, n_queries, keep_fraction):
+def test_matches_the_naive_reference(dtype, n_queries, keep_fraction, torch_loaded, monkeypatch):
+    if not torch_loaded:  # the core's own path: search never imports torch
+        monkeypatch.setattr(topk, "_loaded_torch", lambda: None)
     rng = np.random.default_rng(int(keep_fraction * 100) + n_queries)
     vectors = unit(rng, 517, 24, dtype)
     keep = rng.random(517) < keep_fraction

@@ -234,3 +234,27 @@ def test_no_import_circle_between_modules():
         if module not in state:
             visit(module)
     assert not circles, "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_a_damaged_model_file_in_an_index_is_reported_refused_and_put_back(catalogue, tmp_path):
+    """An index of an exported network keeps its model file; damage to it is found by verify, refused by
+    search, and the build command puts the file back."""
+    from clothsim.cli.main import main
+
+    index = tmp_path / "idx"
+    argv = ["-q", "index", str(catalogue / "labelled"), "--out", str(index), "--weights", "random"]
+    assert main(argv) == 0
+    spec = json.loads((index / "manifest.json").read_text())["encoder_spec"]
+    model = index / spec["model_file"]
+    assert spec["model_file"].startswith("models/") and model.is_file()
+    data = bytearray(model.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    model.write_bytes(bytes(data))
+    checked = _no_torch("clothsim", "verify", str(index))
+    assert checked.returncode == 1 and "DAMAGED" in checked.stdout and str(model) in checked.stdout
+    query = next((SAMPLE / "test" / "hat").glob("*.jpg"))
+    refused = _no_torch("clothsim", "search", str(query), "--index", str(index))
+    assert refused.returncode == 1 and "not the one recorded" in refused.stderr
+    assert main(argv) == 0  # the same build command repairs it
+    assert _no_torch("clothsim", "verify", str(index)).returncode == 0
+    assert _no_torch("clothsim", "search", str(query), "--index", str(index)).returncode == 0

@@ -100,3 +100,36 @@ def test_catalog_is_a_deprecated_alias(colour_catalog, tiny_encoder, tmp_path):
         old, _ = Catalog.build(colour_catalog, tmp_path / "old", encoder=tiny_encoder, num_workers=0,
                                progress=False)
     assert isinstance(old, SimilarityIndex) and len(old) == 24
+
+
+def test_a_ray_cluster_that_is_not_there_is_refused_before_any_work(tmp_path):
+    """engine_options={"ray_address": "auto"} with no cluster: a usage error naming clothsim's option,
+    raised before int8 calibration or any encoding, and no index folder left behind."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("ray")
+    sample = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample"
+    script = f"""
+import json, os
+from clothsim import SimilarityIndex, read_catalog
+from clothsim.errors import UsageError
+records = read_catalog({str(sample / "train")!r})[:8]
+try:
+    SimilarityIndex.build(records, {str(tmp_path / "idx")!r}, precision="int8", engine="ray",
+                          engine_options={{"ray_address": "auto"}}, progress=False)
+except UsageError as exc:
+    cache = os.environ["CLOTHSIM_CACHE"]
+    print(json.dumps({{"error": str(exc), "calibrated": os.path.isdir(os.path.join(cache, "int8"))}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["CLOTHSIM_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "cannot reach a Ray cluster at 'auto'" in result["error"] and "--ray-address" in result["error"]
+    assert "`--address`" not in result["error"]
+    assert not result["calibrated"] and not (tmp_path / "idx").exists()

@@ -21,11 +21,11 @@ from PIL import Image
 from clothsim.data.records import CatalogRecord
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
 from clothsim.encoders.base import Encoder, collate
-from clothsim.encoders.factory import build_encoder, ready_spec, resolve_encoder, weights_source
-from clothsim.encoders.spec import EncoderSpec, fingerprint_mismatch
+from clothsim.encoders.factory import build_encoder, resolve_encoder, weights_source
 from clothsim.engines import configure_engine
 from clothsim.errors import UsageError
 from clothsim.features.extract import ExtractionReport, extract_features
+from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import FeatureStore
 from clothsim.index.base import IndexBackend, SearchHit
 from clothsim.index.registry import backend_registry, build_index, open_index
@@ -268,32 +268,3 @@ class SimilarityIndex:
         removed = self.backend.delete(ids)
         self.backend.save()
         return removed
-
-
-def recorded_spec(store: FeatureStore) -> EncoderSpec:
-    """The spec of the encoder that made ``store``'s vectors, as recorded in its manifest.
-
-    An index written before specs were recorded has only its fingerprint: its spec is rebuilt from that
-    (with the int8 model file such an index kept under ``models/``). A spec without a model file whose
-    identity is that of a model file ready to run (the shipped default encoder's) gets that file, so it
-    searches without torch.
-    """
-    manifest = store.manifest
-    if manifest.get("encoder_spec"):
-        spec = EncoderSpec.from_dict(manifest["encoder_spec"])
-    else:
-        fingerprint = store.fingerprint
-        model_file = None
-        if fingerprint.get("precision") == "int8":  # kept at models/<name>-int8.onnx by earlier versions
-            slug = "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(fingerprint["encoder"]))[-60:]
-            model_file = f"models/{slug}-int8.onnx"
-        spec = EncoderSpec.from_fingerprint(fingerprint, weights_source=manifest.get("weights_source"),
-                                            model_file=model_file)
-    if spec.model_file is None:
-        try:
-            ready = ready_spec(spec.name, spec.weights_source)
-        except UsageError:
-            ready = None
-        if ready is not None and not fingerprint_mismatch(ready.fingerprint(), spec.fingerprint()):
-            spec = replace(spec, model_file=ready.model_file, model_sha256=ready.model_sha256)
-    return spec

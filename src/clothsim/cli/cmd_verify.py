@@ -23,6 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.features.model_files import model_file_problem
     from clothsim.features.store import FeatureStore, repair_hint
     from clothsim.index.registry import check_backends
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     # report the same damage twice, under another name.
     backends = check_backends(store, full=not args.quick) if report.ok else []
     backend_problems = sum(len(check.problems) for check in backends)
-    ok = report.ok and not unfinished and not backend_problems
+    model_problem = model_file_problem(store, full=not args.quick)
+    ok = report.ok and not unfinished and not backend_problems and model_problem is None
     if args.json:
         print(json.dumps({
             "index": str(store.root), "ok": ok, "format_version": report.format_version,
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             "unfinished": unfinished, "problems": [{"path": str(p.path), "problem": p.message, "kind": p.kind}
                                                    for p in report.problems],
             "leftovers": [str(p) for p in report.leftovers], "seconds": round(report.seconds, 3),
+            "model_file": model_problem or "ok",
             "backends": [{"backend": c.name, "folder": str(c.folder), "checked": c.checked, "ok": c.ok,
                           "problems": c.problems, "note": c.note} for c in backends]}, indent=2))
         return 0 if ok else 1
@@ -62,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"backend {check.name}: ok ({'records and sizes' if args.quick else 'checksums and contents'} checked)")
         else:
             print(f"backend {check.name}: {check.note}")
+    if model_problem is not None:
+        print(f"DAMAGED {model_problem}; `clothsim index CATALOGUE --out {store.root}` (as it was built) "
+              "puts it back")
     if unfinished:
         kind = "first build" if pending.get("first_build") else "update"
         print(f"UNFINISHED: a `clothsim index` {kind} was interrupted; run the same command again to finish it")
     if report.problems:
         print(f"{len(report.problems)} problem(s). {repair_hint(store.root)}")
         return 1
-    if unfinished or backend_problems:
+    if unfinished or backend_problems or model_problem is not None:
         return 1
     print("ok")
     return 0

@@ -43,7 +43,7 @@ from clothsim.features.store import (
     StoreIntegrityError,
     fingerprint_mismatch,
 )
-from clothsim.features.model_files import keep_model_file
+from clothsim.features.model_files import keep_model_file, model_file_problem
 from clothsim.fileio import remove_path, rename_path
 
 logger = logging.getLogger(__name__)
@@ -451,7 +451,9 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
             updates: dict[str, Any] = {}
             if store.manifest.get("source_hash") != source:
                 updates.update(source_hash=source, n_source_records=len(records))  # same entries, new order
-            if "encoder_spec" not in store.manifest:  # an index from before specs were recorded
+            if "encoder_spec" not in store.manifest or model_file_problem(store) is not None:
+                # An index from before specs were recorded, or whose model file went missing or was
+                # damaged: the encoder of this run is the same model, so its file is kept again.
                 updates["encoder_spec"] = keep_model_file(store.root, encoder.spec).to_dict()
             if updates:
                 store.commit(**updates)

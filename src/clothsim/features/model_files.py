@@ -5,16 +5,24 @@ spec runs from a model file (an ONNX export, a tuned model, an int8 quantization
 into the folder's ``models/`` under a name that carries its hash, and the recorded spec names it
 relative to the folder: the index then searches with exactly that model, on a machine without torch, the
 export cache or the training folder. Files shipped with clothsim (``package:...``) are not copied.
+:func:`recorded_spec` reads the spec back, and :func:`model_file_problem` is what ``clothsim verify``
+checks of it.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clothsim.encoders.spec import PACKAGED, EncoderSpec
+from clothsim.encoders.spec import PACKAGED, EncoderSpec, fingerprint_mismatch
+from clothsim.errors import UsageError
 from clothsim.fileio import atomic_path, file_sha256
+
+if TYPE_CHECKING:
+    from clothsim.features.store import FeatureStore
 
 MODELS_DIR = "models"
 
@@ -39,3 +47,48 @@ def keep_model_file(root: str | Path, spec: EncoderSpec) -> EncoderSpec:
             with atomic_path(target) as tmp:
                 shutil.copyfile(source, tmp)
     return spec.with_model(relative.as_posix(), spec.model_sha256)  # type: ignore[arg-type]
+
+
+def recorded_spec(store: FeatureStore) -> EncoderSpec:
+    """The spec of the encoder that made ``store``'s vectors, as recorded in its manifest.
+
+    An index written before specs were recorded has only its fingerprint: its spec is rebuilt from that
+    (with the int8 model file such an index kept under ``models/``). A spec without a model file whose
+    identity is that of a model file ready to run (the shipped default encoder's) gets that file, so it
+    searches without torch.
+    """
+    manifest = store.manifest
+    if manifest.get("encoder_spec"):
+        spec = EncoderSpec.from_dict(manifest["encoder_spec"])
+    else:
+        fingerprint = store.fingerprint
+        model_file = None
+        if fingerprint.get("precision") == "int8":  # kept at models/<name>-int8.onnx by earlier versions
+            slug = "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(fingerprint["encoder"]))[-60:]
+            model_file = f"models/{slug}-int8.onnx"
+        spec = EncoderSpec.from_fingerprint(fingerprint, weights_source=manifest.get("weights_source"),
+                                            model_file=model_file)
+    if spec.model_file is None:
+        from clothsim.encoders.factory import ready_spec
+
+        try:
+            ready = ready_spec(spec.name, spec.weights_source)
+        except UsageError:
+            ready = None
+        if ready is not None and not fingerprint_mismatch(ready.fingerprint(), spec.fingerprint()):
+            spec = replace(spec, model_file=ready.model_file, model_sha256=ready.model_sha256)
+    return spec
+
+
+def model_file_problem(store: "FeatureStore", full: bool = True) -> str | None:
+    """Why the model file ``store``'s index records cannot be used (missing, or, with ``full``, not the
+    recorded file by its SHA-256), or ``None`` when it is intact or the index has none."""
+    spec = recorded_spec(store)
+    path = spec.model_path(store.root)
+    if path is None:
+        return None
+    if not path.is_file():
+        return f"{path}: the model file of {spec.name} is missing"
+    if full and file_sha256(path) != spec.model_sha256:
+        return f"{path}: the model file of {spec.name} is not the one recorded (SHA-256 differs)"
+    return None

@@ -7,7 +7,8 @@ by the index, the metrics and the tests' brute-force reference, so results never
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator, Sequence
+import sys
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -127,7 +128,8 @@ def topk_cosine(
 # ----- exact search at the memory wall --------------------------------------------------------------
 #: Rows per tile for float32 galleries: scores and the row block stay small next to the caches.
 TILE_ROWS = 4096
-#: Rows per tile for the half-precision first pass over float16 galleries (one torch call each).
+#: Rows per tile for the half-precision first pass over float16 galleries (one torch call each, where
+#: the process has torch loaded).
 HALF_TILE_ROWS = 65536
 #: Bound on how far the half-precision first pass may be from the exact float32 score, for a unit query
 #: (fp16 rounding of the query and of the result, plus fp32 accumulation); the window is twice this.
@@ -236,8 +238,8 @@ def scan_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by dot product over gallery parts, reading each row once, in tiles.
 
-    float32 parts are multiplied in place (no copy); float16 parts are converted tile by tile (torch's
-    vectorised conversion), or, for a single query, scored by a half-precision first pass whose
+    float32 parts are multiplied in place (no copy); float16 parts are converted tile by tile, or, for a
+    single query in a process that has torch loaded, scored by a half-precision first pass whose
     candidates are then rescored exactly in float32, so the result is the exact float32 top-k either way.
     Masked rows cost nothing extra when few are kept (the kept ones are gathered). Scores that unit
     vectors cannot give raise :class:`ScoreRangeError` naming the part: damage is never ranked.
@@ -321,23 +323,39 @@ def _exclude_sparse(scores: np.ndarray, ids: np.ndarray, exclude: np.ndarray) ->
     scores[hit, local_c[hit]] = -np.inf
 
 
+def _loaded_torch() -> Any:
+    """torch when this process has already imported it, else ``None``. Search never imports torch (the
+    core runs without it), but where a process has it loaded anyway (a script that also trains), its
+    vectorised float16 conversion is several times faster than numpy's on CPUs without native float16
+    casts (docs/benchmarks.md)."""
+    return sys.modules.get("torch")
+
+
 class _HalfConverter:
-    """float16 tiles to float32 through torch (numpy's float16 cast is not vectorised), and the product
-    through torch too, so one thread pool does both (OpenMP and OpenBLAS workers fight when alternated)."""
+    """float16 tiles to float32 in a reused buffer. With torch loaded, the conversion and the product go
+    through torch, so one thread pool does both (OpenMP and OpenBLAS workers fight when alternated);
+    otherwise numpy does both."""
 
     def __init__(self, tile_rows: int, dim: int) -> None:
-        import torch
-
-        self._torch = torch
-        self._buffer = torch.empty((tile_rows, dim), dtype=torch.float32)
+        self._torch = _loaded_torch()
+        if self._torch is not None:
+            self._buffer = self._torch.empty((tile_rows, dim), dtype=self._torch.float32)
+        else:
+            self._array = np.empty((tile_rows, dim), dtype=np.float32)
 
     def convert(self, block: np.ndarray) -> np.ndarray:
+        if self._torch is None:
+            out = self._array[: block.shape[0]]
+            np.copyto(out, block)
+            return out
         out = self._buffer[: block.shape[0]]
         out.copy_(self._torch.from_numpy(_writable(block)))
         return out.numpy()
 
     def matmul(self, queries: np.ndarray, block: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if torch is None:
+            return queries @ block.T
         return torch.mm(torch.from_numpy(queries), torch.from_numpy(block).T).numpy()
 
 
@@ -354,12 +372,10 @@ def _half_pass_available() -> bool:
     """Whether torch's half-precision matrix-vector product is within :data:`HALF_PASS_ERROR` (it
     accumulates in float32 unless a build or setting says otherwise); checked once per process."""
     global _HALF_PASS_OK
+    torch = _loaded_torch()
+    if torch is None:
+        return False  # asked again later: the process may load torch meanwhile
     if _HALF_PASS_OK is None:
-        try:
-            import torch
-        except ImportError:
-            _HALF_PASS_OK = False
-            return False
         rng = np.random.default_rng(0)
         x = rng.normal(size=(2048, 1280)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -378,8 +394,7 @@ def _scan_half_single(queries: np.ndarray, parts: Sequence[ScanPart], k: int, ex
     """One query over float16 parts: a half-precision pass at memory speed keeps every row within twice
     :data:`HALF_PASS_ERROR` of the running k-th best, then those are rescored exactly. Returns ``None``
     when the pass was less precise than promised (the caller then scans exactly)."""
-    import torch
-
+    torch = _loaded_torch()
     scale = max(1.0, float(np.linalg.norm(queries[0])))
     window = 2 * HALF_PASS_ERROR * scale
     query_half = torch.from_numpy(queries[0]).half()
