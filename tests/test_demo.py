@@ -14,9 +14,11 @@ from PIL import Image
 
 from clothsim.cli.main import main
 from clothsim.demo import CLOTHING_SAMPLE_DIR, STEPS, run_demo
+from clothsim.viz.grid import cell_size
 
 # Grid: 6 query rows, the query and k=5 hits per row, 160 px cells at 80 dpi (see viz.grid).
-GRID_SIZE = (6 * 160, int(6 * 160 * 1.25))
+# Six queries, each with its five hits, in cells of 160-pixel thumbnails.
+GRID_SIZE = (6 * cell_size(160)[0], 6 * cell_size(160)[1])
 
 
 def precision_table(out: str) -> dict[str, tuple[float, float]]:

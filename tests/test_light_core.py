@@ -258,3 +258,23 @@ def test_a_damaged_model_file_in_an_index_is_reported_refused_and_put_back(catal
     assert main(argv) == 0  # the same build command repairs it
     assert _no_torch("clothsim", "verify", str(index)).returncode == 0
     assert _no_torch("clothsim", "search", str(query), "--index", str(index)).returncode == 0
+
+
+def test_data_summarises_splits_and_writes_a_catalogue_without_categories(catalogue, tmp_path, capsys):
+    from clothsim.cli.main import main
+    from clothsim.data import read_catalog
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(catalogue / "labelled", mixed)
+    for photo in sorted((catalogue / "flat").iterdir())[:4]:
+        shutil.copy(photo, mixed / photo.name)
+    assert main(["data", str(mixed), "--split", "0.5", "--min-count", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "22 images in 3 categories, 4 without a category" in out
+    assert "dropped 'dress': 6 images < 7" in out  # every category has 6; the unlabelled are kept
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
+    assert rows["(no"] == ["category)", "2", "2", "4"]  # split as one group of their own
+    flat = tmp_path / "flat.csv"
+    assert main(["data", str(catalogue / "flat"), "--write-csv", str(flat)]) == 0
+    again = read_catalog(flat)
+    assert len(again) == len(list((catalogue / "flat").iterdir())) and {r.category for r in again} == {None}

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import clothsim.runtimes.onnx_export as onnx_export
+import clothsim.runtimes.onnx_runtime as onnx_runtime
 from clothsim.cli.main import main
 from clothsim.data import read_folder_catalog
 from clothsim.encoders.registry import create_encoder
@@ -218,3 +219,21 @@ def test_a_kill_during_the_export_leaves_a_cache_the_next_run_repairs(tmp_path, 
         [model] = cache.glob("*.onnx")
         meta = json.loads(model.with_suffix(".json").read_text())
         assert meta["size"] == model.stat().st_size  # recorded, and the record matches the file
+
+
+def test_the_optimized_graph_is_kept_checked_and_redone_when_damaged(private_cache, photos):
+    first = create_encoder()
+    [kept] = (private_cache.parent / "onnx-optimized").glob("*.onnx")
+    record = json.loads(kept.with_suffix(".json").read_text())
+    assert record["sha256"] == onnx_runtime.file_sha256(kept) and record["source_sha256"] == first.spec.model_sha256
+    reference = first.encode_images(photos[:3])
+    stamp = kept.stat().st_mtime_ns
+    again = create_encoder()  # loads the kept graph as it is
+    assert kept.stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(again.encode_images(photos[:3]), reference, atol=1e-6)
+    data = bytearray(kept.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    kept.write_bytes(bytes(data))
+    repaired = create_encoder()  # the damaged copy is not used: the graph is optimized again
+    assert onnx_runtime.file_sha256(kept) == json.loads(kept.with_suffix(".json").read_text())["sha256"]
+    np.testing.assert_allclose(repaired.encode_images(photos[:3]), reference, atol=1e-6)

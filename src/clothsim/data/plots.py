@@ -25,6 +25,10 @@ _SPLIT_COLOURS = {
 }
 
 
+#: The bar of the images without a category.
+NO_CATEGORY = "(no category)"
+
+
 def count_table(records: Sequence[CatalogRecord], by_split: bool = True) -> tuple[list[str], dict[str, list[int]]]:
     """Counts behind the chart.
 
@@ -40,13 +44,13 @@ def count_table(records: Sequence[CatalogRecord], by_split: bool = True) -> tupl
     """
     totals: dict[str, int] = {}
     for r in records:
-        totals[r.category] = totals.get(r.category, 0) + 1
+        totals[r.category or NO_CATEGORY] = totals.get(r.category or NO_CATEGORY, 0) + 1
     categories = sorted(totals, key=lambda c: (-totals[c], c))
     if not by_split or all(r.split is None for r in records):
         return categories, {"all": [totals[c] for c in categories]}
     cells: dict[tuple[str, str], int] = {}
     for r in records:
-        key = (r.split or UNSET_SPLIT, r.category)
+        key = (r.split or UNSET_SPLIT, r.category or NO_CATEGORY)
         cells[key] = cells.get(key, 0) + 1
     present = {split for split, _ in cells}
     order = [s for s in (*SPLITS, UNSET_SPLIT) if s in present]
@@ -80,8 +84,10 @@ def plot_category_distribution(
     """
     if not records:
         raise EmptyCatalogError("no records to plot")
+    from clothsim.optional import require
+
     # Figure without pyplot: no global state, no GUI backend, nothing to close.
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", feature="the category chart (--plot)").Figure
 
     categories, series = count_table(records, by_split)
     totals = [sum(values) for values in zip(*series.values(), strict=True)]

@@ -40,10 +40,10 @@ class FilterResult:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def category_counts(records: Iterable[CatalogRecord]) -> dict[str, int]:
-    """Images per category, largest first (ties by name)."""
+def category_counts(records: Iterable[CatalogRecord]) -> dict[str | None, int]:
+    """Images per category, largest first (ties by name); ``None`` counts the images without one."""
     counts = Counter(r.category for r in records)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or "")))
 
 
 def filter_min_count(records: Sequence[CatalogRecord], min_count: int = 100) -> FilterResult:
@@ -62,7 +62,8 @@ def filter_min_count(records: Sequence[CatalogRecord], min_count: int = 100) -> 
     if min_count < 1:
         raise UsageError(f"min_count must be at least 1, got {min_count}")
     counts = category_counts(records)
-    dropped = {c: n for c, n in counts.items() if n < min_count}
+    # Images without a category are no category: they are kept whatever their number.
+    dropped = {c: n for c, n in counts.items() if n < min_count and c is not None}
     if dropped:
         logger.info("dropped %d categories with fewer than %d images: %s", len(dropped), min_count, dropped)
     return FilterResult(records=[r for r in records if r.category not in dropped], dropped=dropped)
@@ -92,13 +93,14 @@ def balanced_split(records: Sequence[CatalogRecord], test_fraction: float = 0.2,
     """
     if not 0.0 < test_fraction < 1.0:
         raise UsageError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
-    by_category: dict[str, list[int]] = {}
+    by_category: dict[str | None, list[int]] = {}
     for index, record in enumerate(records):
         by_category.setdefault(record.category, []).append(index)
 
     test_rows: set[int] = set()
-    unsplittable: dict[str, int] = {}
-    for category, rows in sorted(by_category.items()):
+    unsplittable: dict[str | None, int] = {}
+    # Images without a category are split as one group of their own.
+    for category, rows in sorted(by_category.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
         if len(rows) < 2:
             unsplittable[category] = len(rows)
             continue

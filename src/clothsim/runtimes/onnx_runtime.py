@@ -10,6 +10,7 @@ extra's job (:mod:`clothsim.runtimes.onnx_export`).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,7 +20,7 @@ from clothsim.encoders.base import Encoder, l2_normalize
 from clothsim.encoders.preprocessing import Preprocessing
 from clothsim.encoders.spec import EncoderSpec
 from clothsim.errors import DataError
-from clothsim.fileio import file_sha256
+from clothsim.fileio import file_sha256, write_json
 from clothsim.optional import is_installed
 from clothsim.runtimes import NotRunnableError, default_threads
 
@@ -31,16 +32,75 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install onnxruntime"
 
 
-def make_session(path: str | Path, threads: int | None = None) -> "onnxruntime.InferenceSession":
+def make_session(path: str | Path, threads: int | None = None,
+                 sha256: str | None = None) -> "onnxruntime.InferenceSession":
     """An ONNX Runtime CPU session over ``path`` with ``threads`` intra-op threads (default: every core
-    this process may use) and no inter-op parallelism, so one session owns its cores."""
+    this process may use) and no inter-op parallelism, so one session owns its cores.
+
+    With the file's ``sha256``, the graph ONNX Runtime optimizes for this CPU is kept in the user cache
+    and loaded as it is next time: optimizing takes most of a session's start, which every command pays.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = _optimized_copy(sha256) if sha256 is not None else None
+    if optimized is not None and _intact(optimized):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(optimized), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types; the source is the truth
+            logger.info("optimized copy %s not used (%s); optimizing %s again", optimized, exc, path)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized is None:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    draft = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+    try:
+        draft.parent.mkdir(parents=True, exist_ok=True)
+        options.optimized_model_filepath = str(draft)
+        options.log_severity_level = 3  # its notice that the copy is for this CPU only: known, and keyed so
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        write_json(optimized.with_suffix(".json"), {"sha256": file_sha256(draft), "source_sha256": sha256})
+        os.replace(draft, optimized)
+    except OSError as exc:  # a read-only or full cache: run without keeping the copy
+        logger.debug("not keeping the optimized graph of %s: %s", path, exc)
+        draft.unlink(missing_ok=True)
+        options.optimized_model_filepath = ""
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session
+
+
+def _optimized_copy(sha256: str) -> Path:
+    """Where the graph optimized for this CPU and this ONNX Runtime is kept: it holds kernels chosen for
+    the CPU's instruction sets, so the name carries them (and the source file's hash)."""
+    import hashlib
+    import platform
+
+    import onnxruntime as ort
+
+    from clothsim.cache import default_cache_dir
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        pass
+    machine = hashlib.sha256(f"{platform.machine()}|{flags}|{ort.__version__}".encode()).hexdigest()[:12]
+    return default_cache_dir() / "onnx-optimized" / f"{sha256[:24]}-{machine}.onnx"
+
+
+def _intact(optimized: Path) -> bool:
+    """Whether the optimized copy is there and is the file its record names (a damaged one is redone)."""
+    import json
+
+    try:
+        record = json.loads(optimized.with_suffix(".json").read_text(encoding="utf-8"))
+        return optimized.is_file() and record.get("sha256") == file_sha256(optimized)
+    except (OSError, ValueError):
+        return False
 
 
 def check_model_file(path: Path, sha256: str | None, what: str) -> None:
@@ -90,7 +150,7 @@ class OnnxEncoder(Encoder):
         self.network = network
         self._network_factory = network_factory
         self.threads = threads or default_threads()
-        self.session = make_session(self.model_path, self.threads)
+        self.session = make_session(self.model_path, self.threads, spec.model_sha256)
         inputs = self.session.get_inputs()[0]
         self._input = inputs.name
         self._input_hw = tuple(inputs.shape[2:]) if all(isinstance(d, int) for d in inputs.shape[2:]) else None
@@ -187,7 +247,7 @@ class OnnxEncoder(Encoder):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.session = make_session(self.model_path, self.threads)
+        self.session = make_session(self.model_path, self.threads, self._spec.model_sha256)
 
 
 class OnnxRuntime:

@@ -1,4 +1,8 @@
-"""The result grid: each query beside its top-k with scores and categories, hits and misses marked."""
+"""The result grid: each query beside its top-k with scores and categories, hits and misses marked.
+
+Drawn with Pillow alone (the image library the core already has), so the demo and ``clothsim search
+--grid`` need no plotting library.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-# A bare Figure (no pyplot): no global backend switch, no window, nothing to close, thread-safe.
-from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from clothsim.errors import UsageError
 from clothsim.fileio import atomic_path
@@ -20,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 HIT_COLOUR = "#1a9850"
 MISS_COLOUR = "#d73027"
+#: Pixels around each picture in the grid.
+PAD = 6
 
 
 @dataclass(frozen=True)
@@ -57,31 +61,55 @@ def save_result_grid(
     """
     if not results:
         raise UsageError("save_result_grid needs at least one query")
+    if thumb_size < 16:
+        raise UsageError(f"thumb_size must be at least 16 pixels, got {thumb_size}")
+    font = _font(thumb_size)
+    cell_w, cell_h = cell_size(thumb_size)
     n_cols = 1 + max(len(r.hits) for r in results)
-    cell = thumb_size / 80  # inches per cell at 80 dpi, plus room for the caption
-    fig = Figure(figsize=(n_cols * cell, len(results) * cell * 1.25), dpi=80)
-    axes = fig.subplots(len(results), n_cols, squeeze=False)
+    sheet = Image.new("RGB", (n_cols * cell_w, len(results) * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
     for row, result in enumerate(results):
-        for col in range(n_cols):
-            axes[row][col].axis("off")
-        ax = axes[row][0]
-        ax.imshow(_thumbnail(result.image, thumb_size))
-        ax.set_title(result.title or f"query\n{result.category or ''}", fontsize=9, fontweight="bold")
+        top = row * cell_h
+        title = result.title or "query"
+        _cell(sheet, draw, font, (0, top), thumb_size, _thumbnail(result.image, thumb_size),
+              [title, result.category or ""], "black", bold=True)
         for col, hit in enumerate(result.hits, start=1):
-            ax = axes[row][col]
-            ax.imshow(_thumbnail(hit.record.path, thumb_size))
             colour = "black"
             if mark_hits and result.category is not None:
                 colour = HIT_COLOUR if hit.record.category == result.category else MISS_COLOUR
-                ax.axis("on")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(colour)
-                    spine.set_linewidth(3)
-            ax.set_title(f"#{hit.rank}  {hit.score:.3f}\n{hit.record.category}", fontsize=8, color=colour)
-    fig.tight_layout()
+            _cell(sheet, draw, font, (col * cell_w, top), thumb_size, _thumbnail(hit.record.path, thumb_size),
+                  [f"#{hit.rank}  {hit.score:.3f}", hit.record.category or ""], colour,
+                  frame=colour != "black")
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png")
+        sheet.save(tmp, format="PNG")
     return out_path
+
+
+def _font(thumb_size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(10, thumb_size // 12))
+
+
+def cell_size(thumb_size: int) -> tuple[int, int]:
+    """Width and height of one picture's cell in the grid: the picture, its margin and two caption lines."""
+    line = _font(thumb_size).size + 4
+    return thumb_size + 2 * PAD, thumb_size + 2 * PAD + 2 * line
+
+
+def _cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+          origin: tuple[int, int], size: int, image: Image.Image, caption: list[str], colour: str,
+          frame: bool = False, bold: bool = False) -> None:
+    """One picture, centred in its square, with two caption lines above it and an optional frame."""
+    left, top = origin
+    line = getattr(font, "size", 10) + 4
+    for i, text in enumerate(caption):
+        width = draw.textlength(text, font=font)
+        x = left + PAD + (size - width) / 2
+        draw.text((x, top + PAD + i * line), text, fill=colour, font=font,
+                  stroke_width=1 if bold else 0, stroke_fill=colour)
+    box_top = top + PAD + 2 * line
+    x = left + PAD + (size - image.width) // 2
+    y = box_top + (size - image.height) // 2
+    sheet.paste(image, (x, y))
+    if frame:
+        draw.rectangle((x - 3, y - 3, x + image.width + 2, y + image.height + 2), outline=colour, width=3)

@@ -13,7 +13,7 @@ class Hit(BaseModel):
     rank: int = Field(description="1 for the most similar item")
     id: int = Field(description="catalogue id; search from it with the form field `id`")
     score: float = Field(description="cosine similarity, at most 1")
-    category: str
+    category: str | None = Field(description="its category; null in a catalogue without categories")
     name: str = Field(description="file name of the item's image (the server's folders are not shown)")
     split: str | None = None
     item_id: str | None = Field(default=None, description="garment identity, where the catalogue has one")

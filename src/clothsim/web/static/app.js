@@ -75,7 +75,8 @@
       els.queryCaption.textContent = `Your photo: ${q.filename || "upload"} (${q.width}×${q.height})`;
     } else {
       els.queryImage.src = data.query.image_url;
-      els.queryCaption.textContent = `Catalogue item #${data.query.id} · ${data.query.category}`;
+      const label = data.query.category ? ` · ${data.query.category}` : "";
+      els.queryCaption.textContent = `Catalogue item #${data.query.id}${label}`;
     }
     els.query.hidden = false;
     els.query.dataset.kind = query.kind;
@@ -92,7 +93,7 @@
     button.title = `Search for items like #${hit.id} (${hit.name})`;
     const img = document.createElement("img");
     img.src = hit.image_url;
-    img.alt = `${hit.category}, rank ${hit.rank}`;
+    img.alt = `${hit.category || "item"}, rank ${hit.rank}`;
     img.loading = "lazy";
     const meta = document.createElement("span");
     meta.className = "meta";
@@ -105,7 +106,7 @@
     meta.append(rank, score);
     const category = document.createElement("span");
     category.className = "category";
-    category.textContent = hit.category;
+    category.textContent = hit.category || "";  // null in a catalogue without categories
     button.append(img, meta, category);
     button.addEventListener("click", () => search({ kind: "item", id: hit.id }));
     li.appendChild(button);
