@@ -133,3 +133,64 @@ except UsageError as exc:
     assert "cannot reach a Ray cluster at 'auto'" in result["error"] and "--ray-address" in result["error"]
     assert "`--address`" not in result["error"]
     assert not result["calibrated"] and not (tmp_path / "idx").exists()
+
+
+def _recording(monkeypatch, index):
+    """Log every photo read and every batch encoded, in order."""
+    import clothsim.images as images
+
+    events: list[str] = []
+    real_load, real_embed = images.load_image, index.encoder.embed
+
+    def load(*args, **kwargs):
+        events.append("load")
+        return real_load(*args, **kwargs)
+
+    def embed(batch):
+        events.append(f"embed {len(batch)}")
+        return real_embed(batch)
+
+    monkeypatch.setattr(images, "load_image", load)
+    monkeypatch.setattr(index.encoder, "embed", embed)
+    return events
+
+
+def _loads_before_each_batch(events: list[str]) -> list[int]:
+    loads, before = 0, []
+    for event in events:
+        if event == "load":
+            loads += 1
+        else:
+            before.append(loads)
+    return before
+
+
+def test_embed_decodes_a_bounded_window_ahead_whatever_the_number_of_photos(catalog, colour_catalog, monkeypatch):
+    paths = [r.path for r in colour_catalog] * 10  # 240 photos
+    expected = np.concatenate([catalog.embed([p]) for p in paths[:24]])
+    events = _recording(monkeypatch, catalog)
+    vectors = catalog.embed(paths, batch_size=8)
+    np.testing.assert_allclose(vectors[:24], expected, atol=1e-6)
+    assert vectors.shape == (240, catalog.encoder.dim)
+    batches = [e for e in events if e.startswith("embed")]
+    assert batches == ["embed 8"] * 30
+    # Batch j is encoded before photo 8 * (j + 1) + 8 + 2 is read: memory holds a window, not the list.
+    for j, loads in enumerate(_loads_before_each_batch(events)):
+        assert loads <= 8 * (j + 1) + 8 + 2, (j, loads)
+
+
+def test_add_encodes_in_batches_and_commits_every_chunk(catalog, colour_catalog, monkeypatch):
+    import clothsim.similarity_index as facade
+
+    monkeypatch.setattr(facade, "ADD_COMMIT_EVERY", 50)
+    records = [CatalogRecord(r.path, r.category) for r in colour_catalog] * 5  # 120 photos
+    before = len(catalog)
+    events = _recording(monkeypatch, catalog)
+    commits = []
+    real_save = catalog.backend.save
+    monkeypatch.setattr(catalog.backend, "save", lambda: (commits.append(len(catalog)), real_save()))
+    ids = catalog.add(records)
+    assert len(ids) == 120 and len(catalog) == before + 120
+    assert commits == [before + 50, before + 100, before + 120]  # one commit per chunk of 50
+    assert max(_loads_before_each_batch(events)[j] - 32 * (j + 1) for j in range(3)) <= 32 + 8 * 2
+    assert all(int(e.split()[1]) <= 32 for e in events if e.startswith("embed"))
