@@ -86,6 +86,8 @@ def main_job(work: Path) -> dict:
 def commands(venv: Path, data: Path, work: Path, repeats: int) -> dict:
     clothsim = str(venv / "bin" / "clothsim")
     index = work / "train-index"
+    if index.exists():
+        shutil.rmtree(index)
     code, wall, rss, err = run_measured([clothsim, "-q", "index", str(data / "train"), "--out", str(index)])
     if code != 0:
         raise SystemExit(f"clothsim index failed: {err}")

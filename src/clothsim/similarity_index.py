@@ -221,17 +221,34 @@ class SimilarityIndex:
             yield batch
 
     def search(
-        self, image: ImageLike, k: int = 5, category: str | Sequence[str] | None = None
+        self, image: ImageLike, k: int = 5, category: str | Sequence[str] | None = None, *,
+        collapse: bool = False,
     ) -> list[SearchHit]:
-        """The ``k`` indexed items most similar to one image, best first."""
-        return self.backend.search(self.embed([image]), k, category=category)[0]
+        """The ``k`` indexed items most similar to one image, best first.
+
+        With ``collapse``, near-duplicates count once: each hit stands for its group of copies (the groups
+        of the last ``clothsim duplicates`` run, and any item at least the index's duplicate threshold
+        from a better hit), and says how many items it stands for in ``group_size``.
+        """
+        vector = self.embed([image])
+        if collapse:
+            from clothsim.duplicates.collapse import collapsed_search
+
+            return collapsed_search(self, vector[0], k, category)
+        return self.backend.search(vector, k, category=category)[0]
 
     def search_by_id(
-        self, item_id: int, k: int = 5, category: str | Sequence[str] | None = None
+        self, item_id: int, k: int = 5, category: str | Sequence[str] | None = None, *,
+        collapse: bool = False,
     ) -> list[SearchHit]:
-        """The ``k`` items most similar to an indexed item, the item itself left out."""
-        vector = self.store.vector(item_id)[None, :]
-        return self.backend.search(vector, k, category=category, exclude_ids=[item_id])[0]
+        """The ``k`` items most similar to an indexed item, the item itself left out (``collapse`` as
+        for :meth:`search`)."""
+        vector = self.store.vector(item_id)
+        if collapse:
+            from clothsim.duplicates.collapse import collapsed_search
+
+            return collapsed_search(self, vector, k, category, exclude_id=item_id)
+        return self.backend.search(vector[None, :], k, category=category, exclude_ids=[item_id])[0]
 
     def add(self, records: Sequence[CatalogRecord], progress: bool = False) -> np.ndarray:
         """Encode and add photos without rebuilding; returns their new ids (in the order of the records

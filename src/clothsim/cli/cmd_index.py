@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"indexed {report.n_encoded} images with {index.encoder.name} ({index.encoder.dim}-d) "
               f"into {args.out}; {report.n_new} encoded now at {report.images_per_second:.1f} images/s")
         print(f"{'rebuilt' if report.rebuilt else 'synced'}: {report.summary()}")
+    if not (report.reused or report.first_build or report.rebuilt) and report.new_ids_from is not None:
+        _report_new_duplicates(index, report.new_ids_from)
     for problem in report.repaired:
         print(f"repaired {problem}")
     for failure in report.failures:
@@ -90,3 +92,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report.n_failed} catalogue entr{'y' if report.n_failed == 1 else 'ies'} could not be encoded "
               "and were skipped")
     return 0
+
+
+def _report_new_duplicates(index, first_new_id: int) -> None:
+    """Say which of the items a sync added are near-duplicates of items already in the index."""
+    from clothsim.duplicates.collapse import copies_among
+    from clothsim.duplicates.finder import recorded_threshold
+
+    ids = index.store.live_ids()
+    new = ids[ids >= first_new_id]
+    if new.size == 0:
+        return
+    threshold, _ = recorded_threshold(index.store)
+    found = copies_among(index, new.tolist(), threshold)
+    if not found:
+        return
+    print(f"{len(found)} of the {new.size} items this sync added are near-duplicates of indexed items "
+          f"(cosine >= {threshold:.2f}):")
+    for item, hits in list(found.items())[:10]:
+        record = index.store.get(item).record
+        print(f"    {record.path} ~ {hits[0].record.path} ({hits[0].score:.3f})"
+              + (f" and {len(hits) - 1} more" if len(hits) > 1 else ""))
+    if len(found) > 10:
+        print(f"    ... {len(found) - 10} more (clothsim duplicates --index {index.store.root})")

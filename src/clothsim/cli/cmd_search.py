@@ -22,6 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-k", type=positive_int, default=5, help="results per query (default 5)")
     parser.add_argument("--category", action="append", default=None,
                         help="only results of this category (repeatable)")
+    parser.add_argument("--collapse", action="store_true",
+                        help="one result per group of near-duplicates, with the group's size (see `clothsim "
+                             "duplicates`)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--grid", metavar="PNG", help="also draw the query beside its results")
     parser.add_argument("--weights", default=None, metavar="PATH",
@@ -54,16 +57,19 @@ def run(args: argparse.Namespace) -> int:
 
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
                                  threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
-    results = [(image, index.search(image, k=args.k, category=args.category)) for image in args.images]
+    results = [(image, index.search(image, k=args.k, category=args.category, collapse=args.collapse))
+               for image in args.images]
     if args.json:
         print(json.dumps([{"query": str(image), "results": [h.to_dict() for h in hits]}
                           for image, hits in results], indent=2))
     else:
         for image, hits in results:
             print(f"query: {image}")
-            print(f"{'rank':>4}  {'score':>6}  {'category':<16} path")
+            copies = f"  {'copies':>6}" if args.collapse else ""
+            print(f"{'rank':>4}  {'score':>6}{copies}  {'category':<16} path")
             for hit in hits:
-                print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.record.category:<16} {hit.record.path}")
+                size = f"  {hit.group_size:>6}" if args.collapse else ""
+                print(f"{hit.rank:>4}  {hit.score:6.3f}{size}  {hit.record.category or '-':<16} {hit.record.path}")
     if args.grid:
         from clothsim.viz.grid import QueryResult, save_result_grid
 

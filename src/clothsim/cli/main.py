@@ -22,8 +22,8 @@ from typing import Sequence
 from clothsim import __version__
 from clothsim.errors import ClothsimError, UsageError
 
-COMMANDS = ("encoders", "plugins", "index", "search", "demo", "data", "serve", "train_siamese", "similarity",
-            "evaluate", "fit_ensemble", "train", "verify")
+COMMANDS = ("encoders", "plugins", "index", "search", "duplicates", "demo", "data", "serve", "train_siamese",
+            "similarity", "evaluate", "fit_ensemble", "train", "verify")
 # What a user's mistake about files looks like; a message naming the path is enough.
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 

@@ -82,6 +82,8 @@ class ExtractionReport:
     n_relabelled: int = 0
     first_build: bool = False
     rebuilt: bool = False
+    #: Ids from this one up were handed out by this run (the items it added or re-encoded).
+    new_ids_from: int | None = None
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -446,6 +448,7 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
         plan = _plan(store, records, probes, crops, base_next_id)
         for name in ("n_added", "n_removed", "n_reencoded", "n_relabelled"):
             setattr(report, name, getattr(plan, name))
+        report.new_ids_from = base_next_id
         source = catalog_hash(records)
         if plan.empty and not pending and not repaired and _same_failures(store.failures, plan.failures):
             updates: dict[str, Any] = {}

@@ -15,15 +15,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One result: its rank (1-based), catalogue id, cosine similarity and record."""
+    """One result: its rank (1-based), catalogue id, cosine similarity and record; ``group_size`` in a
+    search that collapses near-duplicates (how many items of the catalogue this one stands for)."""
 
     rank: int
     id: int
     score: float
     record: CatalogRecord
+    group_size: int | None = None
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "score": round(float(self.score), 6), **self.record.to_dict()}
+        row = {"rank": self.rank, "id": self.id, "score": round(float(self.score), 6), **self.record.to_dict()}
+        if self.group_size is not None:
+            row["group_size"] = self.group_size
+        return row
 
 
 @runtime_checkable
@@ -96,6 +101,18 @@ class IndexBackendPlugin(Protocol):
 
     def open(self, store: "FeatureStore", **options: Any) -> IndexBackend:
         """Reopen an index built earlier by :meth:`build` over ``store``."""
+        ...
+
+
+@runtime_checkable
+class NeighbourSearch(Protocol):
+    """An optional extra of an open :class:`IndexBackend`: the nearest live items as ids and scores alone,
+    no records made (what a scan of the whole catalogue for near-duplicates asks, once per item)."""
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   exclude_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)``, each ``(len(queries), k)``, best first; padded with id ``-1`` and score
+        ``-inf`` where fewer than ``k`` items are eligible."""
         ...
 
 

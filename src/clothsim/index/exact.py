@@ -93,6 +93,28 @@ class ExactIndex:
         category: str | Sequence[str] | None = None,
         exclude_ids: Sequence[int] | None = None,
     ) -> list[list[SearchHit]]:
+        ids, scores = self._scan(queries, k, category, exclude_ids)
+        records = self.store.records_for(ids.ravel())
+        width = ids.shape[1]
+        return [
+            [SearchHit(rank + 1, int(i), float(s), records[row * width + rank])
+             for rank, (i, s) in enumerate(zip(row_ids, row_scores))]
+            for row, (row_ids, row_scores) in enumerate(zip(ids, scores))
+        ]
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   exclude_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest live items as ``(ids, scores)`` arrays, padded with -1 / -inf (see
+        :class:`~clothsim.index.base.NeighbourSearch`)."""
+        ids, scores = self._scan(queries, k, None, exclude_ids)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return ids, scores
+
+    def _scan(self, queries: np.ndarray, k: int, category: str | Sequence[str] | None,
+              exclude_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.ndim != 2 or queries.shape[1] != self.store.dim:
             raise ValueError(f"queries have dim {queries.shape[-1]}, the index holds {self.store.dim}-d vectors")
@@ -108,17 +130,10 @@ class ExactIndex:
                           None if everything else keep[span], label=str(segment.vectors_path))
                  for segment, array, span in self.store.iter_segments()]
         try:
-            ids, scores = scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows)
+            return scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows)
         except ScoreRangeError as exc:
             raise StoreIntegrityError(exc.label, f"holds vectors that are not unit vectors (a score of "
                                                  f"{exc.value:.3g}); the file is damaged", self.store.root) from None
-        records = self.store.records_for(ids.ravel())
-        width = ids.shape[1]
-        return [
-            [SearchHit(rank + 1, int(i), float(s), records[row * width + rank])
-             for rank, (i, s) in enumerate(zip(row_ids, row_scores))]
-            for row, (row_ids, row_scores) in enumerate(zip(ids, scores))
-        ]
 
     def add(
         self, vectors: np.ndarray, records: Sequence[CatalogRecord], failures: Sequence[dict[str, str]] = ()
