@@ -22,6 +22,10 @@ _SESSION_CACHE = None
 if "CLOTHSIM_CACHE" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="clothsim-test-cache-")
     os.environ["CLOTHSIM_CACHE"] = _SESSION_CACHE
+# Model hubs: never reached from a test (offline answers come at once instead of after retries), and the
+# hub cache is this session's, so nothing a developer downloaded is used by accident.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", os.path.join(os.environ["CLOTHSIM_CACHE"], "huggingface"))
 
 
 @pytest.fixture(scope="session", autouse=True)

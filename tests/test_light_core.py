@@ -27,6 +27,7 @@ SAMPLE = SRC / "clothsim" / "assets" / "clothing_sample"
 TORCH_MODULES = {
     "clothsim.encoders.torchvision_cnn", "clothsim.encoders.efficientnet_lite", "clothsim.encoders.torch_cnn",
     "clothsim.encoders.pooling", "clothsim.encoders.weights", "clothsim.runtimes.onnx_export",
+    "clothsim.encoders.timm_network", "clothsim.encoders.open_clip_network", "clothsim.runtimes.text_export",
 }
 TORCH_PACKAGES = ("clothsim.training.", "clothsim.ensemble.")
 

@@ -28,6 +28,13 @@ EXTRA_OF = {
     "pymilvus": "milvus",
     "milvus_lite": "milvus",
     "ray": "distributed",
+    "tokenizers": "text",
+    "ftfy": "text",
+    "timm": "hub",
+    "open_clip": "hub",
+    "huggingface_hub": "hub",
+    "safetensors": "hub",
+    "transformers": "hub",
 }
 
 

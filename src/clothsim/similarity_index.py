@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from clothsim.data.records import CatalogRecord
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
-from clothsim.encoders.base import Encoder, collate
+from clothsim.encoders.base import Encoder, collate, l2_normalize
 from clothsim.encoders.factory import build_encoder, resolve_encoder, weights_source
 from clothsim.engines import configure_engine
 from clothsim.errors import UsageError
@@ -30,10 +30,16 @@ from clothsim.features.store import FeatureStore
 from clothsim.index.base import IndexBackend, SearchHit
 from clothsim.index.registry import backend_registry, build_index, open_index
 
+if TYPE_CHECKING:
+    from clothsim.runtimes.onnx_text import OnnxTextEncoder
+    from clothsim.zero_shot import LabelList, LabelReport
+
 logger = logging.getLogger(__name__)
 
 ImageLike = str | Path | bytes | Image.Image
 
+#: How much a text counts against a photo in a query of both (see :meth:`SimilarityIndex.query_vector`).
+DEFAULT_TEXT_WEIGHT = 0.5
 #: Photos decoded and encoded together by :meth:`SimilarityIndex.embed` and :meth:`SimilarityIndex.add`.
 BATCH_SIZE = 32
 #: :meth:`SimilarityIndex.add` commits after every this many photos, so memory stays bounded however
@@ -55,6 +61,8 @@ class SimilarityIndex:
         self.store = store
         self.encoder = encoder
         self.backend = backend
+        #: What the last :meth:`label` did (``None`` before any).
+        self.label_report: "LabelReport | None" = None
 
     @classmethod
     def build(
@@ -74,6 +82,7 @@ class SimilarityIndex:
         backend_options: dict[str, Any] | None = None,
         engine: str = "local",
         engine_options: dict[str, Any] | None = None,
+        labels: "LabelList | None" = None,
         **extract_options: Any,
     ) -> tuple["SimilarityIndex", ExtractionReport]:
         """Encode ``records`` into an index folder at ``out_dir`` and open it for search.
@@ -93,6 +102,9 @@ class SimilarityIndex:
             engine: What decodes and encodes: ``"local"`` (this machine) or ``"ray"`` (a Ray cluster;
                 ``engine_options`` ``ray_address`` such as ``"auto"`` or ``"ray://HOST:10001"`` and
                 ``actors``). The index is the same whichever engine built it.
+            labels: Give every item its best label from this list through the encoder's text tower
+                (:mod:`clothsim.zero_shot`): stored as the category of items without one, or as a named
+                attribute; what it did is :attr:`label_report`. Needs an encoder with a text tower.
             extract_options: For :func:`clothsim.features.extract_features` (batch_size, num_workers,
                 dtype, use_bbox, overwrite, progress, ...).
 
@@ -116,6 +128,13 @@ class SimilarityIndex:
                                       use_bbox=extract_options.get("use_bbox", True))
         enc = resolve_encoder(encoder, weights, device, runtime, threads, precision=precision,
                               calibration=calibration)
+        if labels is not None:
+            from clothsim.runtimes.onnx_text import text_refusal
+            from clothsim.zero_shot import carry_labels
+
+            if not enc.spec.has_text_tower:  # refused before any photo is encoded
+                raise UsageError("--label-with needs a text tower: " + text_refusal(enc.spec, "the index"))
+            records = carry_labels(records, out_dir, labels.field)
         extra = {"weights_source": weights_source(weights)}
         report = extract_features(records, enc, out_dir, extra_manifest=extra, engine=chosen_engine,
                                   **extract_options)
@@ -131,7 +150,10 @@ class SimilarityIndex:
             index.save()
         else:
             index = build_index(store, backend, **options)
-        return cls(store, enc, index), report
+        built = cls(store, enc, index)
+        if labels is not None:
+            built.label(labels)
+        return built, report
 
     @classmethod
     def open(
@@ -231,6 +253,79 @@ class SimilarityIndex:
         from a better hit), and says how many items it stands for in ``group_size``.
         """
         vector = self.embed([image])
+        if collapse:
+            from clothsim.duplicates.collapse import collapsed_search
+
+            return collapsed_search(self, vector[0], k, category)
+        return self.backend.search(vector, k, category=category)[0]
+
+    # ----- text -------------------------------------------------------------------------------------
+    def label(self, labels: "LabelList") -> "LabelReport":
+        """Give every item its best label from ``labels`` through the text tower, stored in the index (see
+        :mod:`clothsim.zero_shot`); the report is also kept as :attr:`label_report`.
+
+        Raises:
+            UsageError: the index's encoder has no text tower.
+        """
+        from clothsim.zero_shot import label_index
+
+        self.label_report = label_index(self, labels)
+        return self.label_report
+
+    @property
+    def text_encoder(self) -> "OnnxTextEncoder":
+        """The text tower of the index's encoder, on ONNX Runtime (built on first use, no torch).
+
+        Raises:
+            UsageError: the encoder has no text tower (the message says which encoders have one).
+        """
+        found = self.__dict__.get("_text_encoder")
+        if found is None:
+            from clothsim.runtimes.onnx_text import OnnxTextEncoder
+
+            spec = self.encoder.spec
+            if spec.text is None or not spec.files:
+                spec = recorded_spec(self.store).with_absolute_files(self.store.root)
+            found = OnnxTextEncoder(spec, threads=getattr(self.encoder, "threads", None),
+                                    base_dir=self.store.root)
+            self.__dict__["_text_encoder"] = found
+        return found
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of ``texts`` in the space of the index's image vectors (see :attr:`text_encoder`)."""
+        return self.text_encoder.encode(list(texts))
+
+    def query_vector(self, text: str | None = None, image: ImageLike | None = None,
+                     text_weight: float = DEFAULT_TEXT_WEIGHT) -> np.ndarray:
+        """The ``(1, dim)`` query of a text, a photo, or both: with both, the unit vector of
+        ``(1 - text_weight) * photo + text_weight * text`` ("like this photo, but red").
+
+        Raises:
+            UsageError: neither given, a weight outside [0, 1], or text on an index without a text tower.
+        """
+        if text is None and image is None:
+            raise UsageError("give a text, a photo, or both")
+        if not 0.0 <= float(text_weight) <= 1.0:
+            raise UsageError(f"text_weight must lie between 0 and 1, got {text_weight}")
+        if text is None:
+            return self.embed([image])  # type: ignore[list-item]
+        text_vector = self.embed_text([text])
+        if image is None:
+            return text_vector
+        mixed = (1.0 - float(text_weight)) * self.embed([image]) + float(text_weight) * text_vector
+        return l2_normalize(mixed)
+
+    def search_text(self, text: str, k: int = 5, category: str | Sequence[str] | None = None, *,
+                    image: ImageLike | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
+                    collapse: bool = False) -> list[SearchHit]:
+        """The ``k`` indexed items closest to a text ("red floral dress"), or to a photo and a text
+        together (``image``, mixed by ``text_weight``, see :meth:`query_vector`), best first
+        (``collapse`` as for :meth:`search`).
+
+        Raises:
+            UsageError: the index's encoder has no text tower, an empty text, or a bad weight.
+        """
+        vector = self.query_vector(text, image, text_weight)
         if collapse:
             from clothsim.duplicates.collapse import collapsed_search
 

@@ -39,6 +39,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-bbox", action="store_true", help="ignore bounding boxes in the annotations")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild an index made with another setup (built beside it, swapped in when done)")
+    group = parser.add_argument_group("labels without labelling (encoders with a text tower, e.g. open_clip:...)")
+    group.add_argument("--label-with", metavar="FILE|LIST", default=None,
+                       help="give each item its best label from this list (a file, one label a line, or "
+                            "'dress,shirt,shoes'), through the text tower, with its score")
+    group.add_argument("--label-as", metavar="FIELD", default="category",
+                       help="store the label as the category of items without one (default) or as this "
+                            "attribute, e.g. colour (stored as colour=red)")
+    group.add_argument("--label-prompt", metavar="TEMPLATE", default="a photo of a {}",
+                       help="the text each label is encoded as; {} is the label (default 'a photo of a {}')")
     # The default is clothsim.features.extract.DEFAULT_CHECKPOINT_EVERY (not imported: it pulls in torch).
     parser.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
                         help="commit the work every N images, so an interruption loses at most that many "
@@ -65,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
+    labels = None
+    if args.label_with is not None:
+        from clothsim.zero_shot import LabelList, read_label_list
+
+        labels = LabelList(tuple(read_label_list(args.label_with)), field=args.label_as, prompt=args.label_prompt)
     records = load_records(args)
     index, report = SimilarityIndex.build(
         records, args.out, encoder=args.encoder, weights=args.weights, device=args.device,
@@ -74,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         engine_options={"ray_address": args.ray_address, "actors": args.actors} if args.engine == "ray" else None,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
         use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, labels=labels,
     )
     if report.reused:
         print(f"{args.out} is already up to date: {len(index)} images, encoder {index.encoder.name}")
@@ -84,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'rebuilt' if report.rebuilt else 'synced'}: {report.summary()}")
     if not (report.reused or report.first_build or report.rebuilt) and report.new_ids_from is not None:
         _report_new_duplicates(index, report.new_ids_from)
+    if index.label_report is not None:
+        print(index.label_report.summary())
     for problem in report.repaired:
         print(f"repaired {problem}")
     for failure in report.failures:

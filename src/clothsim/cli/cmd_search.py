@@ -1,4 +1,4 @@
-"""``clothsim search``: the top-k catalogue items for one or more photos."""
+"""``clothsim search``: the top-k catalogue items for one or more photos, a text, or a photo and a text."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ from clothsim.cli.options import add_backend_options_flag, add_runtime_option, p
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "search", help="find the most similar catalogue items for a photo",
-        description="Rank the indexed catalogue by cosine similarity to each query photo.",
+        description="Rank the indexed catalogue by cosine similarity to each query photo, to a text (indexes "
+                    "built with an encoder that has a text tower, e.g. open_clip:...), or to a photo and a text "
+                    "together.",
         epilog="examples:\n  clothsim search photo.jpg --index catalog/ -k 5\n"
                "  clothsim search a.jpg b.jpg --index catalog/ --json\n"
-               "  clothsim search photo.jpg --index catalog/ --category dress --grid result.png",
+               "  clothsim search photo.jpg --index catalog/ --category dress --grid result.png\n"
+               "  clothsim search --text \"red floral summer dress\" --index clip-catalog/\n"
+               "  clothsim search photo.jpg --text red --text-weight 0.3 --index clip-catalog/   # like this, but red",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="query image file(s)")
+    parser.add_argument("images", nargs="*", help="query image file(s); none with --text alone")
+    parser.add_argument("--text", default=None, metavar="TEXT",
+                        help="search by this text (with photos: each photo mixed with it)")
+    parser.add_argument("--text-weight", type=_weight, default=0.5, metavar="W",
+                        help="with photos and --text: how much the text counts, 0..1 (default 0.5)")
     parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
     parser.add_argument("-k", type=positive_int, default=5, help="results per query (default 5)")
     parser.add_argument("--category", action="append", default=None,
@@ -48,7 +56,22 @@ def check_query_files(images: list[str]) -> None:
             raise IsADirectoryError(f"query image {image} is not a file")
 
 
+def _weight(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    from clothsim.errors import UsageError
+
+    if not args.images and args.text is None:
+        raise UsageError("give query photos, --text, or both")
+    if args.text is not None and not args.text.strip():
+        raise UsageError("--text must not be empty")
+    if args.grid and not args.images:
+        raise UsageError("--grid draws the query photo beside its results; a text query has none")
     check_query_files(args.images)
     if not Path(args.index).is_dir():
         raise FileNotFoundError(f"index folder {args.index} does not exist")
@@ -57,14 +80,24 @@ def run(args: argparse.Namespace) -> int:
 
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
                                  threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
-    results = [(image, index.search(image, k=args.k, category=args.category, collapse=args.collapse))
-               for image in args.images]
+    collapse = {"collapse": True} if args.collapse else {}
+    if args.text is None:
+        results = [(image, index.search(image, k=args.k, category=args.category, **collapse))
+                   for image in args.images]
+    elif not args.images:
+        results = [(None, index.search_text(args.text, k=args.k, category=args.category, **collapse))]
+    else:
+        results = [(image, index.search_text(args.text, k=args.k, category=args.category, image=image,
+                                             text_weight=args.text_weight, **collapse)) for image in args.images]
     if args.json:
-        print(json.dumps([{"query": str(image), "results": [h.to_dict() for h in hits]}
-                          for image, hits in results], indent=2))
+        text = {"text": args.text} if args.text is not None else {}
+        print(json.dumps([{"query": str(image) if image is not None else None, **text,
+                           "results": [h.to_dict() for h in hits]} for image, hits in results], indent=2))
     else:
         for image, hits in results:
-            print(f"query: {image}")
+            shown = " + ".join(part for part in (str(image) if image else None,
+                                                 repr(args.text) if args.text is not None else None) if part)
+            print(f"query: {shown}")
             copies = f"  {'copies':>6}" if args.collapse else ""
             print(f"{'rank':>4}  {'score':>6}{copies}  {'category':<16} path")
             for hit in hits:

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="model folder to write")
     add_data_options(parser)
     parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="pretrained encoder to fine-tune: efficientnet_lite0 (default) or vgg16")
+                        help="pretrained encoder to fine-tune: efficientnet_lite0 (default), vgg16, or a timm CNN "
+                             "(timm:resnet50.a1_in1k, ...)")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="backbone weights file (default: the official pretrained weights)")
     parser.add_argument("--device", default="cpu", help="torch device of the training, e.g. cuda (default cpu)")

@@ -46,8 +46,8 @@ def exact_copy_groups(store: "FeatureStore") -> list[list[int]]:
     for row in np.flatnonzero(live):
         by_size[(int(sizes[row]), tuple(boxes[row] or ()))].append(int(row))
     by_content: dict[tuple, list[int]] = defaultdict(list)
-    for (_, box), rows in by_size.items():
-        if len(rows) < 2:
+    for (size, box), rows in by_size.items():
+        if len(rows) < 2 or size < 0:  # a size the index never knew (no file behind it) matches nothing
             continue
         for row in rows:
             digest = content_hash(paths[row]) if "://" not in paths[row] else None

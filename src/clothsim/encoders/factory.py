@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_RUNTIME
 from clothsim.encoders.registry import encoder_registry, family_registry
-from clothsim.encoders.spec import PACKAGED, EncoderSpec, fingerprint_mismatch
+from clothsim.encoders.spec import EncoderSpec, fingerprint_mismatch
 from clothsim.errors import StaleStoreError, UnknownEncoderError, UsageError
 
 if TYPE_CHECKING:
@@ -159,10 +159,9 @@ def build_encoder(spec: EncoderSpec, *, runtime: str = DEFAULT_RUNTIME, threads:
     """
     from clothsim.runtimes import AUTO, NotRunnableError, resolve_runtime
 
-    if spec.model_file is not None and not spec.model_file.startswith(PACKAGED):
-        # A relative file is relative to the folder holding the spec (an index): made absolute here, so
-        # the built encoder names a file that any process can open. A shipped file stays named as such.
-        spec = spec.with_model(spec.model_path(base_dir), spec.model_sha256)  # type: ignore[arg-type]
+    # A relative file is relative to the folder holding the spec (an index): made absolute here, so the
+    # built encoder names files that any process can open. A shipped file stays named as such.
+    spec = spec.with_absolute_files(base_dir)
     candidates = resolve_runtime(runtime)
     if runtime == AUTO and str(device) != "cpu":
         candidates = [c for c in candidates if c.executes == "network"] or candidates

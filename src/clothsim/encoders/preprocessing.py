@@ -19,6 +19,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+#: ``shortest``: the shorter side is resized, the aspect ratio kept (torchvision's ``Resize(int)``);
+#: ``squash``: both sides are resized to ``resize_size`` (``Resize((s, s))``), as SigLIP weights and some
+#: timm weights expect.
+RESIZE_MODES = ("shortest", "squash")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Preprocessing:
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel standard deviation divided by after the mean.
         interpolation: ``"bilinear"`` or ``"bicubic"``.
+        resize_mode: ``"shortest"`` (aspect ratio kept) or ``"squash"`` (see :data:`RESIZE_MODES`).
     """
 
     input_size: int = 224
@@ -40,8 +45,11 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    resize_mode: str = "shortest"
 
     def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in _RESAMPLING:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {self.interpolation!r}")
         if self.input_size < 1 or self.resize_size < 1:
@@ -56,11 +64,17 @@ class Preprocessing:
         return self.normalise(self.resize_and_crop(image))
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
-        """The shorter side resized to :attr:`resize_size` (aspect kept), then the centre square of
-        :attr:`input_size` (padded with black where the image is smaller, as torchvision pads)."""
+        """The shorter side resized to :attr:`resize_size` (aspect kept; or both sides, ``squash``), then
+        the centre square of :attr:`input_size` (padded with black where the image is smaller, as
+        torchvision pads)."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         width, height = image.size
+        if self.resize_mode == "squash":
+            side = self.resize_size
+            if (width, height) != (side, side):
+                image = image.resize((side, side), _RESAMPLING[self.interpolation])
+            return _centre_crop(image, self.input_size)
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         size = (new_short, new_long) if width <= height else (new_long, new_short)
@@ -79,7 +93,11 @@ class Preprocessing:
         return np.ascontiguousarray(out.transpose(2, 0, 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # The default mode is left out, so the fingerprints of indexes written before it existed still match.
+        if data["resize_mode"] == "shortest":
+            del data["resize_mode"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
@@ -88,13 +106,13 @@ class Preprocessing:
         Raises:
             ValueError: a field is missing, unknown or out of range.
         """
-        fields = {"input_size", "resize_size", "mean", "std", "interpolation"}
+        fields = {"input_size", "resize_size", "mean", "std", "interpolation", "resize_mode"}
         unknown = set(data) - fields
         if unknown:
             raise ValueError(f"unknown preprocessing fields {sorted(unknown)}")
         return cls(input_size=int(data["input_size"]), resize_size=int(data["resize_size"]),
                    mean=tuple(data["mean"]), std=tuple(data["std"]),  # type: ignore[arg-type]
-                   interpolation=str(data["interpolation"]))
+                   interpolation=str(data["interpolation"]), resize_mode=str(data.get("resize_mode", "shortest")))
 
     def build_transform(self) -> Any:
         """The same steps as a torchvision transform (PIL image -> tensor), for training pipelines that
@@ -103,8 +121,9 @@ class Preprocessing:
 
         transforms = require("torchvision.transforms", "torch")
         modes = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
+        size = (self.resize_size, self.resize_size) if self.resize_mode == "squash" else self.resize_size
         return transforms.Compose([
-            transforms.Resize(self.resize_size, interpolation=modes[self.interpolation]),
+            transforms.Resize(size, interpolation=modes[self.interpolation]),
             transforms.CenterCrop(self.input_size),
             transforms.ToTensor(),
             transforms.Normalize(self.mean, self.std),

@@ -1,10 +1,11 @@
-"""The model file an index folder's vectors were made with, kept inside the folder.
+"""The model files an index folder's vectors were made with, kept inside the folder.
 
 An index records its encoder's :class:`~clothsim.encoders.spec.EncoderSpec` in its manifest. When that
 spec runs from a model file (an ONNX export, a tuned model, an int8 quantization), the file is copied
 into the folder's ``models/`` under a name that carries its hash, and the recorded spec names it
 relative to the folder: the index then searches with exactly that model, on a machine without torch, the
-export cache or the training folder. Files shipped with clothsim (``package:...``) are not copied.
+export cache or the training folder. The spec's further files (a text tower and its tokenizer) are kept
+the same way, one by one. Files shipped with clothsim (``package:...``) are not copied.
 :func:`recorded_spec` reads the spec back, and :func:`model_file_problem` is what ``clothsim verify``
 checks of it.
 """
@@ -17,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clothsim.encoders.spec import PACKAGED, EncoderSpec, fingerprint_mismatch
+from clothsim.encoders.spec import PACKAGED, EncoderSpec, ModelFile, fingerprint_mismatch
 from clothsim.errors import UsageError
 from clothsim.fileio import atomic_path, file_sha256
 
@@ -27,26 +28,49 @@ if TYPE_CHECKING:
 MODELS_DIR = "models"
 
 
+def _slug(spec: EncoderSpec) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", spec.name).strip("_.")[-60:] or "encoder"
+
+
 def kept_name(spec: EncoderSpec) -> str:
     """The file name a model gets in ``models/``: the encoder's name and the start of the file's hash."""
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", spec.name).strip("_.")[-60:] or "encoder"
-    return f"{slug}-{spec.precision}-{(spec.model_sha256 or '')[:16]}.onnx"
+    return f"{_slug(spec)}-{spec.precision}-{(spec.model_sha256 or '')[:16]}.onnx"
+
+
+def kept_file_name(spec: EncoderSpec, extra: ModelFile) -> str:
+    """The name a further file gets in ``models/``: the encoder's name, the file's role and hash, and the
+    suffix it had."""
+    suffix = "".join(Path(extra.file).suffixes[-1:]) or ".bin"
+    return f"{_slug(spec)}-{extra.role}-{extra.sha256[:16]}{suffix}"
+
+
+def _keep(source: Path | None, root: Path, relative: Path, sha256: str) -> None:
+    """Copy ``source`` to ``root/relative`` atomically, unless the same file is there already."""
+    target = root / relative
+    if source is not None and source.resolve() != target.resolve():
+        if not (target.is_file() and file_sha256(target) == sha256):
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
 
 
 def keep_model_file(root: str | Path, spec: EncoderSpec) -> EncoderSpec:
-    """Copy ``spec``'s model file into ``root/models/`` (atomically; skipped when the same file is there)
-    and return the spec that names it relative to ``root``; a spec without a model file, or with a
-    shipped one, is returned as it is."""
-    if spec.model_file is None or spec.model_file.startswith(PACKAGED):
-        return spec
-    source = spec.model_path(root)
-    relative = Path(MODELS_DIR) / kept_name(spec)
-    target = Path(root) / relative
-    if source is not None and source.resolve() != target.resolve():
-        if not (target.is_file() and file_sha256(target) == spec.model_sha256):
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
-    return spec.with_model(relative.as_posix(), spec.model_sha256)  # type: ignore[arg-type]
+    """Copy ``spec``'s model file and further files into ``root/models/`` (atomically; skipped when the
+    same file is there) and return the spec that names them relative to ``root``; a spec without files,
+    or with shipped ones, is returned as it is."""
+    root = Path(root)
+    if spec.model_file is not None and not spec.model_file.startswith(PACKAGED):
+        relative = Path(MODELS_DIR) / kept_name(spec)
+        _keep(spec.model_path(root), root, relative, spec.model_sha256)  # type: ignore[arg-type]
+        spec = spec.with_model(relative.as_posix(), spec.model_sha256)  # type: ignore[arg-type]
+    kept = []
+    for extra in spec.files:
+        if extra.file.startswith(PACKAGED):
+            kept.append(extra)
+            continue
+        relative = Path(MODELS_DIR) / kept_file_name(spec, extra)
+        _keep(extra.path(root), root, relative, extra.sha256)
+        kept.append(ModelFile(extra.role, relative.as_posix(), extra.sha256))
+    return spec.with_files(kept) if kept else spec
 
 
 def recorded_spec(store: FeatureStore) -> EncoderSpec:
@@ -81,14 +105,16 @@ def recorded_spec(store: FeatureStore) -> EncoderSpec:
 
 
 def model_file_problem(store: "FeatureStore", full: bool = True) -> str | None:
-    """Why the model file ``store``'s index records cannot be used (missing, or, with ``full``, not the
-    recorded file by its SHA-256), or ``None`` when it is intact or the index has none."""
+    """Why a model file ``store``'s index records cannot be used (missing, or, with ``full``, not the
+    recorded file by its SHA-256), or ``None`` when every one is intact or the index has none. The image
+    model is checked first, then the further files (text tower, tokenizer)."""
     spec = recorded_spec(store)
-    path = spec.model_path(store.root)
-    if path is None:
-        return None
-    if not path.is_file():
-        return f"{path}: the model file of {spec.name} is missing"
-    if full and file_sha256(path) != spec.model_sha256:
-        return f"{path}: the model file of {spec.name} is not the one recorded (SHA-256 differs)"
+    checks = [(spec.model_path(store.root), spec.model_sha256, "the model file")] if spec.model_file else []
+    checks += [(extra.path(store.root), extra.sha256, f"the {extra.role.replace('_', ' ')} file")
+               for extra in spec.files]
+    for path, sha256, what in checks:
+        if not path.is_file():
+            return f"{path}: {what} of {spec.name} is missing"
+        if full and file_sha256(path) != sha256:
+            return f"{path}: {what} of {spec.name} is not the one recorded (SHA-256 differs)"
     return None

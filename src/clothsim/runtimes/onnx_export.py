@@ -14,8 +14,9 @@ import json
 import logging
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -96,6 +97,24 @@ def probe_batch(size: int) -> "torch.Tensor":
     return torch.randn((PROBE_IMAGES, 3, size, size), generator=generator)
 
 
+@contextmanager
+def plain_attention() -> Iterator[None]:
+    """torch's fused attention fast path switched off for the time of an export: it has no ONNX form, and
+    the plain path it stands for computes the same (transformers such as OpenCLIP's use it in eval mode)."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def export_module(module: "torch.nn.Module", out_path: str | Path, size: int) -> None:
     """Export ``module`` (float32 ``(N, 3, size, size)`` in, one output) to ``out_path`` with a dynamic
     batch axis; the file is checked by ``onnx.checker``. Written in place: callers write to a temporary
@@ -105,7 +124,7 @@ def export_module(module: "torch.nn.Module", out_path: str | Path, size: int) ->
     probe = probe_batch(size)
     # The tracer warns that shape arithmetic becomes constants: intended, the input size is fixed.
     # (catch_warnings is process-wide, but an export happens once per model and cache.)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), plain_attention():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, chosen on purpose
         warnings.filterwarnings("ignore", message="Constant folding")  # strided slices stay as they are

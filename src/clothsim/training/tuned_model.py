@@ -20,7 +20,8 @@ from torch import nn
 from clothsim.errors import UsageError
 
 POOLINGS = ("avg", "gem", "max")
-SUPPORTED_BACKBONES = ("efficientnet_lite0", "vgg16")
+SUPPORTED_BACKBONES = ("efficientnet_lite0", "vgg16", "timm:NAME of a CNN whose stages run in a row (timm:resnet50, "
+                       "timm:resnet18, ...)")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,38 @@ def backbone_layers(encoder: Any) -> tuple[list[nn.Module], int]:
                 groups.append([])
             groups[-1].append(module)
         return [nn.Sequential(*g) for g in groups], int(encoder.dim)
+    if encoder.name.startswith("timm:") and getattr(encoder, "has_feature_map", False):
+        return _timm_stages(encoder)
     raise UsageError(f"cannot fine-tune backbone {encoder.name!r}; supported: {', '.join(SUPPORTED_BACKBONES)}")
+
+
+def _timm_stages(encoder: Any) -> tuple[list[nn.Module], int]:
+    """A timm CNN cut at its stages: the stem (every module before the first stage), then each stage,
+    as timm's ``feature_info`` names them. The cut is checked: the layers in a row must compute the
+    model's own feature map, else the model is refused (its forward pass is not a plain sequence)."""
+    model = copy.deepcopy(encoder.model).to(memory_format=torch.contiguous_format).cpu()
+    stages = [info["module"] for info in getattr(model, "feature_info", [])]
+    children = dict(model.named_children())
+    named = [name for name in stages if name in children]
+    if len(named) < 2:
+        raise UsageError(f"cannot fine-tune backbone {encoder.name!r}: its stages are not top-level modules; "
+                         f"supported: {', '.join(SUPPORTED_BACKBONES)}")
+    order = list(children)
+    last = order.index(named[-1])
+    # timm's first feature_info entry is the stem's output (ResNet's act1); the stages follow it.
+    stage_names = named[1:] if named[0] == stages[0] else named
+    first_stage = order.index(stage_names[0])
+    layers: list[nn.Module] = [nn.Sequential(*[children[n] for n in order[:first_stage]])]
+    layers += [children[n] for n in order[first_stage:last + 1]]
+    size = encoder.preprocessing.input_size
+    with torch.no_grad():
+        probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        expected = model.eval().forward_features(probe)
+        found = nn.Sequential(*layers).eval()(probe)
+    if found.shape != expected.shape or not torch.allclose(found, expected, atol=1e-4, rtol=1e-4):
+        raise UsageError(f"cannot fine-tune backbone {encoder.name!r}: its forward pass is not a sequence of its "
+                         f"stages; supported: {', '.join(SUPPORTED_BACKBONES)}")
+    return layers, int(encoder.dim)
 
 
 def check_cut(n_layers: int, cut: int, train_layers: int) -> None:

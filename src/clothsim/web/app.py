@@ -3,8 +3,9 @@
 Routes:
 
 * ``GET /``: the search page (plain HTML/CSS/JS from ``static/``; nothing is loaded from elsewhere).
-* ``POST /api/search``: multipart form with either ``image`` (a file) or ``id`` (a catalogue item),
-  plus ``k`` and ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
+* ``POST /api/search``: multipart form with ``image`` (a file), ``id`` (a catalogue item) or ``text``
+  (indexes whose encoder has a text tower; with ``image``, mixed by ``text_weight``), plus ``k`` and
+  ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
 * ``GET /api/categories``, ``GET /health``, and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
   ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
@@ -45,7 +46,7 @@ from clothsim.web.schemas import (
     QueryInfo,
     SearchResponse,
 )
-from clothsim.web.service import ECHO_CHARS, QueryRejected, SearchService
+from clothsim.web.service import ECHO_CHARS, MAX_TEXT_CHARS, QueryRejected, SearchService
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +189,25 @@ def create_app(
         item_id: Annotated[int | None, Form(alias="id", description="or: the id of a catalogue item")] = None,
         k: Annotated[int, Form(ge=1, le=max_k, description="how many results")] = 5,
         category: Annotated[str | None, Form(description="only this category; empty for all")] = None,
+        text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description="or: a text (indexes whose encoder "
+                                         "has a text tower); with image, the two are mixed")] = None,
+        text_weight: Annotated[float, Form(ge=0, le=1, description="with image and text: the text's share")] = 0.5,
     ) -> SearchResponse:
-        """The ``k`` catalogue items most similar to an uploaded photo or to a catalogue item.
+        """The ``k`` catalogue items most similar to an uploaded photo, a catalogue item, a text, or a photo
+        and a text together.
 
-        Send exactly one of ``image`` and ``id``.
+        Send ``image``, ``id`` or ``text``; ``text`` may come with ``image``.
         """
         started = time.perf_counter()
         category = category or None
+        text = text if text and text.strip() else None
+        if text is not None and item_id is not None:
+            raise QueryRejected("bad_request", "the form field 'text' goes alone or with 'image', not with 'id'")
+        if text is not None and image is None:
+            hits = service.search_text(text, k, category)
+            return SearchResponse(query=QueryInfo(kind="text", text=text), k=k, category=category,
+                                  results=[_hit(request, h) for h in hits],
+                                  took_ms=round((time.perf_counter() - started) * 1000.0, 2))
         if (image is None) == (item_id is None):
             which = "both" if image is not None else "neither"
             raise QueryRejected("bad_request", f"send exactly one of the form fields 'image' (a file) and "
@@ -205,13 +218,13 @@ def create_app(
             if size is None:
                 size = image.file.seek(0, 2)
                 image.file.seek(0)
-            result = service.search_upload(image.file, size, k, category)
+            result = service.search_upload(image.file, size, k, category, text=text, text_weight=text_weight)
             hits = result.hits
             name = image.filename
             if name is not None and len(name) > FILENAME_CHARS:
                 name = name[:FILENAME_CHARS] + "..."
             query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
-                              width=result.width, height=result.height)
+                              width=result.width, height=result.height, text=text)
         else:
             hits = service.search_item(item_id, k, category)
             query = QueryInfo(kind="item", id=item_id, category=service.item_category(item_id),

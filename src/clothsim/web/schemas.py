@@ -21,9 +21,10 @@ class Hit(BaseModel):
 
 
 class QueryInfo(BaseModel):
-    """What was searched for: an uploaded photo or a catalogue item."""
+    """What was searched for: an uploaded photo, a catalogue item, a text, or a photo and a text."""
 
-    kind: Literal["upload", "item"]
+    kind: Literal["upload", "item", "text"]
+    text: str | None = Field(default=None, description="the text searched for (alone, or mixed with the upload)")
     filename: str | None = Field(default=None, description="upload: the name the client gave")
     size_bytes: int | None = Field(default=None, description="upload: its size")
     width: int | None = None

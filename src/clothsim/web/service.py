@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from clothsim.errors import ClothsimError
+from clothsim.errors import ClothsimError, UsageError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit, WarmableBackend
@@ -48,6 +48,8 @@ DECODE_BYTES_PER_PIXEL = 10
 HEADROOM_BYTES = 96 * 1024 * 1024
 #: Characters of client input an error message may quote.
 ECHO_CHARS = 40
+#: Longest text query; a text tower reads a few dozen words at most.
+MAX_TEXT_CHARS = 1000
 
 
 def short(text: object, limit: int = ECHO_CHARS) -> str:
@@ -341,8 +343,10 @@ class SearchService:
             raise QueryRejected("not_image", "the file is not an image this server can read "
                                              f"({type(exc).__name__})") from exc
 
-    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None) -> UploadResult:
-        """Probe, admit (memory budget), read, decode, encode and search one uploaded file.
+    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None,
+                      text: str | None = None, text_weight: float = 0.5) -> UploadResult:
+        """Probe, admit (memory budget), read, decode, encode and search one uploaded file (mixed with
+        ``text`` where one is given, see :meth:`search_text`).
 
         Raises:
             QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
@@ -358,7 +362,8 @@ class SearchService:
             data = stream.read(self.max_upload_bytes + 1)
             upload = self.decode_upload(data)
             del data
-            hits = self.search_image(upload.image, k, category)
+            hits = (self.search_image(upload.image, k, category) if text is None else
+                    self.search_text(text, k, category, image=upload.image, text_weight=text_weight))
             result = UploadResult(upload.width, upload.height, upload.size_bytes, hits)
             del upload  # the decoded image goes before its reservation does
         return result
@@ -368,6 +373,27 @@ class SearchService:
         self.check_query(k, category)
         with self._encoder_lock:
             vector = self.index.encoder.encode_images([image])
+        return self.index.backend.search(vector, k, category=category)[0]
+
+    def search_text(self, text: str, k: int, category: str | None, image: Image.Image | None = None,
+                    text_weight: float = 0.5) -> list[SearchHit]:
+        """The ``k`` items closest to ``text``, or to a decoded image and ``text`` together (the index's
+        text tower, on ONNX Runtime).
+
+        Raises:
+            QueryRejected: ``bad_request`` for an empty or over-long text, a weight outside [0, 1], or an
+                index whose encoder has no text tower (the message says which encoders have one).
+        """
+        self.check_query(k, category)
+        if not text.strip():
+            raise QueryRejected("bad_request", "the text is empty")
+        if len(text) > MAX_TEXT_CHARS:
+            raise QueryRejected("bad_request", f"the text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        try:
+            with self._encoder_lock:
+                vector = self.index.query_vector(text, image, text_weight)
+        except UsageError as exc:
+            raise QueryRejected("bad_request", str(exc)) from None
         return self.index.backend.search(vector, k, category=category)[0]
 
     def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:

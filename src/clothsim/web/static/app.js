@@ -8,10 +8,10 @@
     info: $("index-info"), drop: $("drop-zone"), file: $("file-input"), k: $("k-input"),
     category: $("category-select"), error: $("error"), status: $("status"), query: $("query"),
     queryImage: $("query-image"), queryCaption: $("query-caption"), resultsTitle: $("results-title"),
-    results: $("results"),
+    results: $("results"), textForm: $("text-form"), text: $("text-input"), textWithPhoto: $("text-with-photo"),
   };
   let limits = { max_k: 50, max_upload_bytes: 20 * 1024 * 1024 };
-  let lastQuery = null;      // {kind: "upload", file, url} or {kind: "item", id}
+  let lastQuery = null;      // {kind: "upload", file, url, text?}, {kind: "item", id} or {kind: "text", text}
   let requestSerial = 0;     // only the newest response is shown
 
   function showError(message) {
@@ -69,10 +69,15 @@
   }
 
   function showQuery(data, query) {
-    if (query.kind === "upload") {
+    els.queryImage.hidden = query.kind === "text";
+    if (query.kind === "text") {
+      els.queryImage.removeAttribute("src");
+      els.queryCaption.textContent = `Text: “${data.query.text}”`;
+    } else if (query.kind === "upload") {
       els.queryImage.src = query.url;
       const q = data.query;
-      els.queryCaption.textContent = `Your photo: ${q.filename || "upload"} (${q.width}×${q.height})`;
+      els.queryCaption.textContent = `Your photo: ${q.filename || "upload"} (${q.width}×${q.height})` +
+        (q.text ? ` + “${q.text}”` : "");
     } else {
       els.queryImage.src = data.query.image_url;
       const label = data.query.category ? ` · ${data.query.category}` : "";
@@ -115,7 +120,8 @@
 
   function showResults(data) {
     els.results.replaceChildren(...data.results.map(resultCard));
-    els.results.dataset.query = data.query.kind === "item" ? `item:${data.query.id}` : "upload";
+    const kinds = { item: `item:${data.query.id}`, text: `text:${data.query.text}`, upload: "upload" };
+    els.results.dataset.query = kinds[data.query.kind] || data.query.kind;
     els.resultsTitle.hidden = false;
     const filter = data.category ? ` in ${data.category}` : "";
     els.status.textContent = `${data.results.length} results${filter} in ${Math.round(data.took_ms)} ms`;
@@ -144,7 +150,8 @@
     }
     const form = new FormData();
     if (query.kind === "upload") form.append("image", query.file, query.file.name);
-    else form.append("id", String(query.id));
+    else if (query.kind === "item") form.append("id", String(query.id));
+    if (query.text) form.append("text", query.text);
     form.append("k", String(k));
     if (els.category.value) form.append("category", els.category.value);
 
@@ -202,6 +209,18 @@
   // A photo dropped anywhere else must not make the browser navigate away from the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
+
+  els.textForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = els.text.value.trim();
+    if (!text) { showError("Type what you are looking for."); return; }
+    // "Like this photo, but ...": the text is mixed with the photo shown, when asked to.
+    if (els.textWithPhoto.checked && lastQuery && lastQuery.kind === "upload") {
+      search({ kind: "upload", file: lastQuery.file, url: lastQuery.url, text });
+    } else {
+      search({ kind: "text", text });
+    }
+  });
 
   els.k.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
   els.category.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
