@@ -317,3 +317,30 @@ def test_label_accuracy_against_a_naive_loop():
     result = label_accuracy(images, truth, texts, ["a", "b", "c"])
     right = sum(["a", "b", "c"][max(range(3), key=lambda j: float(images[i] @ texts[j]))] == truth[i] for i in range(50))
     assert result["accuracy"] == pytest.approx(right / 50) and result["n"] == 50
+
+
+def test_a_causal_text_tower_runs_on_the_query_length_alone():
+    """The exported tower of a plain CLIP model takes any length: a query runs on its own tokens, not on
+    the whole context, and gives the vector open_clip gives on the padded context."""
+    import torch
+
+    from clothsim.encoders.factory import build_network
+    from clothsim.runtimes.onnx_text import OnnxTextEncoder, used_length
+
+    network = build_network(f"open_clip:{register_tiny_clip()}", weights="random")
+    spec = network.spec
+    assert spec.text["trim_after_end"] is True
+    text = OnnxTextEncoder(spec)
+    queries = ["red dress", "a blue denim jacket with silver buttons"]
+    tokens = text.tokenizer(queries)
+    assert used_length(tokens) < tokens.shape[1]  # there is padding to leave out
+    seen = []
+    real_run = text.session.run
+    text.session = type("Spy", (), {"run": lambda self, out, feed: seen.append(feed["tokens"].shape) or real_run(out, feed),
+                                    "get_inputs": text.session.get_inputs})()
+    vectors = text.encode(queries)
+    assert seen == [(2, used_length(tokens))]
+    with torch.inference_mode():
+        expected = network.model.encode_text(torch.from_numpy(tokens)).numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.sum(vectors * expected, axis=1).min() >= 0.9999

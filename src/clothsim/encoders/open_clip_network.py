@@ -211,14 +211,62 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """Token ids -> the model's text vectors (before normalisation)."""
+    """Token ids -> the model's text vectors (before normalisation).
+
+    For a CLIP text tower with a causal mask that pools at the end-of-text token, any length up to the
+    context works: the end token's vector depends only on the tokens before it, so the padding after it
+    can be left out (:attr:`variable_length`), and a short query runs on its own few tokens instead of
+    the whole context.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.variable_length = _plain_causal_clip(model)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
+        if not self.variable_length:
+            return self.model.encode_text(tokens)
+        from open_clip.transformer import text_global_pool
+
+        model = self.model
+        length = tokens.shape[1]
+        x = model.token_embedding(tokens) + model.positional_embedding[:length]
+        mask = model.attn_mask[:length, :length].to(x.dtype)
+        for block in model.transformer.resblocks:
+            x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = text_global_pool(model.ln_final(x), tokens, model.text_pool_type)
+        if model.text_projection is None:
+            return x
+        return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+
+
+def _plain_causal_clip(model: nn.Module) -> bool:
+    """Whether ``model``'s text tower is the plain CLIP one whose length may vary: a causal mask, pooling
+    at the end token, batch-first blocks of multi-head self-attention and an MLP, and nothing else."""
+    from open_clip.model import CLIP
+    from open_clip.transformer import ResidualAttentionBlock
+
+    if not isinstance(model, CLIP) or getattr(model, "attn_mask", None) is None:
+        return False
+    if getattr(model, "text_pool_type", None) != "argmax" or not getattr(model.transformer, "batch_first", False):
+        return False
+    return all(type(block) is ResidualAttentionBlock and isinstance(block.attn, nn.MultiheadAttention)
+               and not hasattr(block, "ln_1_kv") and block.attn.batch_first and block.attn.in_proj_weight is not None
+               for block in model.transformer.resblocks)
+
+
+def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention as ``nn.MultiheadAttention`` computes it, written with shapes taken from
+    the input, so an export keeps the sequence length free (PyTorch's own kernel fixes it in a trace)."""
+    heads = attn.num_heads
+    q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    batch, length = x.shape[0], x.shape[1]
+    q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5) + mask
+    out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, -1)
+    return attn.out_proj(out)
 
 
 class OpenClipEncoder(Encoder):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: text towers of causal CLIP models take any length
 OPSET = 17
 # Largest 1 - cosine between torch's and ONNX Runtime's vector of one probe image that is accepted.
 MAX_DISAGREEMENT = 1e-5

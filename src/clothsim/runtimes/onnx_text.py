@@ -45,6 +45,12 @@ def text_refusal(spec: EncoderSpec, where: str = "this index") -> str:
             f"{TEXT_ENCODERS_HINT}")
 
 
+def used_length(tokens: np.ndarray, pad_id: int = 0) -> int:
+    """The length that keeps every row's tokens up to its last one that is not padding."""
+    used = np.flatnonzero((tokens != pad_id).any(axis=0))
+    return int(used[-1]) + 1 if used.size else 1
+
+
 class OnnxTextEncoder:
     """Texts -> L2-normalised float32 vectors in the space of the image vectors of ``spec``.
 
@@ -70,6 +76,7 @@ class OnnxTextEncoder:
         check_model_file(self.model_path, model.sha256, f"{spec.name}'s text tower")
         check_model_file(tokenizer_path, tokenizer.sha256, f"{spec.name}'s tokenizer")
         self.tokenizer = TextTokenizer.from_settings(tokenizer_path, spec.text)
+        self._settings = dict(spec.text)
         self.session = make_session(self.model_path, threads or default_threads(), model.sha256)
         self._input = self.session.get_inputs()[0].name
 
@@ -87,8 +94,11 @@ class OnnxTextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []
+        trim = bool(self._settings.get("trim_after_end"))
         for start in range(0, len(texts), TEXT_BATCH):
             tokens = self.tokenizer(list(texts[start:start + TEXT_BATCH]))
+            if trim:  # a causal tower: the padding after the last end token changes nothing, and costs
+                tokens = np.ascontiguousarray(tokens[:, :used_length(tokens, int(self._settings.get("pad_id", 0)))])
             out.append(self.session.run(None, {self._input: tokens})[0])
         vectors = l2_normalize(np.concatenate(out).astype(np.float32, copy=False))
         if vectors.shape[1] != self.dim:

@@ -29,6 +29,7 @@ from clothsim.fileio import atomic_path, file_sha256, write_json
 from clothsim.optional import require
 from clothsim.runtimes.onnx_export import MAX_DISAGREEMENT, OPSET, _damage, cache_path, plain_attention
 from clothsim.runtimes.onnx_runtime import make_session
+from clothsim.runtimes.onnx_text import used_length
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def _tokenizer_json(tokenizer: Any, context_length: int) -> tuple[str, dict[str,
     built.enable_truncation(max_length=context_length)
     if kind == "SimpleTokenizer":
         built.enable_padding(length=context_length, pad_id=0, pad_token="!")  # open_clip pads with id 0
-    settings = {"clean": clean, "context_length": int(context_length), "zeroed_ids": zeroed}
+    pad_id = 0 if kind == "SimpleTokenizer" else int(tokenizer.tokenizer.pad_token_id or 0)
+    settings = {"clean": clean, "context_length": int(context_length), "zeroed_ids": zeroed, "pad_id": pad_id}
     return built.to_str(), settings
 
 
@@ -160,10 +162,14 @@ def _exported_text_model(network: Any, tokenizer_path: Path, settings: dict[str,
     onnx = require("onnx", feature="exporting a text tower")
     path = cache_path(network, "text")
     meta = path.with_suffix(".json")
+    module = network.text_module().eval()
+    variable = bool(getattr(module, "variable_length", False))
+    if variable:
+        settings["trim_after_end"] = True  # the runtime may leave out the padding after the last text's end
     if _damage(path, meta) is None:
         return path
     probe = TextTokenizer.from_settings(tokenizer_path, settings)(list(PROBE_TEXTS[:6]))
-    module = network.text_module().eval()
+    axes = {"tokens": {0: "batch", 1: "length"} if variable else {0: "batch"}, "vectors": {0: "batch"}}
     logger.info("exporting the text tower of %s to ONNX (once; cached at %s)", network.name, path)
     with atomic_path(path) as tmp:
         with torch.no_grad(), warnings.catch_warnings(), plain_attention():
@@ -173,10 +179,12 @@ def _exported_text_model(network: Any, tokenizer_path: Path, settings: dict[str,
             # Token ids index the embedding table; they are never negative, which the exporter warns about.
             warnings.filterwarnings("ignore", message="Exporting aten::index operator")
             torch.onnx.export(module, (torch.from_numpy(probe),), str(tmp), input_names=["tokens"],
-                              output_names=["vectors"], dynamic_axes={"tokens": {0: "batch"}, "vectors": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
+                              output_names=["vectors"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         onnx.checker.check_model(str(tmp))
         gap = _disagreement(network, tmp, probe)
+        if variable:  # the same vectors from the tokens up to the last end token alone
+            short = probe[:, :used_length(probe, settings["pad_id"])]
+            gap = max(gap, _disagreement(network, tmp, short, reference=probe))
         if gap > MAX_DISAGREEMENT:
             raise TextTowerUnavailable(f"the ONNX export of its text tower disagrees with torch "
                                        f"(1 - cos = {gap:.2e}, allowed {MAX_DISAGREEMENT:.0e})")
@@ -185,8 +193,9 @@ def _exported_text_model(network: Any, tokenizer_path: Path, settings: dict[str,
     return path
 
 
-def _disagreement(network: Any, path: Path, tokens: np.ndarray) -> float:
-    """Largest ``1 - cos`` between torch's text vectors of ``tokens`` and the ONNX file's."""
+def _disagreement(network: Any, path: Path, tokens: np.ndarray, reference: np.ndarray | None = None) -> float:
+    """Largest ``1 - cos`` between torch's text vectors of ``reference`` (default ``tokens``) and the ONNX
+    file's of ``tokens``."""
     import torch
 
     from clothsim.encoders.base import l2_normalize
@@ -194,6 +203,7 @@ def _disagreement(network: Any, path: Path, tokens: np.ndarray) -> float:
     session = make_session(path, threads=None)
     found = l2_normalize(session.run(None, {session.get_inputs()[0].name: tokens})[0])
     with torch.inference_mode():
-        expected = l2_normalize(network.text_module()(torch.from_numpy(tokens)).float().numpy())
+        expected = network.text_module()(torch.from_numpy(reference if reference is not None else tokens))
+        expected = l2_normalize(expected.float().numpy())
     return float(1.0 - np.min(np.sum(found * expected, axis=1)))
 
