@@ -50,3 +50,12 @@ def run_delete(store_dir: str, ids: list[int], env: dict[str, str], log_path: st
     _redirect(log_path)
     FeatureStore.open(store_dir).delete(ids)
     os._exit(0)
+
+
+def hold_writer_lock(root: str, held, release) -> None:
+    """Hold the writer lock of the index folder ``root`` until ``release`` is set."""
+    from clothsim.features.writer_lock import WriterLock
+
+    with WriterLock(root):
+        held.set()
+        release.wait(60)

@@ -11,8 +11,9 @@ traceback; the temporary file is removed on the way out.
 
 Fault injection (for the crash-consistency tests): every durable step calls :func:`fault_point`. With
 ``CLOTHSIM_FAULT_AT=N`` in the environment the N-th step (counted from 1 in this process) kills the
-process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default) or fails with ENOSPC
-(``CLOTHSIM_FAULT_KIND=enospc``); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
+process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default), fails with ENOSPC
+(``CLOTHSIM_FAULT_KIND=enospc``) or stops the process with SIGSTOP until it gets SIGCONT
+(``CLOTHSIM_FAULT_KIND=stop``: a writer caught in the middle, for two-writer tests); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
 TEXT (e.g. ``rename manifest.json``: the N-th commit, wherever other writes fall);
 ``CLOTHSIM_FAULT_TRACE=FILE`` appends each counted step's name to FILE. Without these variables a step costs one
 dictionary lookup.
@@ -80,9 +81,10 @@ def fault_point(name: str) -> None:
         with open(trace, "a", encoding="utf-8") as fh:
             fh.write(f"{_fault_count}\t{name}\n")
     if at is not None and int(at) == _fault_count:
-        if os.environ.get(FAULT_KIND_ENV, "kill") == "enospc":
+        kind = os.environ.get(FAULT_KIND_ENV, "kill")
+        if kind == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
 
 
 def fsync_dir(path: str | Path) -> None:

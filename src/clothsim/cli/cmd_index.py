@@ -62,6 +62,15 @@ def load_records(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.features.writer_lock import hold_writer
+
+    # One writer per index folder for the whole command (encoding, the --overwrite swap and the backend):
+    # a second `clothsim index` into the same folder is refused here, before any work.
+    with hold_writer(args.out):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 

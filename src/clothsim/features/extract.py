@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
 from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
+from clothsim.features.writer_lock import hold_writer
 from clothsim.features.store import (
     NORM_TOLERANCE,
     FeatureStore,
@@ -431,8 +432,18 @@ def extract_features(
     if batch_size < 1 or checkpoint_every < 1:
         raise UsageError("batch_size and checkpoint_every must be at least 1")
     store_dir = Path(store_dir)
+    with hold_writer(store_dir):  # one writer per index folder, the rebuild and swap of --overwrite included
+        return _extract_locked(records, encoder, store_dir, overwrite, dict(
+            batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
+            use_bbox=use_bbox, progress=progress, extra_manifest=extra_manifest, engine=engine))
+
+
+def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, overwrite: bool,
+                    options: dict[str, Any]) -> ExtractionReport:
+    """:func:`extract_features` once the index folder's writer lock is held."""
     _recover_swap(store_dir)
     fingerprint = encoder.fingerprint()
+    use_bbox, engine = options["use_bbox"], options["engine"]
     # Cropping changes the vectors, so it is part of what a store is checked against; it only has an
     # effect when some record has a box.
     crops = use_bbox and any(r.bbox is not None for r in records)
@@ -440,8 +451,8 @@ def extract_features(
         from clothsim.engines import resolve_engine
 
         engine = resolve_engine(engine)  # before any work: an unavailable engine fails at once
-    options = dict(batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
-                   use_bbox=use_bbox, crops=crops, progress=progress, extra_manifest=extra_manifest, engine=engine)
+    options.update(crops=crops, engine=engine)
+    dtype = options["dtype"]
 
     if FeatureStore.exists(store_dir):
         try:

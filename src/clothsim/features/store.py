@@ -15,7 +15,7 @@ Ids are integers handed out in order and never reused; segment ``s`` holds ids
 changed once written; a change writes *new* files under fresh names, flushes them, and then replaces
 ``manifest.json`` in one atomic rename. A reader therefore sees the previous state or the next one,
 never a mix, and files a crash left unreferenced are removed by the next writer. One writer at a time
-(an advisory lock on the folder); readers need no lock.
+(:mod:`clothsim.features.writer_lock`); readers need no lock.
 
 Integrity: the manifest records every data file's size and checksum. Opening checks sizes and headers
 (cheap, always) and, for stores up to :data:`AUTO_VERIFY_BYTES`, checksums too; :meth:`FeatureStore.verify`
@@ -29,8 +29,6 @@ write converts them to format 2 in one commit.
 from __future__ import annotations
 
 import copy
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -49,6 +47,7 @@ import numpy as np
 from clothsim import __version__
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, StaleStoreError, UsageError
+from clothsim.features.writer_lock import StoreBusyError, WriterLock  # noqa: F401  (StoreBusyError: re-exported)
 from clothsim.fileio import (
     FileDigest,
     file_digest,
@@ -111,10 +110,6 @@ class StoreIntegrityError(ClothsimError, RuntimeError):
 
 class UnfinishedStoreError(ClothsimError, RuntimeError):
     """The store's first build was interrupted; running the same ``clothsim index`` again finishes it."""
-
-
-class StoreBusyError(ClothsimError, RuntimeError):
-    """Another process (or another store object) is writing this store."""
 
 
 def repair_hint(root: str | Path, repairable: bool = True) -> str:
@@ -281,8 +276,7 @@ class FeatureStore:
     def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
         self.root = Path(root)
         self._manifest = manifest
-        self._lock_fd: int | None = None
-        self._lock_depth = 0
+        self._lock = WriterLock(self.root)
         self._txn_depth = 0
         self._txn_files: list[Path] = []
         self._gc_done = False
@@ -975,28 +969,13 @@ class FeatureStore:
     # ----- writing: lock, transactions, commit ------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Hold the store's writer lock (re-entrant within this object)."""
-        if self._lock_depth == 0:
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise StoreBusyError(f"{self.root} is being written by another process (another "
-                                         "`clothsim index` or an open index adding items); wait for it to "
-                                         "finish") from None
-                raise
-            self._lock_fd = fd
-        self._lock_depth += 1
+        """Hold the index folder's writer lock (re-entrant within this object; see
+        :mod:`clothsim.features.writer_lock`)."""
+        self._lock.acquire()
         try:
             yield
         finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._lock.release()
 
     @contextmanager
     def writer(self) -> Iterator["FeatureStore"]:

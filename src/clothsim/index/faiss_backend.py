@@ -373,8 +373,9 @@ class FaissIndex:
         """Write a new generation of the index files beside the old ones, then switch ``state.json``.
 
         A failure before the switch removes the new files and leaves the previous generation in force.
+        Holds the index folder's writer lock: one writer at a time, the store's or a backend's.
         """
-        with self._lock.write():
+        with self.store.writer(), self._lock.write():
             if not (self._engine_dirty or self._state_dirty):
                 return
             folder = self.folder

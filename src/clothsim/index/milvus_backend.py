@@ -334,7 +334,7 @@ class MilvusIndex:
 
     def save(self) -> None:
         """Record how much of the store the collection covers (Milvus made the rows durable already)."""
-        with self._lock:
+        with self.store.writer(), self._lock:
             if self._dirty:
                 write_state(self.store, NAME, self._state)
                 self._dirty = False
