@@ -27,7 +27,7 @@ from clothsim.errors import UsageError
 from clothsim.features.store import FeatureStore
 from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 from clothsim.index.base import IndexBackend, SearchHit
-from clothsim.index.registry import backend_registry, build_index, open_index
+from clothsim.index.registry import backend_registry, open_index, sync_index
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +113,8 @@ class SimilarityIndex:
 
             keep_in_index(enc, out_dir)  # type: ignore[arg-type]
         store = FeatureStore.open(out_dir)
-        options = dict(backend_options or {})
-        recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
-        if report.reused and recorded == (backend, options):
-            index = open_index(store)
-        elif recorded == (backend, options) and not report.rebuilt:
-            # A sync changed rows of a store this backend already indexes: catch up, no rebuild.
-            index = open_index(store)
-            index.refresh()
-            index.save()
-        else:
-            index = build_index(store, backend, **options)
+        # Caught up and saved when the store changed or its last save was lost; rebuilt when damaged.
+        index = sync_index(store, backend, backend_options, rebuild=report.rebuilt)
         return cls(store, enc, index), report
 
     @classmethod

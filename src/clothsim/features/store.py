@@ -824,6 +824,29 @@ class FeatureStore:
             out[group] = self._array(self._segment_list[seg]).view(np.ndarray)[positions[group] - self._offsets[seg]]
         return out
 
+    def check_rows(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Check the stored vectors of ``ids`` (a search's hits) before they are served: each must be a
+        finite unit vector. Cheap (a few rows); every backend's hits pass here.
+
+        Raises:
+            StoreIntegrityError: a row is damaged (the message names its segment file and the repair).
+            KeyError: an unknown id.
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if not ids.size:
+            return
+        vectors = self.vectors_for(ids)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        bad = ~(np.abs(norms - 1.0) <= NORM_TOLERANCE)
+        if bad.any():
+            raise StoreIntegrityError(self._segment_of(int(ids[bad][0])).vectors_path,
+                                      f"holds a damaged vector for item {int(ids[bad][0])} (norm "
+                                      f"{float(norms[bad][0]):.3g}, not a unit vector)", self.root)
+
+    def _segment_of(self, item_id: int) -> Segment:
+        position = int(self._positions(np.array([item_id]))[0])
+        return self._segment_list[int(np.searchsorted(self._offsets, position, side="right") - 1)]
+
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray, slice]]:
         """``(segment, vectors, positions)`` per segment: its memory-mapped vectors and the slice of
         :meth:`all_ids` positions it covers (index :meth:`live_mask` or a filter with it)."""

@@ -6,6 +6,7 @@ The backend an index was built with is recorded once, in its store's manifest (`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from clothsim.plugins import INDEX_BACKENDS, PluginRegistry
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
+
+logger = logging.getLogger(__name__)
 
 backend_registry: PluginRegistry[IndexBackendPlugin] = PluginRegistry(
     INDEX_BACKENDS, IndexBackendPlugin, "index backend")
@@ -51,6 +54,38 @@ def open_index(store: "FeatureStore", backend: str | None = None, **options: Any
     if name == recorded:
         options = {**store.manifest.get("index_options", {}), **options}
     return backend_registry.get(name).open(store, **options)
+
+
+def sync_index(store: "FeatureStore", backend: str = DEFAULT_INDEX_BACKEND, options: dict[str, Any] | None = None,
+               *, rebuild: bool = False) -> IndexBackend:
+    """Bring ``backend`` over ``store`` up to date after ``clothsim index`` wrote the store, and save it.
+
+    The backend is built afresh when ``rebuild`` (the store was rebuilt), when the store records another
+    backend or other options, or when its saved files are missing, damaged or out of step with the
+    store (so that the command a damage message names repairs it). Otherwise it is reopened, its files
+    checked whole, the rows it does not cover added and the result saved: an index whose last save was
+    interrupted is saved now, not caught up in memory by every later open.
+
+    Raises:
+        BackendUnavailable: a server backend cannot be reached (nothing is rebuilt for that).
+    """
+    from clothsim.index.ann_common import BackendIndexError
+
+    options = dict(options or {})
+    recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
+    if rebuild or recorded != (backend, options):
+        return build_index(store, backend, **options)
+    try:
+        index = open_index(store)
+        verify = getattr(index, "verify", None)
+        if verify is not None:
+            verify()
+    except BackendIndexError as exc:
+        logger.warning("%s; rebuilding the %s index from the stored vectors", exc, backend)
+        return build_index(store, backend, **options)
+    index.refresh()
+    index.save()
+    return index
 
 
 @dataclass
