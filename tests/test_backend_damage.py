@@ -232,3 +232,66 @@ def test_a_backend_save_lost_after_the_stores_commit_is_saved_by_the_next_run(ca
     reopened = open_index(FeatureStore.open(out))
     assert "covers the store" not in caplog.text  # saved now: no open catches up in memory any more
     assert reopened.state["covered_next_id"] == 18
+
+
+def _tombstoned_index(capsys, photos: Path, tmp_path: Path) -> tuple[Path, Path]:
+    catalogue = tmp_path / "catalogue"
+    shutil.copytree(photos, catalogue)
+    out = tmp_path / "index"
+    index(capsys, catalogue, out, "--backend", "faiss-hnsw")
+    next(iter(sorted((catalogue / "hat").iterdir()))).unlink()
+    assert "-1 removed" in index(capsys, catalogue, out, "--backend", "faiss-hnsw")
+    assert len(FeatureStore.open(out).deleted_ids) == 1
+    return catalogue, out
+
+
+def test_overwrite_always_rebuilds_and_purges_tombstones(capsys, photos, tmp_path):
+    catalogue, out = _tombstoned_index(capsys, photos, tmp_path)
+    stdout = index(capsys, catalogue, out, "--backend", "faiss-hnsw", "--overwrite")
+    assert "rebuilt:" in stdout and "14 encoded now" in stdout and "already up to date" not in stdout
+    store = FeatureStore.open(out)
+    assert store.total_rows == 14 and len(store.deleted_ids) == 0
+    assert open_index(store).state["covered_next_id"] == 14
+    assert_searches(capsys, catalogue, out)
+
+
+def test_reencode_encodes_a_file_that_looks_unchanged(capsys, photos, tmp_path):
+    catalogue = tmp_path / "catalogue"
+    shutil.copytree(photos, catalogue)
+    out = tmp_path / "index"
+    index(capsys, catalogue, out)
+    # A photo replaced by another of the very same size and modification time (a restore from a backup).
+    path = sorted((catalogue / "dress").iterdir())[0]
+    stat = path.stat()
+    with Image.open(path) as img:
+        flipped = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    data = bytearray(path.read_bytes())
+    flipped_bytes = _same_size_jpeg(flipped, len(data))
+    path.write_bytes(flipped_bytes)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    before = FeatureStore.open(out)
+    old = before.vector(int([i for i, r in zip(before.live_ids(), before.records_for(before.live_ids()))
+                             if r.path == str(path)][0]))
+    assert "already up to date" in index(capsys, catalogue, out)  # size and mtime cannot tell
+    stdout = index(capsys, catalogue, out, "--reencode")
+    assert "15 encoded now" in stdout and "~15 re-encoded" in stdout
+    after = FeatureStore.open(out)
+    live = after.live_ids()
+    new = after.vector(int([i for i, r in zip(live, after.records_for(live)) if r.path == str(path)][0]))
+    assert len(after) == 15 and not np.allclose(new, old)
+    assert "already up to date" in index(capsys, catalogue, out)
+
+
+def _same_size_jpeg(image: Image.Image, size: int) -> bytes:
+    """``image`` as a JPEG of exactly ``size`` bytes (the quality searched, then padded with a comment)."""
+    import io
+
+    for quality in range(95, 5, -5):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        data = buffer.getvalue()
+        if len(data) <= size - 8:
+            break
+    pad = size - len(data) - 4
+    comment = b"\xff\xfe" + (pad + 2).to_bytes(2, "big") + b"\x00" * pad
+    return data[:2] + comment + data[2:]

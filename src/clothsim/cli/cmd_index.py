@@ -38,7 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--float16", action="store_true", help="store vectors as float16 (half the disk)")
     parser.add_argument("--no-bbox", action="store_true", help="ignore bounding boxes in the annotations")
     parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild an index made with another setup (built beside it, swapped in when done)")
+                        help="rebuild the index from scratch: every image encoded again, removed items purged "
+                             "(built beside it, swapped in when done); needed for an index made with another "
+                             "setup or with a damaged manifest")
+    parser.add_argument("--reencode", action="store_true",
+                        help="encode every image again in place, also files whose size and modification time "
+                             "did not change (e.g. a photo replaced by a same-size copy)")
     # The default is clothsim.features.extract.DEFAULT_CHECKPOINT_EVERY (not imported: it pulls in torch).
     parser.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
                         help="commit the work every N images, so an interruption loses at most that many "
@@ -82,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend, backend_options=parse_option_pairs(args.backend_option), engine=args.engine,
         engine_options={"ray_address": args.ray_address, "actors": args.actors} if args.engine == "ray" else None,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
-        use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
+        use_bbox=not args.no_bbox, overwrite=args.overwrite, reencode=args.reencode, progress=not args.quiet,
         checkpoint_every=args.checkpoint_every,
     )
     if report.reused:

@@ -277,18 +277,23 @@ class _Plan:
 
 
 def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequence[Signature | str],
-          crops: bool, base_next_id: int) -> _Plan:
-    """Compare the catalogue with the store's live rows (as multisets, so repeated entries count)."""
+          crops: bool, base_next_id: int, force: bool = False) -> _Plan:
+    """Compare the catalogue with the store's live rows (as multisets, so repeated entries count).
+
+    With ``force`` no row written before this sync began counts as up to date, no vector is reused and
+    earlier failures are tried again: every entry is encoded anew.
+    """
     rows = store.metadata_table().to_pylist() if store.total_rows else []
     ids = store.all_ids()
     live = store.live_mask()
     size, mtime = store.source_signatures()
     live_by_key: dict[tuple, deque[int]] = defaultdict(deque)
-    for pos in np.flatnonzero(live):
+    for pos in np.flatnonzero(live & (ids >= base_next_id) if force else live):
         r = rows[pos]
         key = _record_key(r["path"], r["category"], r["split"], r["item_id"], r["attributes"], r["bbox"])
         live_by_key[(key, int(size[pos]), int(mtime[pos]))].append(int(pos))
-    known_failures = {(f["path"], f.get("size"), f.get("mtime_ns")): f for f in store.failures if "size" in f}
+    known_failures = {} if force else {(f["path"], f.get("size"), f.get("mtime_ns")): f
+                                       for f in store.failures if "size" in f}
 
     kept = np.zeros(len(rows), dtype=bool)
     failures: list[dict[str, Any]] = []
@@ -317,14 +322,16 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
         slot = removed_by_path.get(record.path)
         if slot:
             pos = slot.popleft()
-            if (int(size[pos]), int(mtime[pos])) == probe:
+            if (int(size[pos]), int(mtime[pos])) == probe and not force:
                 relabelled += 1
             else:
                 reencoded += 1
     # A file that did not change keeps its vector: reuse it from any row written before this sync began.
     copies: list[tuple[int, CatalogRecord, Signature]] = []
     encode: list[tuple[CatalogRecord, Signature]] = []
-    if to_add:
+    if to_add and force:
+        encode = list(to_add)
+    elif to_add:
         by_vector: dict[tuple, int] = {}
         for pos in np.flatnonzero(ids < base_next_id):
             r = rows[pos]
@@ -395,6 +402,7 @@ def extract_features(
     shard_size: int | None = None,
     use_bbox: bool = True,
     overwrite: bool = False,
+    reencode: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     engine: Any = None,
@@ -414,8 +422,11 @@ def extract_features(
         checkpoint_every: Images encoded between two commits (what an interruption can lose at most).
         shard_size: Old name of ``checkpoint_every``.
         use_bbox: Crop to each record's bounding box where it has one.
-        overwrite: Rebuild (beside, then swap) a store made with another encoder setup, dtype or crop
-            setting, or whose manifest is damaged, instead of refusing.
+        overwrite: Rebuild the store from scratch, beside the old one, then swap it in: every image is
+            encoded again and tombstoned rows are purged. Also what a store made with another encoder
+            setup, dtype or crop setting, or whose manifest is damaged, needs (it is refused without).
+        reencode: Encode every entry again in place, also those whose file looks unchanged (same size
+            and modification time); their old rows are tombstoned.
         progress: Show a tqdm progress bar.
         extra_manifest: More fields to stamp on the manifest (e.g. where the weights came from).
         engine: What decodes and encodes (an :mod:`clothsim.engines` plug-in or its name); ``None``
@@ -435,7 +446,8 @@ def extract_features(
     with hold_writer(store_dir):  # one writer per index folder, the rebuild and swap of --overwrite included
         return _extract_locked(records, encoder, store_dir, overwrite, dict(
             batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
-            use_bbox=use_bbox, progress=progress, extra_manifest=extra_manifest, engine=engine))
+            use_bbox=use_bbox, progress=progress, extra_manifest=extra_manifest, engine=engine,
+            reencode=reencode))
 
 
 def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, overwrite: bool,
@@ -463,11 +475,11 @@ def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_di
                 raise
             logger.warning("%s has a damaged manifest; rebuilding it beside and swapping it in", store_dir)
             refusal = "damaged"
-        if refusal is not None:
-            if not overwrite:
-                raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "
-                                      "(--overwrite) to re-encode it, or choose another folder")
+        if overwrite:  # always a fresh build: every image encoded again, tombstoned rows gone
             return _rebuild(records, encoder, store_dir, fingerprint, options)
+        if refusal is not None:
+            raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "
+                                  "(--overwrite) to re-encode it, or choose another folder")
     report = _sync(records, encoder, store_dir, fingerprint, options)
     scratch = _beside(store_dir, REBUILD_SUFFIX)
     if _removable_scratch(scratch):
@@ -547,7 +559,8 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
                 logger.info("resuming: %d images already encoded by the interrupted run", sum(s.rows for s in resumed))
 
         probes = [probe_entry(r.path) for r in records]
-        plan = _plan(store, records, probes, crops, base_next_id)
+        # A resumed --reencode keeps what the interrupted run already encoded again (rows from base_next_id).
+        plan = _plan(store, records, probes, crops, base_next_id, force=options.get("reencode", False))
         for name in ("n_added", "n_removed", "n_reencoded", "n_relabelled"):
             setattr(report, name, getattr(plan, name))
         source = catalog_hash(records)
