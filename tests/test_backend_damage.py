@@ -207,8 +207,6 @@ def test_damage_inside_a_milvus_lite_file_is_refused_and_repaired(capsys, photos
 def test_a_backend_save_lost_after_the_stores_commit_is_saved_by_the_next_run(capsys, photos, tmp_path, caplog):
     from test_crash_consistency import _cli
 
-    from clothsim.fileio import FAULT_MATCH_ENV
-
     catalogue = tmp_path / "catalogue"
     shutil.copytree(photos, catalogue)
     out = tmp_path / "index"
@@ -216,11 +214,8 @@ def test_a_backend_save_lost_after_the_stores_commit_is_saved_by_the_next_run(ca
     for n, source in enumerate(sorted((photos / "hat").iterdir())[:3]):
         shutil.copy2(source, catalogue / "shoes" / f"new-{n}.jpg")
     argv = ["-q", "index", str(catalogue), "--out", str(out), *ENCODER, "--backend", "faiss-hnsw"]
-    os.environ[FAULT_MATCH_ENV] = "rename state.json"
-    try:
-        code, log = _cli(argv, tmp_path, fault_at=1)  # killed as the graph's new state is switched in
-    finally:
-        del os.environ[FAULT_MATCH_ENV]
+    # Killed as the graph's new state is switched in, after the store's sync was committed.
+    code, log = _cli(argv, tmp_path, fault_at=1, match="rename state.json")
     assert code == -9, log
     assert FeatureStore.open(out).total_rows == 18  # the store's sync was committed, the graph's was not
     caplog.set_level("WARNING")

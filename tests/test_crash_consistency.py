@@ -32,7 +32,7 @@ CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["_fault_child"])
 
 from clothsim.features.store import FeatureStore, StoreIntegrityError, UnfinishedStoreError  # noqa: E402
-from clothsim.fileio import FAULT_AT_ENV, FAULT_KIND_ENV, FAULT_TRACE_ENV  # noqa: E402
+from clothsim.fileio import FAULT_AT_ENV, FAULT_KIND_ENV, FAULT_MATCH_ENV, FAULT_TRACE_ENV  # noqa: E402
 
 INDEX_ARGS = ["--runtime", "torch", "--workers", "0", "--checkpoint-every", "5"]
 # Where a full disk fails: the writes of data, not renames or deletions.
@@ -60,12 +60,14 @@ def work(scratch, request):
 
 # ----- running children ----------------------------------------------------------------------------------
 def _child(target: str, args: tuple, work: Path, fault_at: int | None = None, kind: str = "kill",
-           trace: Path | None = None) -> tuple[int, str]:
+           trace: Path | None = None, match: str | None = None) -> tuple[int, str]:
     import _fault_child
 
     env = {}
     if fault_at is not None:
         env.update({FAULT_AT_ENV: str(fault_at), FAULT_KIND_ENV: kind})
+    if match is not None:  # count only the steps whose name holds it (the child's environment, not ours)
+        env[FAULT_MATCH_ENV] = match
     if trace is not None:
         env[FAULT_TRACE_ENV] = str(trace)
     log = work / "child.log"
