@@ -288,7 +288,8 @@ def write_parquet(path: str | Path, table: Any, row_group_size: int | None = Non
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, str(tmp), compression="zstd", row_group_size=row_group_size)
+        # A CRC per page, checked by readers that ask for it: a hit's row group is then checked as it is read.
+        pq.write_table(table, str(tmp), compression="zstd", row_group_size=row_group_size, write_page_checksum=True)
         # Hashed from the page cache right after writing: small next to the vectors, and one code path.
         digest = file_digest(tmp)
     return digest

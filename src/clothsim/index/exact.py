@@ -107,10 +107,13 @@ class ExactIndex:
                           None if everything else keep[span], label=str(segment.vectors_path))
                  for segment, array, span in self.store.iter_segments()]
         try:
-            ids, scores = scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows)
+            # A row of zeros scores exactly 0: such rows are checked, so damage never just drops an item.
+            ids, scores = scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows,
+                                    suspect=self.store.check_rows)
         except ScoreRangeError as exc:
             raise StoreIntegrityError(exc.label, f"holds vectors that are not unit vectors (a score of "
                                                  f"{exc.value:.3g}); the file is damaged", self.store.root) from None
+        self.store.check_rows(ids.ravel())  # every hit against its row checksum before it is served
         records = self.store.records_for(ids.ravel())
         width = ids.shape[1]
         return [
