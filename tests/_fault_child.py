@@ -59,3 +59,17 @@ def hold_writer_lock(root: str, held, release) -> None:
     with WriterLock(root):
         held.set()
         release.wait(60)
+
+
+def run_cli_as(uid: int, gid: int, argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """:func:`run_cli` as another user (a test run as root sees what an ordinary user's permissions do)."""
+    _redirect(log_path)
+    if os.geteuid() != uid:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    os.environ.update(env)
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -93,14 +93,24 @@ def _run(args: argparse.Namespace) -> int:
     if report.reused:
         print(f"{args.out} is already up to date: {len(index)} images, encoder {index.encoder.name}")
     else:
+        done = (f"{report.n_new} encoded now at {report.images_per_second:.1f} images/s" if report.n_new
+                else "nothing needed encoding")
         print(f"indexed {report.n_encoded} images with {index.encoder.name} ({index.encoder.dim}-d) "
-              f"into {args.out}; {report.n_new} encoded now at {report.images_per_second:.1f} images/s")
+              f"into {args.out}; {done}")
         print(f"{'rebuilt' if report.rebuilt else 'synced'}: {report.summary()}")
     for problem in report.repaired:
-        print(f"repaired {problem}")
+        print(f"repaired {printable(problem)}")
     for failure in report.failures:
-        print(f"skipped {failure['path']}: {failure['reason']}")
+        path, reason = failure["path"], failure["reason"]
+        if reason.startswith(f"{path}: "):  # a decoder's message names the file already
+            reason = reason[len(path) + 2:]
+        print(f"skipped {printable(path)}: {printable(reason)}")
     if report.failures:
         print(f"{report.n_failed} catalogue entr{'y' if report.n_failed == 1 else 'ies'} could not be encoded "
               "and were skipped")
     return 0
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal can show it: bytes of a file name that are not UTF-8 as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -47,7 +47,7 @@ from clothsim.features.store import (
     fingerprint_mismatch,
 )
 from clothsim.fileio import remove_path, rename_path
-from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
+from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image, special_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +208,14 @@ def probe_entry(path: str) -> Signature | str:
     """``(size, mtime_ns)`` of a catalogue entry's file, or the reason it cannot be encoded.
 
     The reasons name what the entry is: a missing file, a dangling symbolic link, a link loop, a folder,
-    something that is not a regular file, or a file this process may not read. A URI (``s3://...``) is
-    asked of pyarrow's filesystem layer.
+    a named pipe, a socket or a device, a file this process may not read, or a name that is not valid
+    UTF-8 (the index stores names as UTF-8 text). A URI (``s3://...``) is asked of pyarrow's filesystem
+    layer.
     """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its file name is not valid UTF-8; rename the file (e.g. with convmv) to index it"
     if "://" in path:
         return _probe_uri(path)
     try:
@@ -218,7 +223,7 @@ def probe_entry(path: str) -> Signature | str:
     except FileNotFoundError:
         return "dangling symbolic link (its target does not exist)" if os.path.islink(path) else "file not found"
     except PermissionError:
-        return "permission denied"
+        return "permission denied (its folder cannot be entered)"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "symbolic link loop"
@@ -228,10 +233,20 @@ def probe_entry(path: str) -> Signature | str:
     if stat.S_ISDIR(st.st_mode):
         return "a directory, not an image file"
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
+        return f"{special_file_kind(st.st_mode)}, not an image file"
     if not os.access(path, os.R_OK):
-        return "permission denied (not readable)"
+        return UNREADABLE
     return int(st.st_size), int(st.st_mtime_ns)
+
+
+#: The reason for a file this process may not read; as for any entry that could not be read (not one
+#: that is gone), a row it already has in the index is kept, never deleted for that.
+UNREADABLE = "permission denied (not readable)"
+
+
+def _could_not_read(reason: str) -> bool:
+    """Whether a probe failed because the file could not be read now, not because it is gone or no image."""
+    return reason.startswith(("permission denied", "cannot be read"))
 
 
 def _probe_uri(uri: str) -> Signature | str:
@@ -270,6 +285,7 @@ class _Plan:
     n_removed: int
     n_reencoded: int
     n_relabelled: int
+    reencoded_paths: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -288,10 +304,12 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
     live = store.live_mask()
     size, mtime = store.source_signatures()
     live_by_key: dict[tuple, deque[int]] = defaultdict(deque)
+    live_by_record: dict[tuple, deque[int]] = defaultdict(deque)  # whatever the file's signature
     for pos in np.flatnonzero(live & (ids >= base_next_id) if force else live):
         r = rows[pos]
         key = _record_key(r["path"], r["category"], r["split"], r["item_id"], r["attributes"], r["bbox"])
         live_by_key[(key, int(size[pos]), int(mtime[pos]))].append(int(pos))
+        live_by_record[key].append(int(pos))
     known_failures = {} if force else {(f["path"], f.get("size"), f.get("mtime_ns")): f
                                        for f in store.failures if "size" in f}
 
@@ -300,9 +318,19 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
     to_add: list[tuple[CatalogRecord, Signature]] = []
     for record, probe in zip(records, probes):
         if isinstance(probe, str):
-            failures.append({"path": record.path, "reason": probe})
+            failure = {"path": record.path, "reason": probe}
+            if _could_not_read(probe):  # unreadable now: the row it has stays (deleting it would lose it)
+                slot = live_by_record.get(_key_of(record))
+                while slot and kept[slot[0]]:
+                    slot.popleft()
+                if slot:
+                    kept[slot.popleft()] = True
+                    failure["reason"] = f"{probe}; its vector from an earlier run is kept"
+            failures.append(failure)
             continue
         slot = live_by_key.get((_key_of(record), probe[0], probe[1]))
+        while slot and kept[slot[0]]:
+            slot.popleft()
         if slot:
             kept[slot.popleft()] = True
             continue
@@ -318,6 +346,7 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
     for pos in delete_pos:
         removed_by_path[rows[pos]["path"]].append(int(pos))
     reencoded = relabelled = 0
+    reencoded_paths: set[str] = set()
     for record, probe in to_add:
         slot = removed_by_path.get(record.path)
         if slot:
@@ -326,6 +355,7 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
                 relabelled += 1
             else:
                 reencoded += 1
+                reencoded_paths.add(record.path)
     # A file that did not change keeps its vector: reuse it from any row written before this sync began.
     copies: list[tuple[int, CatalogRecord, Signature]] = []
     encode: list[tuple[CatalogRecord, Signature]] = []
@@ -345,7 +375,7 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
             else:
                 encode.append((record, probe))
     return _Plan(ids[delete_pos], copies, encode, failures, len(to_add) - reencoded - relabelled,
-                 int(delete_pos.size) - reencoded - relabelled, reencoded, relabelled)
+                 int(delete_pos.size) - reencoded - relabelled, reencoded, relabelled, reencoded_paths)
 
 
 # ----- the overwrite swap ------------------------------------------------------------------------------
@@ -526,7 +556,18 @@ def _rebuild(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path
         remove_path(rebuilt)
     logger.warning("rebuilding %s beside it, in %s; the current index stays until the new one is complete",
                    store_dir, rebuilt)
-    report = _sync(records, encoder, rebuilt, fingerprint, options)
+    try:
+        report = _sync(records, encoder, rebuilt, fingerprint, options)
+    except BaseException:
+        # A full disk, Ctrl-C or SIGTERM: the partial rebuild goes (it holds disk space, and the index it
+        # was to replace is intact). Only a kill -9 leaves it, for the same command to resume.
+        if _removable_scratch(rebuilt):
+            logger.warning("removing the unfinished rebuild %s; %s is unchanged", rebuilt, store_dir)
+            try:
+                remove_path(rebuilt)
+            except OSError as exc:
+                logger.warning("could not remove %s (%s); the next run removes or resumes it", rebuilt, exc)
+        raise
     _swap_in(rebuilt, store_dir)
     report.store_dir = store_dir
     report.rebuilt = True
@@ -584,9 +625,10 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
             if plan.copies:
                 store.append_rows_from(np.array([c[0] for c in plan.copies], dtype=np.int64),
                                        [c[1] for c in plan.copies], [c[2] for c in plan.copies])
-            store.manifest["failures"] = plan.failures
+            store.manifest["failures"] = list(plan.failures)  # a copy: the encoding appends to it
         n_new = _encode_missing(store, encoder, plan.encode, options)
         compute_seconds = time.perf_counter() - started
+        _uncount_failed(report, plan, store.failures[len(plan.failures):])
 
         with store.transaction():
             store.compact()
@@ -607,6 +649,20 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
         logger.warning("%d of %d catalogue entries could not be encoded and were skipped",
                        len(report.failures), len(records))
     return report
+
+
+def _uncount_failed(report: ExtractionReport, plan: _Plan, new_failures: list[dict[str, Any]]) -> None:
+    """Entries that failed to encode in this run were not added (nor re-encoded: their old row is gone)."""
+    failed = {f["path"] for f in new_failures}
+    for record, _ in plan.encode:
+        if record.path not in failed:
+            continue
+        failed.discard(record.path)
+        if record.path in plan.reencoded_paths:
+            report.n_reencoded -= 1
+            report.n_removed += 1
+        else:
+            report.n_added -= 1
 
 
 def _same_failures(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:

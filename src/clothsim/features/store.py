@@ -122,7 +122,8 @@ class StoreIntegrityError(ClothsimError, RuntimeError):
 
 
 class UnfinishedStoreError(ClothsimError, RuntimeError):
-    """The store's first build was interrupted; running the same ``clothsim index`` again finishes it."""
+    """A ``clothsim index`` run (a first build or an update) was interrupted; running the same command
+    again finishes it."""
 
 
 def repair_hint(root: str | Path, repairable: bool = True) -> str:
@@ -381,7 +382,7 @@ class FeatureStore:
             FileNotFoundError: ``root`` holds no store.
             StoreIntegrityError: the manifest or a data file is damaged (the message names the file).
             StaleStoreError: the store was made with another encoder setup, or by a newer clothsim.
-            UnfinishedStoreError: its first build was interrupted (and not ``allow_unfinished``).
+            UnfinishedStoreError: a build or update was interrupted (and not ``allow_unfinished``).
         """
         root = Path(root)
         path = root / MANIFEST
@@ -403,8 +404,11 @@ class FeatureStore:
                 f"({store.total_rows} of about {sync.get('planned_rows', '?')} images encoded); run the same "
                 "command again to finish it")
         if sync and not sync.get("first_build") and not allow_unfinished:
-            logger.warning("%s: an update by `clothsim index` was interrupted; it holds part of the new "
-                           "catalogue; run the same command again to finish it", root)
+            # Part old catalogue, part new: answering from it would be silently wrong, so it is refused
+            # as an unfinished first build is (and `clothsim verify` says UNFINISHED).
+            raise UnfinishedStoreError(
+                f"{root}: an update by `clothsim index` was interrupted, and the index holds part of the new "
+                "catalogue only; run the same `clothsim index` command again to finish it")
         if verify is True or (verify == "auto" and store._data_bytes() <= AUTO_VERIFY_BYTES):
             report = store.verify(full=True)
             if report.problems:
