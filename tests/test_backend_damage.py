@@ -290,3 +290,28 @@ def _same_size_jpeg(image: Image.Image, size: int) -> bytes:
     pad = size - len(data) - 4
     comment = b"\xff\xfe" + (pad + 2).to_bytes(2, "big") + b"\x00" * pad
     return data[:2] + comment + data[2:]
+
+
+@pytest.mark.parametrize("match", ["write-middle index-", "write-middle part-"])
+def test_a_full_disk_while_faiss_writes_is_one_line_and_leaves_the_index(capsys, photos, tmp_path, monkeypatch,
+                                                                         match):
+    from clothsim import fileio
+
+    out = tmp_path / "index"
+    catalogue = tmp_path / "catalogue"
+    shutil.copytree(photos, catalogue)
+    index(capsys, catalogue, out, "--backend", "faiss-hnsw")
+    before = json.loads((out / "backends" / "faiss-hnsw" / "state.json").read_text())
+    shutil.copy2(sorted((photos / "hat").iterdir())[0], catalogue / "shoes" / "new.jpg")
+    # The disk fills up inside FAISS's own write of the graph (or of a category graph).
+    monkeypatch.setattr(fileio, "_fault_count", 0)
+    monkeypatch.setenv(fileio.FAULT_AT_ENV, "1")
+    monkeypatch.setenv(fileio.FAULT_KIND_ENV, "enospc")
+    monkeypatch.setenv(fileio.FAULT_MATCH_ENV, match)
+    code, _, err = run(capsys, "-q", "index", str(catalogue), "--out", str(out), *ENCODER, "--backend", "faiss-hnsw")
+    assert code == 1 and "Traceback" not in err and "faiss::" not in err
+    assert err.count("\n") == 1 and "No space left on device" in err and ".faiss" in err, err
+    assert json.loads((out / "backends" / "faiss-hnsw" / "state.json").read_text()) == before
+    monkeypatch.delenv(fileio.FAULT_AT_ENV)
+    index(capsys, catalogue, out, "--backend", "faiss-hnsw")  # the same command again completes
+    assert_searches(capsys, catalogue, out)
