@@ -82,10 +82,30 @@ def sync_index(store: "FeatureStore", backend: str = DEFAULT_INDEX_BACKEND, opti
             verify()
     except BackendIndexError as exc:
         logger.warning("%s; rebuilding the %s index from the stored vectors", exc, backend)
+        _discard_local_files(store, backend)
         return build_index(store, backend, **options)
     index.refresh()
     index.save()
     return index
+
+
+def _discard_local_files(store: "FeatureStore", backend: str) -> None:
+    """Remove a damaged backend's folder before it is rebuilt: everything in it is derived from the store,
+    and damage to an engine's own bookkeeping (a Milvus Lite database's alias file, say) can make it
+    refuse to build anything new beside it. Kept when it points at a server's collection instead."""
+    import json
+
+    from clothsim.fileio import remove_path
+
+    folder = Path(store.root) / "backends" / backend
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    if isinstance(state, dict) and state.get("uri") and not str(state["uri"]).endswith(".db"):
+        return
+    if folder.is_dir():
+        remove_path(folder)
 
 
 @dataclass
