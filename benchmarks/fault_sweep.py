@@ -87,7 +87,9 @@ def child(argv: list[str], work: Path, env: dict[str, str] | None = None, timeou
         raise CaseFailed(f"`clothsim {' '.join(argv)}` hung")
     text = log.read_text(errors="replace") if log.exists() else ""
     log.unlink(missing_ok=True)
-    return process.exitcode, text
+    code = process.exitcode
+    process.close()  # its semaphore goes now, not in a warning at exit
+    return code, text
 
 
 def started(argv: list[str], work: Path, env: dict[str, str]):

@@ -705,8 +705,8 @@ def _save_if_free(index: MilvusIndex) -> None:
 
     try:
         index.save()
-    except StoreBusyError:
-        logger.info("%s: caught up, not saved (the index folder is being written by another process)", index.where)
+    except (StoreBusyError, OSError) as exc:  # busy, or a folder this reader may not write
+        logger.info("%s: caught up, not saved (%s)", index.where, exc)
 
 
 def _missing_collection(index: MilvusIndex) -> str:
