@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend, backend_options=parse_option_pairs(args.backend_option), engine=args.engine,
         engine_options={"ray_address": args.ray_address, "actors": args.actors} if args.engine == "ray" else None,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
-        use_bbox=not args.no_bbox, overwrite=args.overwrite, reencode=args.reencode, progress=not args.quiet,
+        use_bbox=not args.no_bbox, overwrite=args.overwrite, rebuild=args.overwrite, reencode=args.reencode,
+        progress=not args.quiet,
         checkpoint_every=args.checkpoint_every,
     )
     if report.reused:

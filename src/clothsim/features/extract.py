@@ -432,6 +432,7 @@ def extract_features(
     shard_size: int | None = None,
     use_bbox: bool = True,
     overwrite: bool = False,
+    rebuild: bool = False,
     reencode: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
@@ -452,9 +453,11 @@ def extract_features(
         checkpoint_every: Images encoded between two commits (what an interruption can lose at most).
         shard_size: Old name of ``checkpoint_every``.
         use_bbox: Crop to each record's bounding box where it has one.
-        overwrite: Rebuild the store from scratch, beside the old one, then swap it in: every image is
-            encoded again and tombstoned rows are purged. Also what a store made with another encoder
-            setup, dtype or crop setting, or whose manifest is damaged, needs (it is refused without).
+        overwrite: Rebuild (beside, then swap) a store made with another encoder setup, dtype or crop
+            setting, or whose manifest is damaged, instead of refusing; a store that can be synced is
+            synced (what a cache wants).
+        rebuild: Rebuild the store from scratch in any case, beside the old one, then swap it in: every
+            image is encoded again and tombstoned rows are purged (``clothsim index --overwrite``).
         reencode: Encode every entry again in place, also those whose file looks unchanged (same size
             and modification time); their old rows are tombstoned.
         progress: Show a tqdm progress bar.
@@ -474,14 +477,14 @@ def extract_features(
         raise UsageError("batch_size and checkpoint_every must be at least 1")
     store_dir = Path(store_dir)
     with hold_writer(store_dir):  # one writer per index folder, the rebuild and swap of --overwrite included
-        return _extract_locked(records, encoder, store_dir, overwrite, dict(
+        return _extract_locked(records, encoder, store_dir, overwrite or rebuild, rebuild, dict(
             batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
             use_bbox=use_bbox, progress=progress, extra_manifest=extra_manifest, engine=engine,
             reencode=reencode))
 
 
 def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, overwrite: bool,
-                    options: dict[str, Any]) -> ExtractionReport:
+                    rebuild: bool, options: dict[str, Any]) -> ExtractionReport:
     """:func:`extract_features` once the index folder's writer lock is held."""
     _recover_swap(store_dir)
     fingerprint = encoder.fingerprint()
@@ -505,7 +508,7 @@ def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_di
                 raise
             logger.warning("%s has a damaged manifest; rebuilding it beside and swapping it in", store_dir)
             refusal = "damaged"
-        if overwrite:  # always a fresh build: every image encoded again, tombstoned rows gone
+        if rebuild or (overwrite and refusal is not None):  # a fresh build, beside, then swapped in
             return _rebuild(records, encoder, store_dir, fingerprint, options)
         if refusal is not None:
             raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "

@@ -43,6 +43,7 @@ def lock_path(root: str | os.PathLike[str]) -> Path:
 
 
 def busy_message(root: str | os.PathLike[str]) -> str:
+    """What a refused writer is told (one line, naming the folder)."""
     return (f"{root} is being written by another process (another `clothsim index`, possibly with "
             "--overwrite, or an open index adding items); nothing was changed: wait for it to finish, then "
             "run the command again")
