@@ -50,3 +50,26 @@ def run_delete(store_dir: str, ids: list[int], env: dict[str, str], log_path: st
     _redirect(log_path)
     FeatureStore.open(store_dir).delete(ids)
     os._exit(0)
+
+
+def hold_writer_lock(root: str, held, release) -> None:
+    """Hold the writer lock of the index folder ``root`` until ``release`` is set."""
+    from clothsim.features.writer_lock import WriterLock
+
+    with WriterLock(root):
+        held.set()
+        release.wait(60)
+
+
+def run_cli_as(uid: int, gid: int, argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """:func:`run_cli` as another user (a test run as root sees what an ordinary user's permissions do)."""
+    _redirect(log_path)
+    if os.geteuid() != uid:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    os.environ.update(env)
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

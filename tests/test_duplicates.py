@@ -255,3 +255,25 @@ def test_a_kill_during_the_run_leaves_no_partial_output_and_the_rerun_resumes(pl
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "groups.csv").is_file() and not (index_dir / "duplicates-work").exists()
     assert json.loads((index_dir / "manifest.json").read_text())["duplicates"]["groups"] >= 6
+
+
+@pytest.mark.parametrize("backend", ["faiss-hnsw", "milvus"])
+def test_an_approximate_backend_groups_as_the_exact_scan_does(planted, tmp_path, backend):
+    """The backend proposes the pairs through its own neighbour search; they are scored again from the
+    store, so the groups are the exact scan's."""
+    pytest.importorskip("faiss" if backend.startswith("faiss") else "pymilvus")
+    from clothsim.features.store import FeatureStore
+    from clothsim.index.base import NeighbourSearch
+    from clothsim.index.registry import build_index
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(planted["index_dir"], index_dir)
+    build_index(FeatureStore.open(index_dir), backend)
+    index = SimilarityIndex.open(index_dir)
+    assert index.backend.name == backend and isinstance(index.backend, NeighbourSearch)
+    approximate = find_duplicates(index, threshold=0.85, progress=False, save=False)
+    exact = find_duplicates(SimilarityIndex.open(planted["index_dir"]), threshold=0.85, progress=False, save=False)
+    assert "cannot return neighbours by id" not in approximate.note
+    assert {frozenset(g.members) for g in approximate.groups} == {frozenset(g.members) for g in exact.groups}
+    np.testing.assert_allclose(sorted(s for g in approximate.groups for s in g.scores),
+                               sorted(s for g in exact.groups for s in g.scores), atol=1e-5)

@@ -237,10 +237,10 @@ def test_damaged_files_are_refused_with_the_file_and_the_fix(tmp_path, name):
     good = path.read_bytes()
 
     path.write_bytes(good[: len(good) // 2])  # truncated
-    with pytest.raises(BackendIndexError, match=rf"{path}.*truncated.*--overwrite"):
+    with pytest.raises(BackendIndexError, match=rf"{path}.*truncated.*--backend {name}`"):
         open_index(FeatureStore.open(root))
     path.write_bytes(b"\x00garbage" * (len(good) // 8) + b"\x00" * (len(good) % 8))  # same size, not FAISS
-    with pytest.raises(BackendIndexError, match=rf"{path}.*damaged.*--overwrite"):
+    with pytest.raises(BackendIndexError, match=rf"{path}.*damaged.*--backend {name}`"):
         open_index(FeatureStore.open(root))
     flipped = bytearray(good)
     flipped[len(good) - 40] ^= 0xFF  # a flipped byte FAISS cannot notice: the checksum does
@@ -269,14 +269,14 @@ def test_a_failed_save_leaves_the_previous_index(tmp_path, monkeypatch):
     before = json.loads((root / "backends" / "faiss-hnsw" / "state.json").read_text())
     q = data.queries(3, DIM)
     index.add(q, [CatalogRecord(f"n/{i}.jpg", "hat") for i in range(3)])
-    import faiss
+    from clothsim import fileio
 
-    def half_written(engine, path):
-        Path(path).write_bytes(b"IxM2partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(faiss, "write_index", half_written)
-    with pytest.raises(OSError, match="No space"):
+    # The disk fills up in the middle of FAISS's own write (its second write call through the file object).
+    monkeypatch.setattr(fileio, "_fault_count", 0)
+    monkeypatch.setenv(fileio.FAULT_AT_ENV, "1")
+    monkeypatch.setenv(fileio.FAULT_KIND_ENV, "enospc")
+    monkeypatch.setenv(fileio.FAULT_MATCH_ENV, "write-middle index-")
+    with pytest.raises(fileio.DiskWriteError, match="No space left on device"):
         index.save()
     folder = root / "backends" / "faiss-hnsw"
     assert json.loads((folder / "state.json").read_text()) == before
@@ -376,7 +376,7 @@ def test_verify_checks_the_faiss_file(faiss_index_dir, capsys):
     path.write_bytes(good[:-100])
     assert main(["verify", str(faiss_index_dir), "--quick"]) == 1
     out = capsys.readouterr().out
-    assert f"DAMAGED backend faiss-hnsw: {path} is truncated" in out and "--overwrite" in out
+    assert f"DAMAGED backend faiss-hnsw: {path} is truncated" in out and "--backend faiss-hnsw`" in out
     path.unlink()
     assert main(["verify", str(faiss_index_dir)]) == 1
     assert "is missing" in capsys.readouterr().out

@@ -128,15 +128,23 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     saved = {p: p.read_bytes() for p in parquet}
     for path in parquet:
         path.write_bytes(saved[path][: len(saved[path]) // 3])  # truncated
-    with pytest.raises(BackendIndexError, match=rf"{db}.*--overwrite"):
+    with pytest.raises(BackendIndexError, match=rf"{db}.*--backend milvus`"):
         open_index(FeatureStore.open(root))
     for path in parquet:
-        path.unlink()  # rows gone: the count no longer matches the store
-    with pytest.raises(BackendIndexError, match=rf"{db}.*holds 0 items.*the store 500.*--overwrite"):
+        path.unlink()  # rows gone: a file the save recorded is missing
+    with pytest.raises(BackendIndexError, match=rf"{parquet[0]} is missing.*--backend milvus`"):
         open_index(FeatureStore.open(root))
     [check] = check_backends(FeatureStore.open(root))  # what `clothsim verify` reports
-    assert check.name == "milvus" and check.checked and "holds 0 items" in check.problems[0]
-    assert check_backends(FeatureStore.open(root), full=False)[0].ok  # --quick does not start Milvus
+    assert check.name == "milvus" and check.checked and f"{parquet[0]} is missing" in check.problems[0]
+    # --quick checks the recorded files' sizes without starting Milvus.
+    assert "is missing" in check_backends(FeatureStore.open(root), full=False)[0].problems[0]
+    # A state saved before the files were recorded: the row count is what tells.
+    state_path = root / "backends" / "milvus" / "state.json"
+    recorded = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "files"}))
+    with pytest.raises(BackendIndexError, match=rf"{db}.*holds 0 items.*the store 500.*--backend milvus`"):
+        open_index(FeatureStore.open(root))
+    state_path.write_text(json.dumps(recorded))
     state = root / "backends" / "milvus" / "state.json"
     record = json.loads(state.read_text())
     state.write_text(json.dumps({**record, "format_version": 7}))
@@ -146,7 +154,7 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     import shutil
 
     shutil.rmtree(db)
-    with pytest.raises(BackendIndexError, match=rf"{db} is missing.*--overwrite"):
+    with pytest.raises(BackendIndexError, match=rf"{db} is missing.*--backend milvus`"):
         open_index(FeatureStore.open(root))
     assert f"{db} is missing" in check_backends(FeatureStore.open(root), full=False)[0].problems[0]
     # --overwrite (a fresh build) repairs it.

@@ -94,7 +94,7 @@ def test_upload_search_returns_the_most_similar_items(client, catalog):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"] == {"kind": "upload", "filename": "query.png", "size_bytes": len(data), "width": 32,
-                             "height": 24, "id": None, "category": None, "image_url": None}
+                             "height": 24, "id": None, "category": None, "image_url": None, "text": None}
     assert body["k"] == 8 and body["category"] is None
     results = body["results"]
     assert [r["rank"] for r in results] == list(range(1, 9))

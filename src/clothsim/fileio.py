@@ -11,8 +11,9 @@ traceback; the temporary file is removed on the way out.
 
 Fault injection (for the crash-consistency tests): every durable step calls :func:`fault_point`. With
 ``CLOTHSIM_FAULT_AT=N`` in the environment the N-th step (counted from 1 in this process) kills the
-process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default) or fails with ENOSPC
-(``CLOTHSIM_FAULT_KIND=enospc``); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
+process with SIGKILL (``CLOTHSIM_FAULT_KIND=kill``, the default), fails with ENOSPC
+(``CLOTHSIM_FAULT_KIND=enospc``) or stops the process with SIGSTOP until it gets SIGCONT
+(``CLOTHSIM_FAULT_KIND=stop``: a writer caught in the middle, for two-writer tests); ``CLOTHSIM_FAULT_MATCH=TEXT`` counts only the steps whose name contains
 TEXT (e.g. ``rename manifest.json``: the N-th commit, wherever other writes fall);
 ``CLOTHSIM_FAULT_TRACE=FILE`` appends each counted step's name to FILE. Without these variables a step costs one
 dictionary lookup.
@@ -80,9 +81,10 @@ def fault_point(name: str) -> None:
         with open(trace, "a", encoding="utf-8") as fh:
             fh.write(f"{_fault_count}\t{name}\n")
     if at is not None and int(at) == _fault_count:
-        if os.environ.get(FAULT_KIND_ENV, "kill") == "enospc":
+        kind = os.environ.get(FAULT_KIND_ENV, "kill")
+        if kind == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -110,13 +112,31 @@ class FileDigest:
         return {"bytes": self.bytes, "sha256": self.sha256}
 
 
+#: The checksum of files a reader checks whole before serving them (index backends' files): xxHash's XXH3
+#: (128 bits) runs at memory speed (measured 15.8 GB/s against SHA-256's 1.6 GB/s on this project's
+#: 2-core machine), so checking a 5 GB graph costs a fraction of a second. It detects damage, not an
+#: attacker who can also rewrite the record beside the file, which no checksum kept there could.
+FAST_CHECKSUM = "xxh3_128"
+
+
+def new_hash(algorithm: str = "sha256") -> Any:
+    """A streaming hash object (``update``/``hexdigest``): ``sha256`` or :data:`FAST_CHECKSUM`."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == FAST_CHECKSUM:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    raise ValueError(f"unknown checksum algorithm {algorithm!r}; expected sha256 or {FAST_CHECKSUM}")
+
+
 class _HashingWriter:
     """A binary file wrapper that hashes and counts what goes through it."""
 
-    def __init__(self, fh: BinaryIO, label: str) -> None:
+    def __init__(self, fh: BinaryIO, label: str, algorithm: str = "sha256") -> None:
         self._fh = fh
         self._label = label
-        self._hash = hashlib.sha256()
+        self._hash = new_hash(algorithm)
         self.size = 0
         self._writes = 0
 
@@ -134,6 +154,9 @@ class _HashingWriter:
 
     def digest(self) -> FileDigest:
         return FileDigest(self.size, self._hash.hexdigest())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 @contextmanager
@@ -175,6 +198,36 @@ def write_bytes(path: str | Path, data: bytes) -> FileDigest:
         writer = _HashingWriter(fh, path.name)
         writer.write(data)
     return writer.digest()
+
+
+def write_stream(path: str | Path, write: Any, algorithm: str = FAST_CHECKSUM) -> tuple[int, str]:
+    """Write a file atomically through ``write(file)`` (e.g. an engine's serializer given a file-like
+    object); returns its size and checksum, computed while writing (the file is never read back).
+
+    Raises:
+        DiskWriteError: the disk is full (or read-only, or failing); the previous version is intact.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        writer = _HashingWriter(fh, path.name, algorithm)
+        write(writer)
+    return writer.size, writer.hexdigest()
+
+
+def file_checksum(path: str | Path, algorithm: str = FAST_CHECKSUM) -> tuple[int, str]:
+    """Size and checksum (hex) of a file on disk, read in chunks (memory stays bounded)."""
+    digest = new_hash(algorithm)
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            size += n
+    return size, digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -235,7 +288,8 @@ def write_parquet(path: str | Path, table: Any, row_group_size: int | None = Non
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, str(tmp), compression="zstd", row_group_size=row_group_size)
+        # A CRC per page, checked by readers that ask for it: a hit's row group is then checked as it is read.
+        pq.write_table(table, str(tmp), compression="zstd", row_group_size=row_group_size, write_page_checksum=True)
         # Hashed from the page cache right after writing: small next to the vectors, and one code path.
         digest = file_digest(tmp)
     return digest

@@ -42,9 +42,26 @@ class ImageDecodeError(ClothsimError, ValueError):
 UNUSABLE_IMAGE_ERRORS = (ImageDecodeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _float_to_8bit(img: Image.Image, source: str) -> Image.Image:
+    """A 32-bit float image (mode ``F``, e.g. a scientific TIFF) as 8-bit grey: values in 0..1 are scaled by
+    255, values in 0..255 kept; anything else has no agreed meaning and is refused. (Pillow's own
+    ``convert`` clips to 0..255, which turns a 0..1 image black.)"""
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ImageDecodeError(source, "32-bit float pixels that are not finite (NaN or infinite)")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0 or high > 255:
+        raise ImageDecodeError(source, f"32-bit float pixels from {low:.3g} to {high:.3g}: neither 0-1 nor 0-255, "
+                                       "so their brightness is unknown; convert it to an 8-bit image")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_rgb(img: Image.Image, source: str = "<image>") -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        img = _float_to_8bit(img, source)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # Pillow's convert("RGB") clips 16/32-bit values at 255; scale to 8 bits instead.
         arr = np.asarray(img, dtype=np.float64)
@@ -105,6 +122,47 @@ def _reduce_on_decode(img: Image.Image, bbox: tuple[int, int, int, int] | None, 
     return img.size[0] / width
 
 
+def _open_regular_file(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading, refusing what is not a regular file without blocking: opening a FIFO
+    waits for a writer forever, and a device or socket is no image (checked on the opened file, so a
+    file swapped for a FIFO after a check cannot slip through)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            raise
+        raise ImageDecodeError(str(path), f"cannot be read ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # an embedded NUL byte
+        raise ImageDecodeError(str(path), f"invalid path ({exc})") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path} is a directory, not an image file")
+        raise ImageDecodeError(str(path), f"{special_file_kind(mode)}, not an image file")
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+    raw = io.FileIO(fd, "rb", closefd=True)
+    raw.name = str(path)  # what Pillow's messages name (the descriptor's number otherwise)
+    return io.BufferedReader(raw)
+
+
+def special_file_kind(mode: int) -> str:
+    """What a file that is neither a regular file nor a folder is, in words (from its ``st_mode``)."""
+    import stat
+
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def load_image(
     source: str | Path | BinaryIO | bytes,
     bbox: tuple[int, int, int, int] | None = None,
@@ -131,6 +189,9 @@ def load_image(
         source = _read_uri(source)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    opened = _open_regular_file(source) if isinstance(source, (str, Path)) else None
+    if opened is not None:
+        source = opened
     try:
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
         # (No warnings filter here: warnings.catch_warnings is process-wide and request threads share it.)
@@ -143,13 +204,18 @@ def load_image(
                 scale = _reduce_on_decode(img, bbox, min_side)
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(img, name)
     except FileNotFoundError:
         raise
     except _DECODE_ERRORS as exc:
         if isinstance(exc, ImageDecodeError):
             raise
+        if isinstance(exc, UnidentifiedImageError):  # Pillow's message only repeats the file's name
+            raise ImageDecodeError(name, "not in an image format Pillow recognises") from exc
         raise ImageDecodeError(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if opened is not None:
+            opened.close()
     if bbox is not None:
         if scale != 1.0:
             bbox = (math.floor(bbox[0] * scale), math.floor(bbox[1] * scale),

@@ -28,7 +28,7 @@ from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import FeatureStore
 from clothsim.index.base import IndexBackend, SearchHit
-from clothsim.index.registry import backend_registry, build_index, open_index
+from clothsim.index.registry import backend_registry, open_index, sync_index
 
 if TYPE_CHECKING:
     from clothsim.runtimes.onnx_text import OnnxTextEncoder
@@ -139,17 +139,8 @@ class SimilarityIndex:
         report = extract_features(records, enc, out_dir, extra_manifest=extra, engine=chosen_engine,
                                   **extract_options)
         store = FeatureStore.open(out_dir)
-        options = dict(backend_options or {})
-        recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
-        if report.reused and recorded == (backend, options):
-            index = open_index(store)
-        elif recorded == (backend, options) and not report.rebuilt:
-            # A sync changed rows of a store this backend already indexes: catch up, no rebuild.
-            index = open_index(store)
-            index.refresh()
-            index.save()
-        else:
-            index = build_index(store, backend, **options)
+        # Caught up and saved when the store changed or its last save was lost; rebuilt when damaged.
+        index = sync_index(store, backend, backend_options, rebuild=report.rebuilt)
         built = cls(store, enc, index)
         if labels is not None:
             built.label(labels)

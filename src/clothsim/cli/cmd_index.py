@@ -38,7 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--float16", action="store_true", help="store vectors as float16 (half the disk)")
     parser.add_argument("--no-bbox", action="store_true", help="ignore bounding boxes in the annotations")
     parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild an index made with another setup (built beside it, swapped in when done)")
+                        help="rebuild the index from scratch: every image encoded again, removed items purged "
+                             "(built beside it, swapped in when done); needed for an index made with another "
+                             "setup or with a damaged manifest")
+    parser.add_argument("--reencode", action="store_true",
+                        help="encode every image again in place, also files whose size and modification time "
+                             "did not change (e.g. a photo replaced by a same-size copy)")
     group = parser.add_argument_group("labels without labelling (encoders with a text tower, e.g. open_clip:...)")
     group.add_argument("--label-with", metavar="FILE|LIST", default=None,
                        help="give each item its best label from this list (a file, one label a line, or "
@@ -71,6 +76,15 @@ def load_records(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clothsim.features.writer_lock import hold_writer
+
+    # One writer per index folder for the whole command (encoding, the --overwrite swap and the backend):
+    # a second `clothsim index` into the same folder is refused here, before any work.
+    with hold_writer(args.out):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
@@ -87,23 +101,28 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend, backend_options=parse_option_pairs(args.backend_option), engine=args.engine,
         engine_options={"ray_address": args.ray_address, "actors": args.actors} if args.engine == "ray" else None,
         batch_size=args.batch_size, num_workers=args.workers, dtype="float16" if args.float16 else "float32",
-        use_bbox=not args.no_bbox, overwrite=args.overwrite, progress=not args.quiet,
-        checkpoint_every=args.checkpoint_every, labels=labels,
+        use_bbox=not args.no_bbox, overwrite=args.overwrite, rebuild=args.overwrite, reencode=args.reencode,
+        progress=not args.quiet, checkpoint_every=args.checkpoint_every, labels=labels,
     )
     if report.reused:
         print(f"{args.out} is already up to date: {len(index)} images, encoder {index.encoder.name}")
     else:
+        done = (f"{report.n_new} encoded now at {report.images_per_second:.1f} images/s" if report.n_new
+                else "nothing needed encoding")
         print(f"indexed {report.n_encoded} images with {index.encoder.name} ({index.encoder.dim}-d) "
-              f"into {args.out}; {report.n_new} encoded now at {report.images_per_second:.1f} images/s")
+              f"into {args.out}; {done}")
         print(f"{'rebuilt' if report.rebuilt else 'synced'}: {report.summary()}")
     if not (report.reused or report.first_build or report.rebuilt) and report.new_ids_from is not None:
         _report_new_duplicates(index, report.new_ids_from)
     if index.label_report is not None:
         print(index.label_report.summary())
     for problem in report.repaired:
-        print(f"repaired {problem}")
+        print(f"repaired {printable(problem)}")
     for failure in report.failures:
-        print(f"skipped {failure['path']}: {failure['reason']}")
+        path, reason = failure["path"], failure["reason"]
+        if reason.startswith(f"{path}: "):  # a decoder's message names the file already
+            reason = reason[len(path) + 2:]
+        print(f"skipped {printable(path)}: {printable(reason)}")
     if report.failures:
         print(f"{report.n_failed} catalogue entr{'y' if report.n_failed == 1 else 'ies'} could not be encoded "
               "and were skipped")
@@ -127,7 +146,12 @@ def _report_new_duplicates(index, first_new_id: int) -> None:
           f"(cosine >= {threshold:.2f}):")
     for item, hits in list(found.items())[:10]:
         record = index.store.get(item).record
-        print(f"    {record.path} ~ {hits[0].record.path} ({hits[0].score:.3f})"
+        print(f"    {printable(record.path)} ~ {printable(hits[0].record.path)} ({hits[0].score:.3f})"
               + (f" and {len(hits) - 1} more" if len(hits) > 1 else ""))
     if len(found) > 10:
         print(f"    ... {len(found) - 10} more (clothsim duplicates --index {index.store.root})")
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal can show it: bytes of a file name that are not UTF-8 as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

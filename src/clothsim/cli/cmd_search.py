@@ -45,15 +45,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def check_query_files(images: list[str]) -> None:
-    """Fail before any model loads when a query photo is not there (URIs are left to the reader)."""
+    """Fail before any model loads when a query photo is not there or is no file (URIs are left to the
+    reader): the same messages as the reader's, sooner."""
+    import os
+    import stat
+
     for image in images:
         if "://" in image:
             continue
-        path = Path(image)
-        if not path.exists():
-            raise FileNotFoundError(f"query image {image} does not exist")
-        if not path.is_file():
-            raise IsADirectoryError(f"query image {image} is not a file")
+        try:
+            mode = os.stat(image).st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"query image {image} does not exist") from None
+        except OSError:
+            continue  # unreadable in another way: the reader says how
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"query image {image} is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            from clothsim.images import ImageDecodeError, special_file_kind
+
+            raise ImageDecodeError(image, f"{special_file_kind(mode)}, not an image file")
 
 
 def _weight(text: str) -> float:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+import warnings
 from typing import Sequence
 
 from clothsim import __version__
@@ -65,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.verbose, args.quiet)
+    # Pillow warns of images above its own limit before clothsim refuses them (a lower limit, named in
+    # the error): the warning's text would only repeat that error in raw form.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # SIGTERM (a service manager, `kill`) cleans up as Ctrl-C does: transactions roll back, a partial
+    # rebuild is removed; the index stays as it was or as far as its last checkpoint.
+    previous = _on_sigterm(_interrupt)
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:
@@ -76,6 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"clothsim {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        _on_sigterm(previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler: object) -> object:
+    """Install ``handler`` for SIGTERM where this thread may (the main thread); returns the one before."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ directly in ``root`` have no category (``None``), beside category folders or alo
 labels (evaluate, train) refuse such a catalogue and say why.
 
 Every entry with an image extension is a catalogue entry, including those that cannot be an image: a
-dangling symbolic link, a link loop, a folder named ``x.jpg``, an unreadable file. They are kept in the
-catalogue so that indexing reports each of them by path with the reason, instead of leaving them out
-silently.
+dangling symbolic link, a link loop, a folder named ``x.jpg``, an unreadable file, a named pipe, a socket
+or a device. They are kept in the catalogue so that indexing reports each of them by path with the
+reason, instead of leaving them out silently. A folder that cannot be listed (no permission) is an
+error naming it: reading on without it would make an index sync delete every photo it holds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 from pathlib import Path
 
 from clothsim.data.records import CatalogRecord
-from clothsim.errors import EmptyCatalogError, UsageError
+from clothsim.errors import DataError, EmptyCatalogError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -116,26 +117,37 @@ def read_folder_catalog(root: str | os.PathLike[str]) -> list[CatalogRecord]:
     return records
 
 
-def _is_entry(path: Path) -> bool:
-    """A file, or something named like one that indexing will report (a link that leads nowhere, a folder)."""
-    if not is_image_file(path):
-        return False
-    try:
-        return path.is_file() or path.is_symlink() or path.is_dir()
-    except OSError:  # e.g. a name too long to stat: still an entry, reported when indexed
-        return True
+def _entries(category_dir: Path, unreadable: list[OSError]) -> list[Path]:
+    """Every entry named like an image under ``category_dir`` (whatever it turns out to be: a file, a
+    link that leads nowhere, a folder, a FIFO...); folders that cannot be listed go to ``unreadable``.
+    Links to folders are not followed, as ``Path.rglob`` does not."""
+    found = []
+    for parent, dirs, files in os.walk(category_dir, onerror=unreadable.append):
+        dirs.sort()
+        found.extend(Path(parent) / name for name in dirs + files if is_image_file(Path(name)))
+    return sorted(found)
+
+
+def _unreadable_error(folder: Path, unreadable: list[OSError]) -> DataError:
+    names = ", ".join(f"{exc.filename} ({exc.strerror or exc})" for exc in unreadable[:5])
+    more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+    return DataError(f"{folder}: cannot list {names}{more}; its photos would be dropped (and an index sync would "
+                     "delete them). Fix the folder's permissions, or move it out of the catalogue, then run again")
 
 
 def _read_categories(folder: Path, split: str | None) -> list[CatalogRecord]:
     records = []
     odd: list[Path] = []
+    unreadable: list[OSError] = []
     for category_dir in sorted(folder.iterdir()):
         if not category_dir.is_dir() or category_dir.name.startswith("."):
             continue
-        for image in sorted(p for p in category_dir.rglob("*") if _is_entry(p)):
+        for image in _entries(category_dir, unreadable):
             records.append(CatalogRecord(path=str(image), category=category_dir.name, split=split))
             if not image.is_file():
                 odd.append(image)
+    if unreadable:
+        raise _unreadable_error(folder, unreadable)
     if odd:
         logger.warning("%s: %d entries named like images are not readable files (e.g. %s); indexing reports "
                        "each of them", folder, len(odd), odd[0])
@@ -148,7 +160,7 @@ def _has_images(folder: Path) -> bool:
 
 def _loose_images(folder: Path) -> list[Path]:
     """The entries named like images directly in ``folder`` (not in a sub-folder), sorted."""
-    return sorted(p for p in folder.iterdir() if _is_entry(p) and not p.is_dir())
+    return sorted(p for p in folder.iterdir() if is_image_file(p) and not p.is_dir())
 
 
 def _warn_loose_images(folder: Path) -> None:

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 WORK_DIR = "duplicates-work"
 BLOCK_ROWS = 4096
+#: How far below the threshold an engine's own score may be and its pair still be scored exactly.
+ENGINE_SLACK = 0.02
 
 
 @dataclass
@@ -75,12 +77,7 @@ def candidate_pairs(store: "FeatureStore", backend: "IndexBackend", threshold: f
             block_file = work / f"block-{number:06d}.npy"
             block = _read_block(block_file)
             if block is None:
-                block_ids = ids[start:start + block_rows]
-                found, scores = source.neighbours(store.vectors_for(block_ids), k, exclude_ids=block_ids)
-                keep = (found >= 0) & (scores >= threshold)
-                rows = np.nonzero(keep)[0]
-                block = np.stack([block_ids[rows].astype(np.float64), found[keep].astype(np.float64),
-                                  scores[keep].astype(np.float64)], axis=1) if rows.size else np.zeros((0, 3))
+                block = _search_block(store, source, ids[start:start + block_rows], k, threshold)
                 with atomic_path(block_file) as tmp, open(tmp, "wb") as handle:
                     np.save(handle, block)
             parts.append(block)
@@ -88,6 +85,28 @@ def candidate_pairs(store: "FeatureStore", backend: "IndexBackend", threshold: f
     merged = np.concatenate(parts) if parts else np.zeros((0, 3))
     pairs = _unique_pairs(merged)
     return pairs, note
+
+
+def _search_block(store: "FeatureStore", source: Any, block_ids: np.ndarray, k: int, threshold: float) -> np.ndarray:
+    """``(query id, neighbour id, cosine)`` rows of one block's pairs at or above ``threshold``.
+
+    An approximate backend only proposes the pairs: each is scored again from the store's vectors, and
+    the rows it is made of are checked against their checksums, so damage or an engine's rounding never
+    makes a pair.
+    """
+    queries = store.vectors_for(block_ids)
+    found, scores = source.neighbours(queries, k, exclude_ids=block_ids)
+    # A little below the threshold: a pair the engine scored just under it may score at it exactly.
+    rows, cols = np.nonzero((found >= 0) & (scores >= threshold - ENGINE_SLACK))
+    if rows.size == 0:
+        return np.zeros((0, 3))
+    partners = found[rows, cols]
+    store.check_rows(np.union1d(block_ids, partners))
+    exact = np.einsum("ij,ij->i", queries[rows].astype(np.float64),
+                      store.vectors_for(partners).astype(np.float64))
+    keep = exact >= threshold
+    return np.stack([block_ids[rows[keep]].astype(np.float64), partners[keep].astype(np.float64), exact[keep]],
+                    axis=1)
 
 
 def finish(store: "FeatureStore") -> None:

@@ -37,6 +37,7 @@ from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder
 from clothsim.engines import EncodedShard, ExtractionEngine
 from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
+from clothsim.features.writer_lock import hold_writer
 from clothsim.features.store import (
     NORM_TOLERANCE,
     FeatureStore,
@@ -45,6 +46,7 @@ from clothsim.features.store import (
 )
 from clothsim.features.model_files import keep_model_file, model_file_problem
 from clothsim.fileio import remove_path, rename_path
+from clothsim.images import special_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +118,14 @@ def probe_entry(path: str) -> Signature | str:
     """``(size, mtime_ns)`` of a catalogue entry's file, or the reason it cannot be encoded.
 
     The reasons name what the entry is: a missing file, a dangling symbolic link, a link loop, a folder,
-    something that is not a regular file, or a file this process may not read. A URI (``s3://...``) is
-    asked of pyarrow's filesystem layer.
+    a named pipe, a socket or a device, a file this process may not read, or a name that is not valid
+    UTF-8 (the index stores names as UTF-8 text). A URI (``s3://...``) is asked of pyarrow's filesystem
+    layer.
     """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its file name is not valid UTF-8; rename the file (e.g. with convmv) to index it"
     if "://" in path:
         return _probe_uri(path)
     try:
@@ -126,7 +133,7 @@ def probe_entry(path: str) -> Signature | str:
     except FileNotFoundError:
         return "dangling symbolic link (its target does not exist)" if os.path.islink(path) else "file not found"
     except PermissionError:
-        return "permission denied"
+        return "permission denied (its folder cannot be entered)"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "symbolic link loop"
@@ -136,10 +143,20 @@ def probe_entry(path: str) -> Signature | str:
     if stat.S_ISDIR(st.st_mode):
         return "a directory, not an image file"
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
+        return f"{special_file_kind(st.st_mode)}, not an image file"
     if not os.access(path, os.R_OK):
-        return "permission denied (not readable)"
+        return UNREADABLE
     return int(st.st_size), int(st.st_mtime_ns)
+
+
+#: The reason for a file this process may not read; as for any entry that could not be read (not one
+#: that is gone), a row it already has in the index is kept, never deleted for that.
+UNREADABLE = "permission denied (not readable)"
+
+
+def _could_not_read(reason: str) -> bool:
+    """Whether a probe failed because the file could not be read now, not because it is gone or no image."""
+    return reason.startswith(("permission denied", "cannot be read"))
 
 
 def _probe_uri(uri: str) -> Signature | str:
@@ -178,6 +195,7 @@ class _Plan:
     n_removed: int
     n_reencoded: int
     n_relabelled: int
+    reencoded_paths: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -185,27 +203,44 @@ class _Plan:
 
 
 def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequence[Signature | str],
-          crops: bool, base_next_id: int) -> _Plan:
-    """Compare the catalogue with the store's live rows (as multisets, so repeated entries count)."""
+          crops: bool, base_next_id: int, force: bool = False) -> _Plan:
+    """Compare the catalogue with the store's live rows (as multisets, so repeated entries count).
+
+    With ``force`` no row written before this sync began counts as up to date, no vector is reused and
+    earlier failures are tried again: every entry is encoded anew.
+    """
     rows = store.metadata_table().to_pylist() if store.total_rows else []
     ids = store.all_ids()
     live = store.live_mask()
     size, mtime = store.source_signatures()
     live_by_key: dict[tuple, deque[int]] = defaultdict(deque)
-    for pos in np.flatnonzero(live):
+    live_by_record: dict[tuple, deque[int]] = defaultdict(deque)  # whatever the file's signature
+    for pos in np.flatnonzero(live & (ids >= base_next_id) if force else live):
         r = rows[pos]
         key = _record_key(r["path"], r["category"], r["split"], r["item_id"], r["attributes"], r["bbox"])
         live_by_key[(key, int(size[pos]), int(mtime[pos]))].append(int(pos))
-    known_failures = {(f["path"], f.get("size"), f.get("mtime_ns")): f for f in store.failures if "size" in f}
+        live_by_record[key].append(int(pos))
+    known_failures = {} if force else {(f["path"], f.get("size"), f.get("mtime_ns")): f
+                                       for f in store.failures if "size" in f}
 
     kept = np.zeros(len(rows), dtype=bool)
     failures: list[dict[str, Any]] = []
     to_add: list[tuple[CatalogRecord, Signature]] = []
     for record, probe in zip(records, probes):
         if isinstance(probe, str):
-            failures.append({"path": record.path, "reason": probe})
+            failure = {"path": record.path, "reason": probe}
+            if _could_not_read(probe):  # unreadable now: the row it has stays (deleting it would lose it)
+                slot = live_by_record.get(_key_of(record))
+                while slot and kept[slot[0]]:
+                    slot.popleft()
+                if slot:
+                    kept[slot.popleft()] = True
+                    failure["reason"] = f"{probe}; its vector from an earlier run is kept"
+            failures.append(failure)
             continue
         slot = live_by_key.get((_key_of(record), probe[0], probe[1]))
+        while slot and kept[slot[0]]:
+            slot.popleft()
         if slot:
             kept[slot.popleft()] = True
             continue
@@ -221,18 +256,22 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
     for pos in delete_pos:
         removed_by_path[rows[pos]["path"]].append(int(pos))
     reencoded = relabelled = 0
+    reencoded_paths: set[str] = set()
     for record, probe in to_add:
         slot = removed_by_path.get(record.path)
         if slot:
             pos = slot.popleft()
-            if (int(size[pos]), int(mtime[pos])) == probe:
+            if (int(size[pos]), int(mtime[pos])) == probe and not force:
                 relabelled += 1
             else:
                 reencoded += 1
+                reencoded_paths.add(record.path)
     # A file that did not change keeps its vector: reuse it from any row written before this sync began.
     copies: list[tuple[int, CatalogRecord, Signature]] = []
     encode: list[tuple[CatalogRecord, Signature]] = []
-    if to_add:
+    if to_add and force:
+        encode = list(to_add)
+    elif to_add:
         by_vector: dict[tuple, int] = {}
         for pos in np.flatnonzero(ids < base_next_id):
             r = rows[pos]
@@ -246,7 +285,7 @@ def _plan(store: FeatureStore, records: Sequence[CatalogRecord], probes: Sequenc
             else:
                 encode.append((record, probe))
     return _Plan(ids[delete_pos], copies, encode, failures, len(to_add) - reencoded - relabelled,
-                 int(delete_pos.size) - reencoded - relabelled, reencoded, relabelled)
+                 int(delete_pos.size) - reencoded - relabelled, reencoded, relabelled, reencoded_paths)
 
 
 # ----- the overwrite swap ------------------------------------------------------------------------------
@@ -303,6 +342,8 @@ def extract_features(
     shard_size: int | None = None,
     use_bbox: bool = True,
     overwrite: bool = False,
+    rebuild: bool = False,
+    reencode: bool = False,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     engine: Any = None,
@@ -323,7 +364,12 @@ def extract_features(
         shard_size: Old name of ``checkpoint_every``.
         use_bbox: Crop to each record's bounding box where it has one.
         overwrite: Rebuild (beside, then swap) a store made with another encoder setup, dtype or crop
-            setting, or whose manifest is damaged, instead of refusing.
+            setting, or whose manifest is damaged, instead of refusing; a store that can be synced is
+            synced (what a cache wants).
+        rebuild: Rebuild the store from scratch in any case, beside the old one, then swap it in: every
+            image is encoded again and tombstoned rows are purged (``clothsim index --overwrite``).
+        reencode: Encode every entry again in place, also those whose file looks unchanged (same size
+            and modification time); their old rows are tombstoned.
         progress: Show a tqdm progress bar.
         extra_manifest: More fields to stamp on the manifest (e.g. where the weights came from).
         engine: What decodes and encodes (an :mod:`clothsim.engines` plug-in or its name); ``None`` is
@@ -340,8 +386,19 @@ def extract_features(
     if batch_size < 1 or checkpoint_every < 1:
         raise UsageError("batch_size and checkpoint_every must be at least 1")
     store_dir = Path(store_dir)
+    with hold_writer(store_dir):  # one writer per index folder, the rebuild and swap of --overwrite included
+        return _extract_locked(records, encoder, store_dir, overwrite or rebuild, rebuild, dict(
+            batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
+            use_bbox=use_bbox, progress=progress, extra_manifest=extra_manifest, engine=engine,
+            reencode=reencode))
+
+
+def _extract_locked(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, overwrite: bool,
+                    rebuild: bool, options: dict[str, Any]) -> ExtractionReport:
+    """:func:`extract_features` once the index folder's writer lock is held."""
     _recover_swap(store_dir)
     fingerprint = encoder.fingerprint()
+    use_bbox, engine = options["use_bbox"], options["engine"]
     # Cropping changes the vectors, so it is part of what a store is checked against; it only has an
     # effect when some record has a box.
     crops = use_bbox and any(r.bbox is not None for r in records)
@@ -349,8 +406,8 @@ def extract_features(
         from clothsim.engines import resolve_engine
 
         engine = resolve_engine(engine)  # before any work: an unavailable engine fails at once
-    options = dict(batch_size=batch_size, num_workers=num_workers, dtype=dtype, checkpoint_every=checkpoint_every,
-                   use_bbox=use_bbox, crops=crops, progress=progress, extra_manifest=extra_manifest, engine=engine)
+    options.update(crops=crops, engine=engine)
+    dtype = options["dtype"]
 
     if FeatureStore.exists(store_dir):
         try:
@@ -361,11 +418,11 @@ def extract_features(
                 raise
             logger.warning("%s has a damaged manifest; rebuilding it beside and swapping it in", store_dir)
             refusal = "damaged"
-        if refusal is not None:
-            if not overwrite:
-                raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "
-                                      "(--overwrite) to re-encode it, or choose another folder")
+        if rebuild or (overwrite and refusal is not None):  # a fresh build, beside, then swapped in
             return _rebuild(records, encoder, store_dir, fingerprint, options)
+        if refusal is not None:
+            raise StaleStoreError(f"{store_dir} holds a store made with {refusal}; pass overwrite=True "
+                                  "(--overwrite) to re-encode it, or choose another folder")
     report = _sync(records, encoder, store_dir, fingerprint, options)
     scratch = _beside(store_dir, REBUILD_SUFFIX)
     if _removable_scratch(scratch):
@@ -412,7 +469,18 @@ def _rebuild(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path
         remove_path(rebuilt)
     logger.warning("rebuilding %s beside it, in %s; the current index stays until the new one is complete",
                    store_dir, rebuilt)
-    report = _sync(records, encoder, rebuilt, fingerprint, options)
+    try:
+        report = _sync(records, encoder, rebuilt, fingerprint, options)
+    except BaseException:
+        # A full disk, Ctrl-C or SIGTERM: the partial rebuild goes (it holds disk space, and the index it
+        # was to replace is intact). Only a kill -9 leaves it, for the same command to resume.
+        if _removable_scratch(rebuilt):
+            logger.warning("removing the unfinished rebuild %s; %s is unchanged", rebuilt, store_dir)
+            try:
+                remove_path(rebuilt)
+            except OSError as exc:
+                logger.warning("could not remove %s (%s); the next run removes or resumes it", rebuilt, exc)
+        raise
     _swap_in(rebuilt, store_dir)
     report.store_dir = store_dir
     report.rebuilt = True
@@ -445,7 +513,8 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
                 logger.info("resuming: %d images already encoded by the interrupted run", sum(s.rows for s in resumed))
 
         probes = [probe_entry(r.path) for r in records]
-        plan = _plan(store, records, probes, crops, base_next_id)
+        # A resumed --reencode keeps what the interrupted run already encoded again (rows from base_next_id).
+        plan = _plan(store, records, probes, crops, base_next_id, force=options.get("reencode", False))
         for name in ("n_added", "n_removed", "n_reencoded", "n_relabelled"):
             setattr(report, name, getattr(plan, name))
         report.new_ids_from = base_next_id
@@ -477,9 +546,10 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
             if plan.copies:
                 store.append_rows_from(np.array([c[0] for c in plan.copies], dtype=np.int64),
                                        [c[1] for c in plan.copies], [c[2] for c in plan.copies])
-            store.manifest["failures"] = plan.failures
+            store.manifest["failures"] = list(plan.failures)  # a copy: the encoding appends to it
         n_new = _encode_missing(store, encoder, plan.encode, options)
         compute_seconds = time.perf_counter() - started
+        _uncount_failed(report, plan, store.failures[len(plan.failures):])
 
         with store.transaction():
             store.compact()
@@ -501,6 +571,20 @@ def _sync(records: Sequence[CatalogRecord], encoder: Encoder, store_dir: Path, f
         logger.warning("%d of %d catalogue entries could not be encoded and were skipped",
                        len(report.failures), len(records))
     return report
+
+
+def _uncount_failed(report: ExtractionReport, plan: _Plan, new_failures: list[dict[str, Any]]) -> None:
+    """Entries that failed to encode in this run were not added (nor re-encoded: their old row is gone)."""
+    failed = {f["path"] for f in new_failures}
+    for record, _ in plan.encode:
+        if record.path not in failed:
+            continue
+        failed.discard(record.path)
+        if record.path in plan.reencoded_paths:
+            report.n_reencoded -= 1
+            report.n_removed += 1
+        else:
+            report.n_added -= 1
 
 
 def _same_failures(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:

@@ -1,12 +1,14 @@
 """The feature store: L2-normalised vectors aligned row by row with columnar catalogue metadata.
 
-Layout of a store directory (format 2)::
+Layout of a store directory (format 3)::
 
     manifest.json                the commit record: fingerprint, dtype, segments with sizes and SHA-256,
                                  tombstones, failures, an in-progress sync marker; checksummed itself
     segments/NNNNNN.npy          (rows, dim) float32 or float16 vectors, memory-mapped when read
+    segments/NNNNNN.rowsums.npy  one XXH3-64 checksum per vector row (clothsim.features.row_checksums)
     segments/NNNNNN.parquet      one metadata row per vector, same order (path, category, split, item_id,
-                                 attributes, bbox, and the source file's size and mtime for syncing)
+                                 attributes, bbox, and the source file's size and mtime for syncing), with
+                                 a CRC per page, checked whenever a page is read
     segments/NNNNNN.deleted.npy  ids removed since (tombstones), ascending
     backends/<name>/             files an index backend keeps beside the store
 
@@ -15,28 +17,33 @@ Ids are integers handed out in order and never reused; segment ``s`` holds ids
 changed once written; a change writes *new* files under fresh names, flushes them, and then replaces
 ``manifest.json`` in one atomic rename. A reader therefore sees the previous state or the next one,
 never a mix, and files a crash left unreferenced are removed by the next writer. One writer at a time
-(an advisory lock on the folder); readers need no lock.
+(:mod:`clothsim.features.writer_lock`); readers need no lock.
 
 Integrity: the manifest records every data file's size and checksum. Opening checks sizes and headers
-(cheap, always) and, for stores up to :data:`AUTO_VERIFY_BYTES`, checksums too; :meth:`FeatureStore.verify`
-checks everything. Damage raises :class:`StoreIntegrityError`, naming the file and how to repair.
-Vectors that are not finite unit vectors are refused when written.
+(cheap, always), the small files' checksums (manifest, row checksums, tombstones) and, for stores up to
+:data:`AUTO_VERIFY_BYTES`, every checksum; :meth:`FeatureStore.verify` checks everything (also in a
+thread: :meth:`FeatureStore.verify_in_background`). Bigger stores never serve a damaged row either: every
+search's hits pass :meth:`FeatureStore.check_rows` (each row against its own checksum), a scan refuses
+scores no unit vector can give, and metadata pages are checked as they are read. Damage raises
+:class:`StoreIntegrityError`, naming the file and how to repair. Vectors that are not finite unit vectors
+are refused when written.
 
-Stores of format 1 (JSON-lines metadata, no checksums) still open and are read as they are; the first
-write converts them to format 2 in one commit.
+Stores of format 1 (JSON-lines metadata, no checksums) and 2 (no row checksums) still open and are read
+as they are (a format-2 store over :data:`AUTO_VERIFY_BYTES` checks a hit's whole segment the first time
+one of its rows is returned); the first write converts them to format 3 in one commit.
 """
 
 from __future__ import annotations
 
 import copy
-import errno
-import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import stat
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +57,9 @@ from clothsim import __version__
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.spec import fingerprint_mismatch
 from clothsim.errors import ClothsimError, StaleStoreError, UsageError
+from clothsim.features.row_checksums import ALGORITHM as ROWSUM_ALGORITHM
+from clothsim.features.row_checksums import mismatched_rows, row_checksums
+from clothsim.features.writer_lock import StoreBusyError, WriterLock  # noqa: F401  (StoreBusyError: re-exported)
 from clothsim.fileio import (
     FileDigest,
     file_digest,
@@ -66,8 +76,10 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 BACKENDS = "backends"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LEGACY_FORMAT = 1
+#: Format 2: checksummed files, no row checksums (read as it is; the first write converts it).
+ROWLESS_FORMAT = 2
 DTYPES = ("float32", "float16")
 #: Stores with at most this many bytes of data files are checksummed in full every time they are opened.
 AUTO_VERIFY_BYTES = 64 * 1024 * 1024
@@ -111,11 +123,8 @@ class StoreIntegrityError(ClothsimError, RuntimeError):
 
 
 class UnfinishedStoreError(ClothsimError, RuntimeError):
-    """The store's first build was interrupted; running the same ``clothsim index`` again finishes it."""
-
-
-class StoreBusyError(ClothsimError, RuntimeError):
-    """Another process (or another store object) is writing this store."""
+    """A ``clothsim index`` run (a first build or an update) was interrupted; running the same command
+    again finishes it."""
 
 
 def repair_hint(root: str | Path, repairable: bool = True) -> str:
@@ -144,6 +153,11 @@ class Segment:
     rows: int
     vectors_path: Path
     metadata_path: Path
+
+    @property
+    def rowsums_path(self) -> Path:
+        """Its row checksums (format 3)."""
+        return self.vectors_path.with_name(f"{self.name}.rowsums.npy")
 
 
 @dataclass(frozen=True)
@@ -275,12 +289,14 @@ class FeatureStore:
     def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
         self.root = Path(root)
         self._manifest = manifest
-        self._lock_fd: int | None = None
-        self._lock_depth = 0
+        self._lock = WriterLock(self.root)
         self._txn_depth = 0
         self._txn_files: list[Path] = []
         self._gc_done = False
         self._arrays: dict[str, np.ndarray] = {}
+        self._rowsums: dict[str, np.ndarray] = {}
+        self._verified: set[str] = set()  # segments whose files were checked whole by this object
+        self._damage: StoreIntegrityError | None = None  # what a background check found
         self._tables: dict[str, Any] = {}
         self._category_columns: dict[str, Any] = {}
         self._row_groups: dict[tuple[str, int], Any] = {}
@@ -360,7 +376,7 @@ class FeatureStore:
             FileNotFoundError: ``root`` holds no store.
             StoreIntegrityError: the manifest or a data file is damaged (the message names the file).
             StaleStoreError: the store was made with another encoder setup, or by a newer clothsim.
-            UnfinishedStoreError: its first build was interrupted (and not ``allow_unfinished``).
+            UnfinishedStoreError: a build or update was interrupted (and not ``allow_unfinished``).
         """
         root = Path(root)
         path = root / MANIFEST
@@ -382,8 +398,11 @@ class FeatureStore:
                 f"({store.total_rows} of about {sync.get('planned_rows', '?')} images encoded); run the same "
                 "command again to finish it")
         if sync and not sync.get("first_build") and not allow_unfinished:
-            logger.warning("%s: an update by `clothsim index` was interrupted; it holds part of the new "
-                           "catalogue; run the same command again to finish it", root)
+            # Part old catalogue, part new: answering from it would be silently wrong, so it is refused
+            # as an unfinished first build is (and `clothsim verify` says UNFINISHED).
+            raise UnfinishedStoreError(
+                f"{root}: an update by `clothsim index` was interrupted, and the index holds part of the new "
+                "catalogue only; run the same `clothsim index` command again to finish it")
         if verify is True or (verify == "auto" and store._data_bytes() <= AUTO_VERIFY_BYTES):
             report = store.verify(full=True)
             if report.problems:
@@ -473,7 +492,8 @@ class FeatureStore:
     def _data_bytes(self) -> int:
         if self.is_legacy:
             return sum(s.vectors_path.stat().st_size for s in self.segments if s.vectors_path.is_file())
-        total = sum(int(s["vectors"]["bytes"]) + int(s["metadata"]["bytes"]) for s in self._manifest["segments"])
+        total = sum(int(s["vectors"]["bytes"]) + int(s["metadata"]["bytes"]) + int(s.get("rowsums", {}).get("bytes", 0))
+                    for s in self._manifest["segments"])
         entry = self._manifest.get("tombstones")
         return total + (int(entry["bytes"]) if entry else 0)
 
@@ -485,6 +505,7 @@ class FeatureStore:
         self._offsets = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)
         names = {s["name"] for s in segs}
         self._arrays = {n: a for n, a in self._arrays.items() if n in names}
+        self._rowsums = {n: a for n, a in self._rowsums.items() if n in names}
         self._tables = {n: t for n, t in self._tables.items() if n in names}
         self._category_columns = {n: c for n, c in self._category_columns.items() if n in names}
         self._row_groups = {key: t for key, t in self._row_groups.items() if key[0] in names}
@@ -534,9 +555,35 @@ class FeatureStore:
                                         segment.name)
         try:
             self._array(segment)
+            if "rowsums" in seg:
+                self._segment_rowsums(segment)
         except StoreIntegrityError as exc:
             return StoreProblem(exc.path, exc.problem, "segment", segment.name)
         return None
+
+    def _segment_rowsums(self, segment: Segment) -> np.ndarray:
+        """A segment's row checksums, checked against the manifest's SHA-256 when first loaded (8 bytes a
+        row: a few milliseconds at a million rows)."""
+        cached = self._rowsums.get(segment.name)
+        if cached is not None:
+            return cached
+        path = segment.rowsums_path
+        entry = next(s for s in self._manifest["segments"] if s["name"] == segment.name)["rowsums"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreIntegrityError(path, "is missing", self.root) from None
+        except OSError as exc:
+            raise StoreIntegrityError(path, f"cannot be read ({exc.strerror or exc})", self.root) from None
+        if len(data) != int(entry["bytes"]) or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreIntegrityError(path, "does not match its size or checksum in the manifest (damaged)", self.root)
+        sums = np.load(io.BytesIO(data), allow_pickle=False)
+        if sums.shape != (segment.rows,) or sums.dtype != np.uint64:
+            raise StoreIntegrityError(path, f"holds {sums.dtype} of shape {sums.shape}, not {segment.rows} row "
+                                            "checksums", self.root)
+        sums.flags.writeable = False
+        self._rowsums[segment.name] = sums
+        return sums
 
     def _array(self, segment: Segment) -> np.ndarray:
         """The segment's vectors, memory-mapped (checked against the manifest on first use)."""
@@ -583,8 +630,12 @@ class FeatureStore:
         if not self.is_legacy and path.stat().st_size != int(entry["bytes"]):
             raise StoreIntegrityError(path, f"is {path.stat().st_size} bytes, the manifest says {entry['bytes']}",
                                       self.root)
+        data = path.read_bytes()
+        # Always checked whole (8 bytes a deleted id): a damaged list would serve deleted items again.
+        if not self.is_legacy and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreIntegrityError(path, "does not match its checksum (damaged)", self.root)
         try:
-            deleted = np.load(path, allow_pickle=False)
+            deleted = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise StoreIntegrityError(path, f"is not a readable .npy file ({exc})", self.root) from None
         if deleted.ndim != 1 or deleted.dtype.kind not in "iu":
@@ -658,7 +709,7 @@ class FeatureStore:
                 return _record_columns(records, [None] * len(records))
             # ParquetFile, not read_table: the latter goes through pyarrow.dataset, whose import alone
             # costs more than a whole search.
-            return pq.ParquetFile(path).read().cast(_metadata_schema())
+            return pq.ParquetFile(path, page_checksum_verification=True).read().cast(_metadata_schema())
 
         table = self._checked_metadata(segment, read)
         if table.column("path").null_count:
@@ -766,12 +817,13 @@ class FeatureStore:
         path = segment.metadata_path
         if row_group is not None:
             def read_group() -> Any:
-                group = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+                group = pq.ParquetFile(path, page_checksum_verification=True).read_row_group(row_group, columns=columns)
                 return group.cast(_metadata_schema()) if columns is None else group
 
             # One row group of a segment: its row count is the group's, not the manifest's.
             return self._checked_metadata(segment, read_group, whole=False)
-        table = self._checked_metadata(segment, lambda: pq.ParquetFile(path).read(columns=columns))
+        table = self._checked_metadata(
+            segment, lambda: pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns))
         if "path" in table.column_names and table.column("path").null_count:
             raise StoreIntegrityError(path, "has rows without a path", self.root)
         return table
@@ -826,6 +878,51 @@ class FeatureStore:
             seg = int(segs[group[0]])
             out[group] = self._array(self._segment_list[seg]).view(np.ndarray)[positions[group] - self._offsets[seg]]
         return out
+
+    def check_rows(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Check the stored vectors of ``ids`` (a search's hits) before they are served: each must be a
+        finite unit vector. Cheap (a few rows); every backend's hits pass here.
+
+        Raises:
+            StoreIntegrityError: a row is damaged (the message names its segment file and the repair).
+            KeyError: an unknown id.
+        """
+        if self._damage is not None:  # found by a background check: nothing more is served
+            raise self._damage
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if not ids.size:
+            return
+        positions = self._positions(ids)
+        segs = np.searchsorted(self._offsets, positions, side="right") - 1
+        for seg in np.unique(segs):
+            segment = self._segment_list[int(seg)]
+            local = positions[segs == seg] - self._offsets[seg]
+            entry = self._manifest["segments"][int(seg)] if not self.is_legacy else {}
+            if "rowsums" in entry:
+                bad = mismatched_rows(self._array(segment), local, self._segment_rowsums(segment))
+                if bad.size:
+                    raise StoreIntegrityError(segment.vectors_path, f"row {int(bad[0])} (item "
+                                              f"{int(bad[0]) + segment.id_start}) does not match its checksum "
+                                              "(damaged)", self.root)
+            elif not self.is_legacy and segment.name not in self._verified:
+                self._verify_whole_segment(entry, segment)  # format 2: the segment once, then trusted
+            else:
+                vectors = np.asarray(self._array(segment)[local], dtype=np.float32)
+                norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+                bad = ~(np.abs(norms - 1.0) <= NORM_TOLERANCE)
+                if bad.any():
+                    raise StoreIntegrityError(segment.vectors_path, f"holds a damaged vector for item "
+                                              f"{int(local[bad][0]) + segment.id_start} (norm "
+                                              f"{float(norms[bad][0]):.3g}, not a unit vector)", self.root)
+
+    def _verify_whole_segment(self, entry: dict[str, Any], segment: Segment) -> None:
+        problems, _ = self._verify_segment(entry, segment)
+        if problems:
+            raise StoreIntegrityError(problems[0].path, problems[0].message, self.root)
+
+    def _segment_of(self, item_id: int) -> Segment:
+        position = int(self._positions(np.array([item_id]))[0])
+        return self._segment_list[int(np.searchsorted(self._offsets, position, side="right") - 1)]
 
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray, slice]]:
         """``(segment, vectors, positions)`` per segment: its memory-mapped vectors and the slice of
@@ -923,11 +1020,21 @@ class FeatureStore:
         report.seconds = time.perf_counter() - started
         return report
 
+    def verify_in_background(self, threads: int = 2) -> "BackgroundVerify":
+        """Start a full :meth:`verify` in a thread and return at once (``clothsim serve`` over a store too big
+        to hash at every open). Meanwhile every hit is checked on its own (:meth:`check_rows`); once the
+        check finds damage, :meth:`check_rows` raises it for every later search, so nothing more is served.
+        """
+        return BackgroundVerify(self, threads)
+
     def _verify_segment(self, seg: dict[str, Any], segment: Segment) -> tuple[list[StoreProblem], int]:
         problems: list[StoreProblem] = []
         nbytes = 0
         if not self.is_legacy:
-            for key, path in (("vectors", segment.vectors_path), ("metadata", segment.metadata_path)):
+            files = [("vectors", segment.vectors_path), ("metadata", segment.metadata_path)]
+            if "rowsums" in seg:
+                files.append(("rowsums", segment.rowsums_path))
+            for key, path in files:
                 digest = file_digest(path)
                 nbytes += digest.bytes
                 if digest.sha256 != seg[key]["sha256"]:
@@ -948,13 +1055,17 @@ class FeatureStore:
             self._segment_table(segment)
         except StoreIntegrityError as exc:
             problems.append(StoreProblem(exc.path, exc.problem, "segment", segment.name))
+        if not problems:
+            self._verified.add(segment.name)
         return problems, nbytes
 
     def _leftovers(self) -> list[Path]:
         """Files a crash left behind that the manifest does not reference (removed by the next write)."""
         keep = set()
-        for segment in self.segments:
+        for seg, segment in zip(self._manifest["segments"], self.segments):
             keep.update({segment.vectors_path.name, segment.metadata_path.name})
+            if "rowsums" in seg:
+                keep.add(segment.rowsums_path.name)
         tomb = self._tombstone_path()
         if tomb is not None and tomb.parent.name == SEGMENTS:
             keep.add(tomb.name)
@@ -972,28 +1083,13 @@ class FeatureStore:
     # ----- writing: lock, transactions, commit ------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Hold the store's writer lock (re-entrant within this object)."""
-        if self._lock_depth == 0:
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise StoreBusyError(f"{self.root} is being written by another process (another "
-                                         "`clothsim index` or an open index adding items); wait for it to "
-                                         "finish") from None
-                raise
-            self._lock_fd = fd
-        self._lock_depth += 1
+        """Hold the index folder's writer lock (re-entrant within this object; see
+        :mod:`clothsim.features.writer_lock`)."""
+        self._lock.acquire()
         try:
             yield
         finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._lock.release()
 
     @contextmanager
     def writer(self) -> Iterator["FeatureStore"]:
@@ -1017,6 +1113,8 @@ class FeatureStore:
             self._txn_depth += 1
             try:
                 yield self
+                if outer and self.format_version == ROWLESS_FORMAT:
+                    self._add_row_checksums()  # of the segments this commit keeps (a repair drops damaged ones)
             except BaseException:
                 self._txn_depth -= 1
                 if outer:
@@ -1063,6 +1161,11 @@ class FeatureStore:
         self._manifest["next_file"] = int(self._manifest.get("next_file", 0)) + 1
         return name
 
+    def _stage_rowsums(self, name: str, sums: np.ndarray) -> dict[str, Any]:
+        path = self.root / SEGMENTS / f"{name}.rowsums.npy"
+        self._txn_files.append(path)
+        return {**write_npy(path, np.asarray(sums, dtype=np.uint64)).to_dict(), "algorithm": ROWSUM_ALGORITHM}
+
     def _stage_segment(self, vectors: np.ndarray, table: Any) -> np.ndarray:
         """Write one new segment's files and add it to the manifest being built (inside a transaction)."""
         rows = int(vectors.shape[0])
@@ -1071,11 +1174,14 @@ class FeatureStore:
         name = self._new_name()
         base = self.root / SEGMENTS / name
         self._txn_files.extend([base.with_suffix(".npy"), base.with_suffix(".parquet")])
-        vec_digest = write_npy_parts(base.with_suffix(".npy"), [vectors], (rows, self.dim), self.dtype)
+        stored = np.ascontiguousarray(vectors, dtype=self.dtype)
+        vec_digest = write_npy_parts(base.with_suffix(".npy"), [stored], (rows, self.dim), self.dtype)
+        rowsums = self._stage_rowsums(name, row_checksums(stored))
         meta_digest = write_parquet(base.with_suffix(".parquet"), table, ROW_GROUP_ROWS)
         id_start = int(self._manifest["next_id"])
         self._manifest["segments"].append({"name": name, "id_start": id_start, "rows": int(rows),
-                                           "vectors": vec_digest.to_dict(), "metadata": meta_digest.to_dict()})
+                                           "vectors": vec_digest.to_dict(), "metadata": meta_digest.to_dict(),
+                                           "rowsums": rowsums})
         self._manifest["next_id"] = id_start + int(rows)
         self._reset_caches()
         return np.arange(id_start, id_start + rows, dtype=np.int64)
@@ -1136,6 +1242,7 @@ class FeatureStore:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0:
             return np.zeros(0, dtype=np.int64)
+        self.check_rows(ids)  # a copy gets checksums of its own: never of a damaged row
         positions = self._positions(ids)
         blocks = []
         for segment, array, span in self.iter_segments():
@@ -1167,7 +1274,8 @@ class FeatureStore:
 
     # ----- writing: maintenance --------------------------------------------------------------------
     def upgrade(self, drop_damaged: bool = False) -> list[StoreProblem]:
-        """Convert a format-1 store to format 2 in one commit (no-op for format 2).
+        """Convert a format-1 store to format 3 in one commit (no-op otherwise: a format-2 store is converted
+        by its next transaction).
 
         With ``drop_damaged`` a segment that cannot be converted is left out (its rows are then missing,
         for a sync to re-encode) instead of failing; the problems found are returned.
@@ -1182,7 +1290,7 @@ class FeatureStore:
         return problems
 
     def _upgrade_legacy(self, drop_damaged: bool) -> list[StoreProblem]:
-        logger.info("%s: converting the store from format 1 (JSON lines) to format 2 (Parquet, checksums)",
+        logger.info("%s: converting the store from format 1 (JSON lines) to format 3 (Parquet, checksums)",
                     self.root)
         old = copy.deepcopy(self._manifest)
         deleted = self.deleted_ids.copy()
@@ -1211,7 +1319,8 @@ class FeatureStore:
             self._txn_files.append(meta_path)
             meta = write_parquet(meta_path, _record_columns(records, sources), ROW_GROUP_ROWS)
             new_segments.append({"name": segment.name, "id_start": int(seg["id_start"]), "rows": int(seg["rows"]),
-                                 "vectors": file_digest(segment.vectors_path).to_dict(), "metadata": meta.to_dict()})
+                                 "vectors": file_digest(segment.vectors_path).to_dict(), "metadata": meta.to_dict(),
+                                 "rowsums": self._stage_rowsums(segment.name, row_checksums(array))})
             kept_ids.append(np.arange(int(seg["id_start"]), int(seg["id_start"]) + int(seg["rows"])))
         manifest = {k: v for k, v in old.items() if k != "segments"}
         manifest.update(format_version=FORMAT_VERSION, segments=new_segments, next_file=next_file, tombstones=None,
@@ -1226,6 +1335,24 @@ class FeatureStore:
         alive = np.concatenate(kept_ids) if kept_ids else np.zeros(0, dtype=np.int64)
         self._stage_tombstones(np.intersect1d(deleted, alive))
         return problems
+
+    def _add_row_checksums(self) -> None:
+        """Convert a format-2 store to format 3 inside the transaction being built: row checksums for every
+        segment, each computed only after its files were checked whole (damage is never given a checksum
+        of its own; a damaged segment fails the transaction, and ``clothsim index`` repairs it first)."""
+        logger.info("%s: adding row checksums (store format 2 to 3)", self.root)
+        for seg in self._manifest["segments"]:
+            segment = self._segment(seg)
+            if "rowsums" in seg:
+                continue
+            if segment.name not in self._verified:
+                problem = self._check_segment_files(seg)
+                if problem is not None:
+                    raise StoreIntegrityError(problem.path, problem.message, self.root)
+                self._verify_whole_segment(seg, segment)
+            seg["rowsums"] = self._stage_rowsums(segment.name, row_checksums(self._array(segment)))
+        self._manifest.update(format_version=FORMAT_VERSION, upgraded_from=ROWLESS_FORMAT)
+        self._reset_caches()
 
     def drop_segments(self, names: Sequence[str]) -> int:
         """Remove damaged segments from the store in one commit; their ids disappear (and are never
@@ -1285,16 +1412,64 @@ class FeatureStore:
                 self._txn_files.extend([base.with_suffix(".npy"), base.with_suffix(".parquet")])
                 vec = write_npy_parts(base.with_suffix(".npy"), (self._array(p) for p in parts), (rows, self.dim),
                                       self.dtype)
+                # The parts' own row checksums, not new ones: a row damaged before the merge stays detected.
+                rowsums = self._stage_rowsums(name, np.concatenate([self._segment_rowsums(p) for p in parts]))
                 meta = write_parquet(base.with_suffix(".parquet"),
                                      pa.concat_tables([self._segment_table(p) for p in parts]), ROW_GROUP_ROWS)
                 merged[group[0]] = {"name": name, "id_start": parts[0].id_start, "rows": rows,
-                                    "vectors": vec.to_dict(), "metadata": meta.to_dict()}
+                                    "vectors": vec.to_dict(), "metadata": meta.to_dict(), "rowsums": rowsums}
             drop = {j for group in groups for j in group[1:]}
             self._manifest["segments"] = [merged.get(i, s) for i, s in enumerate(segs) if i not in drop]
             self._reset_caches()
         n = sum(len(g) for g in groups)
         logger.info("%s: merged %d small segments into %d", self.root, n, len(groups))
         return n
+
+
+class BackgroundVerify:
+    """A full check of a store running in a thread (see :meth:`FeatureStore.verify_in_background`).
+
+    It reads through a second store object over the same commit, so the serving object's caches are never
+    touched by it; what it finds is handed to the serving object.
+    """
+
+    def __init__(self, store: FeatureStore, threads: int = 2) -> None:
+        self._store = store
+        self._threads = threads
+        self.report: VerifyReport | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clothsim-store-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            checker = FeatureStore(self._store.root, copy.deepcopy(self._store.manifest))
+            report = checker.verify(full=True, threads=self._threads)
+            self.report = report
+            if report.problems:
+                first = report.problems[0]
+                more = f" ({len(report.problems) - 1} more: `clothsim verify {report.root}`)" \
+                    if len(report.problems) > 1 else ""
+                self._store._damage = StoreIntegrityError(first.path, first.message + more, report.root,
+                                                          repairable=first.kind != "manifest")
+                logger.error("%s", self._store._damage)
+            else:
+                logger.info("%s: every checksum verified (%.1f GiB in %.1f s)", report.root,
+                            report.bytes_checked / 2**30, report.seconds)
+        except OSError as exc:
+            self._store._damage = StoreIntegrityError(getattr(exc, "filename", None) or self._store.root,
+                                                      f"cannot be read ({exc})", self._store.root)
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> VerifyReport | None:
+        """Wait for the check (at most ``timeout`` seconds); its report, or ``None`` while it runs."""
+        self._done.wait(timeout)
+        return self.report
 
 
 # ----- manifest validation -----------------------------------------------------------------------------
@@ -1318,9 +1493,9 @@ def _load_manifest(path: Path, root: Path) -> dict[str, Any]:
         raise StaleStoreError(f"{path}: written by a newer clothsim (store format {version}; this one reads up to "
                               f"{FORMAT_VERSION}); upgrade clothsim, or rebuild it with `clothsim index "
                               f"CATALOGUE --out {root} --overwrite`")
-    if version not in (LEGACY_FORMAT, FORMAT_VERSION) or isinstance(version, bool):
-        raise bad(f"has format_version {str(version)[:40]!r}; expected {LEGACY_FORMAT} or {FORMAT_VERSION}")
-    if version == FORMAT_VERSION:
+    if version not in (LEGACY_FORMAT, ROWLESS_FORMAT, FORMAT_VERSION) or isinstance(version, bool):
+        raise bad(f"has format_version {str(version)[:40]!r}; expected {LEGACY_FORMAT} to {FORMAT_VERSION}")
+    if version != LEGACY_FORMAT:
         recorded = manifest.get("manifest_sha256")
         if not isinstance(recorded, str) or hashlib.sha256(_canonical(manifest)).hexdigest() != recorded:
             raise bad("does not match its own checksum (edited by hand or damaged)")
@@ -1357,7 +1532,8 @@ def _validate(m: dict[str, Any], bad: Any) -> None:
             raise bad(f"segment {s['name']} overlaps the one before it")
         end = s["id_start"] + s["rows"]
         if not legacy:
-            for key in ("vectors", "metadata"):
+            keys = ("vectors", "metadata", "rowsums") if m["format_version"] == FORMAT_VERSION else ("vectors", "metadata")
+            for key in keys:
                 entry = s.get(key)
                 if not isinstance(entry, dict) or not _is_int(entry.get("bytes")) \
                         or not isinstance(entry.get("sha256"), str):

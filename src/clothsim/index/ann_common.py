@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from clothsim.errors import ClothsimError, UsageError
-from clothsim.fileio import write_json
+from clothsim.fileio import FAST_CHECKSUM, file_checksum, write_json
 from clothsim.index.base import SearchHit
 from clothsim.index.topk import DEFAULT_CHUNK_ROWS, topk_over_blocks
 
@@ -163,9 +163,12 @@ def check_build_options_match(backend: str, store: "FeatureStore", specs: Mappin
 
 
 def rebuild_hint(store: "FeatureStore", backend: str, option: str | None = None) -> str:
+    """How to rebuild a backend's files from the store's vectors: the same ``clothsim index`` command (it
+    rebuilds a backend whose files are missing or damaged, or whose build options changed, without
+    encoding anything again)."""
     extra = f" --backend-option {option}" if option else ""
-    return (f"rebuild it with `clothsim index DATA --out {store.root} --backend {backend}{extra} --overwrite` "
-            "(or clothsim.index.build_index(store, backend) in Python)")
+    return (f"rebuild it with `clothsim index DATA --out {store.root} --backend {backend}{extra}` (it rebuilds the "
+            f"{backend} files from the stored vectors; or clothsim.index.build_index(store, {backend!r}) in Python)")
 
 
 # ----- the commit record -------------------------------------------------------------------------
@@ -214,6 +217,98 @@ def write_state(store: "FeatureStore", name: str, state: dict[str, Any]) -> None
     record = {**state, "format_version": STATE_FORMAT, "backend": name, "store": store_identity(store),
               "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(backend_dir(store, name) / STATE_FILE, record)
+
+
+# ----- the files a backend saved -----------------------------------------------------------------
+#: Saved files up to this many bytes in all are checked whole when an index opens; bigger ones in a
+#: thread started at open, which the first search waits for (a 5 GB graph: about half a second).
+CHECK_AT_OPEN_BYTES = 64 * 1024 * 1024
+
+
+def file_record(path: Path, size: int, checksum: str) -> dict[str, Any]:
+    """What ``state.json`` records of one saved file: its name, size and fast checksum."""
+    return {"file": path.name, "file_bytes": int(size), FAST_CHECKSUM: checksum}
+
+
+def record_file(path: Path) -> dict[str, Any]:
+    """:func:`file_record` of a file already on disk (read once)."""
+    size, checksum = file_checksum(path)
+    return file_record(path, size, checksum)
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """One file a backend saved, as its commit record describes it (``file_bytes`` and a checksum:
+    :data:`~clothsim.fileio.FAST_CHECKSUM`, or ``sha256`` in records written before it)."""
+
+    path: Path
+    record: Mapping[str, Any]
+    label: str = ""  # how messages name it beyond its path, e.g. " (the graph of category 'hat')"
+
+
+def saved_file_problem(saved: SavedFile, full: bool, hint: str) -> str | None:
+    """What is wrong with one saved file: missing, another size, or (with ``full``) another checksum."""
+    path, record = saved.path, saved.record
+    if not path.is_file():
+        return f"{path}{saved.label} is missing; {hint}"
+    size = path.stat().st_size
+    if size != record.get("file_bytes"):
+        return (f"{path}{saved.label} is truncated or damaged ({size} bytes, {record.get('file_bytes')} were "
+                f"written); {hint}")
+    if full:
+        algorithm = FAST_CHECKSUM if FAST_CHECKSUM in record else "sha256"
+        if file_checksum(path, algorithm)[1] != record.get(algorithm):
+            return (f"{path}{saved.label} does not match its checksum in {path.parent / STATE_FILE}: it was "
+                    f"damaged; {hint}")
+    return None
+
+
+def saved_files_problems(files: Sequence[SavedFile], full: bool, hint: str) -> list[str]:
+    return [problem for saved in files if (problem := saved_file_problem(saved, full, hint))]
+
+
+class FileCheck:
+    """The checksums of a backend's saved files, checked before anything is served.
+
+    Small files are checked at once (the constructor raises); bigger ones in a thread started here, so
+    that loading the encoder and the first query's decoding overlap it, and :meth:`wait` (called by every
+    search before it answers) raises the first problem found. Sizes are checked at open either way.
+    """
+
+    def __init__(self, files: Sequence[SavedFile], hint: str, at_once_bytes: int | None = None) -> None:
+        self._files = list(files)
+        self._hint = hint
+        self._problem: str | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        total = sum(int(f.record.get("file_bytes") or 0) for f in self._files)
+        if total <= (CHECK_AT_OPEN_BYTES if at_once_bytes is None else at_once_bytes):
+            self._run()
+            self.wait()
+        else:
+            logger.info("checking %.0f MiB of index files in the background", total / 2**20)
+            self._thread = threading.Thread(target=self._run, name="clothsim-file-check", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            problems = saved_files_problems(self._files, True, self._hint)
+            self._problem = problems[0] if problems else None
+        except OSError as exc:
+            self._problem = f"{exc.filename or 'an index file'} cannot be read ({exc.strerror or exc}); {self._hint}"
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        """Block until the check is over; raise :class:`BackendIndexError` if a file is damaged."""
+        if not self._done.is_set():
+            self._done.wait()
+        if self._problem is not None:
+            raise BackendIndexError(self._problem)
 
 
 # ----- what the store holds ------------------------------------------------------------------------
@@ -379,6 +474,19 @@ def finish_rows(
     return rows
 
 
+def rows_as_arrays(rows: list[tuple[np.ndarray, np.ndarray]], k: int,
+                   n_queries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked rows (see :func:`finish_rows`) as ``(ids, scores)`` arrays of ``k`` columns, padded with
+    -1 / -inf."""
+    n = len(rows) if n_queries is None else n_queries
+    ids = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    for q, (row_ids, row_scores) in enumerate(rows):
+        ids[q, :row_ids.size] = row_ids[:k]
+        scores[q, :row_scores.size] = row_scores[:k]
+    return ids, scores
+
+
 def exact_hits(store: "FeatureStore", queries: np.ndarray, k: int, category: str | Sequence[str] | None,
                exclude: np.ndarray | None) -> list[list[SearchHit]]:
     """Exact top-k through the exact backend (the store's own tiled scan over the matching rows)."""
@@ -446,6 +554,57 @@ def to_hits(store: "FeatureStore", rows: list[tuple[np.ndarray, np.ndarray]]) ->
          for rank, (i, s, record) in enumerate(zip(ids, scores, store.records_for(ids)))]
         for ids, scores in rows
     ]
+
+
+#: How far a backend's score for a hit may be from the same item's score against its stored vector when
+#: the engine holds exact copies of the vectors: two float32 summation orders differ by about 1e-7.
+SCORE_AGREEMENT = 1e-3
+#: Where an engine's scores are approximate (product-quantized codes), one beyond this many times the
+#: query's norm is still impossible: codes of unit vectors reconstruct to about unit length (measured at
+#: most 1.2 on this project's test catalogues); a damaged file gives 1e24.
+APPROXIMATE_SCORE_LIMIT = 4.0
+
+
+def checked_hits(store: "FeatureStore", queries: np.ndarray, rows: list[tuple[np.ndarray, np.ndarray]],
+                 source: str, hint: str, engine_exact: bool = True) -> list[list[SearchHit]]:
+    """What every approximate or database backend returns goes through here, so that damage is never served.
+
+    Per query: scores no unit vector can give are refused (the engine's file ``source`` is damaged); every
+    hit is re-scored against its vector in the store, whose rows are checked on the way
+    (:meth:`FeatureStore.check_rows`); where the engine holds exact copies (``engine_exact``), a score
+    that disagrees with the store's is refused too. Hits are then ranked by the store's scores.
+
+    Raises:
+        BackendIndexError: the engine gave an impossible or disagreeing score (the message says how to
+            rebuild it, ``hint``).
+        StoreIntegrityError: a hit's stored vector is damaged.
+    """
+    out = []
+    for q, (ids, scores) in enumerate(rows):
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        if not ids.size:
+            out.append((ids, scores))
+            continue
+        query = queries[q]
+        norm = float(np.linalg.norm(query))
+        limit = norm * (1.02 if engine_exact else APPROXIMATE_SCORE_LIMIT) + 1e-3
+        bad = ~(np.abs(scores) <= limit)  # NaN included
+        if bad.any():
+            raise BackendIndexError(f"{source} gave a score of {float(scores[bad][0]):.3g} for item "
+                                    f"{int(ids[bad][0])}, which no unit vector can give: it is damaged; {hint}")
+        store.check_rows(ids)
+        exact = (store.vectors_for(ids) @ query).astype(np.float32)
+        if engine_exact:
+            off = np.abs(exact - scores) > SCORE_AGREEMENT * max(norm, 1.0)
+            if off.any():
+                i = int(np.flatnonzero(off)[0])
+                raise BackendIndexError(f"{source} gave item {int(ids[i])} a score of {float(scores[i]):.6g}, its "
+                                        f"vector in the store gives {float(exact[i]):.6g}: the index is damaged; "
+                                        f"{hint}")
+        order = np.lexsort((ids, -exact))
+        out.append((ids[order], exact[order]))
+    return to_hits(store, out)
 
 
 def rescore_exactly(store: "FeatureStore", queries: np.ndarray, ids: np.ndarray,

@@ -94,6 +94,7 @@ class ExactIndex:
         exclude_ids: Sequence[int] | None = None,
     ) -> list[list[SearchHit]]:
         ids, scores = self._scan(queries, k, category, exclude_ids)
+        self.store.check_rows(ids.ravel())  # every hit against its row checksum before it is served
         records = self.store.records_for(ids.ravel())
         width = ids.shape[1]
         return [
@@ -105,7 +106,8 @@ class ExactIndex:
     def neighbours(self, queries: np.ndarray, k: int,
                    exclude_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest live items as ``(ids, scores)`` arrays, padded with -1 / -inf (see
-        :class:`~clothsim.index.base.NeighbourSearch`)."""
+        :class:`~clothsim.index.base.NeighbourSearch`). Unlike :meth:`search`, the rows are not checked
+        against their checksums here: the caller checks the ones it keeps."""
         ids, scores = self._scan(queries, k, None, exclude_ids)
         if ids.shape[1] < k:
             pad = k - ids.shape[1]
@@ -130,7 +132,9 @@ class ExactIndex:
                           None if everything else keep[span], label=str(segment.vectors_path))
                  for segment, array, span in self.store.iter_segments()]
         try:
-            return scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows)
+            # A row of zeros scores exactly 0: such rows are checked, so damage never just drops an item.
+            return scan_topk(queries, parts, k, exclude=exclude, tile_rows=self.chunk_rows,
+                             suspect=self.store.check_rows)
         except ScoreRangeError as exc:
             raise StoreIntegrityError(exc.label, f"holds vectors that are not unit vectors (a score of "
                                                  f"{exc.value:.3g}); the file is damaged", self.store.root) from None

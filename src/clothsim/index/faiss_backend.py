@@ -7,11 +7,14 @@ that still comes back short of ``min(k, live matching items)`` is redone exactly
 so a caller always gets k results when k exist. New items are added to the graph or the lists, never
 rebuilt. Files, under ``<index>/backends/<name>/``::
 
-    state.json             the commit record: current file, its size and SHA-256, store rows covered
+    state.json             the commit record: current file, its size and checksum (XXH3), store rows covered
     index-NNNNNN.faiss     the FAISS index (a new generation is written beside the old one on save)
 
 An HNSW index is opened memory-mapped (fast start, pages shared between processes); the first add or
-delete loads a private copy.
+delete loads a private copy. Every saved file is checked against its checksum before the first search
+is answered (at open when small, else in a thread started at open), and every hit is re-scored against
+the store's vector of it (:func:`~clothsim.index.ann_common.checked_hits`): a damaged file is refused,
+never served.
 """
 
 from __future__ import annotations
@@ -27,31 +30,36 @@ import numpy as np
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, DataError, UsageError
-from clothsim.fileio import atomic_path, file_digest
+from clothsim.fileio import write_stream
 from clothsim.index.ann_common import (
     EXACT_BELOW,
     BackendIndexError,
+    FileCheck,
     OptionSpec,
     Progress,
     ReadWriteLock,
+    SavedFile,
     StoreView,
     backend_dir,
     check_build_options_match,
     check_positive,
     check_queries,
+    checked_hits,
     coerce_options,
     complete_rows,
     coverage,
     exact_hits,
     finish_rows,
+    rows_as_arrays,
     id_bitmap,
     is_behind,
     iter_live_blocks,
     quiet_faiss_loader,
     read_state,
     rebuild_hint,
+    file_record,
     rescore_exactly,
-    to_hits,
+    saved_files_problems,
     with_defaults,
     write_state,
 )
@@ -150,8 +158,9 @@ class FaissIndex:
     """
 
     def __init__(self, store: "FeatureStore", name: str, engine: Any, state: dict[str, Any],
-                 options: dict[str, Any], mapped: bool = False) -> None:
+                 options: dict[str, Any], mapped: bool = False, check: FileCheck | None = None) -> None:
         self.store = store
+        self._check = check
         self.name = name
         self._engine = engine
         self._state = dict(state)
@@ -215,6 +224,7 @@ class FaissIndex:
         """Read every category graph into memory, and a memory-mapped global file through once, now
         instead of at the first queries (a cold mapped graph costs a disk read per node a query visits)."""
         started = time.perf_counter()
+        self._wait_for_check()  # it read every file through already
         if self._mapped:
             _page_in(self.folder / self._state["file"])
         if self._partitions is not None:
@@ -223,6 +233,13 @@ class FaissIndex:
 
     def _behind(self) -> bool:
         return is_behind(self.store, self._view, self._state)
+
+    def _wait_for_check(self) -> None:
+        if self._check is not None:
+            self._check.wait()
+
+    def _source(self) -> str:
+        return str(self.folder / str(self._state.get("file")))
 
     def search(
         self,
@@ -235,6 +252,7 @@ class FaissIndex:
         """Top ``k`` per query; ``search_options`` (efSearch, nprobe, rerank, exact_below) apply to this call."""
         options = self._search_options(search_options)
         queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        self._wait_for_check()  # nothing is answered from files not checked yet
         if self._behind():  # the store changed through another handle: catch up first
             self.refresh()
         all_ids, live = self._view.snapshot()
@@ -261,7 +279,29 @@ class FaissIndex:
         if redone:
             logger.debug("%s: %d of %d queries came back short and were answered exactly", self.name, redone,
                          len(rows))
-        return to_hits(self.store, rows)
+        # IVF-PQ without re-ranking scores by its codes: approximate, so only impossible scores are refused.
+        approximate = self.name == IVFPQ and not int(options["rerank"])
+        return checked_hits(self.store, queries, rows, self._source(), rebuild_hint(self.store, self.name),
+                            engine_exact=not approximate)
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   exclude_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest live items as ``(ids, scores)`` arrays by the engine's own scores, padded with
+        -1 / -inf (see :class:`~clothsim.index.base.NeighbourSearch`): no records, no exact redo of short
+        rows; the caller re-scores and checks the ones it keeps."""
+        options = self._search_options({})
+        queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        self._wait_for_check()
+        if self._behind():
+            self.refresh()
+        all_ids, _ = self._view.snapshot()
+        mask = self._view.allowed_rows(None)
+        n_live = self._view.allowed_count(None)
+        if n_live == 0 or queries.shape[0] == 0:
+            return rows_as_arrays([], k, queries.shape[0])
+        ids, scores = self._search_engine(queries, k + (exclude is not None), None, mask, all_ids, n_live, n_live,
+                                          options)
+        return rows_as_arrays(finish_rows(ids, scores, k, exclude, all_ids, mask), k)
 
     def _search_engine(self, queries: np.ndarray, wanted: int, category: str | Sequence[str] | None,
                        mask: np.ndarray, all_ids: np.ndarray, n_live: int, n_allowed: int,
@@ -311,6 +351,7 @@ class FaissIndex:
     def _ensure_writable(self) -> None:
         """A memory-mapped engine cannot grow: load a private copy of the same file first."""
         if self._mapped:
+            self._wait_for_check()
             path = self.folder / self._state["file"]
             self._engine = _read_engine(self.store, self.name, path, mapped=False, ntotal=self._state["ntotal"])
             self._mapped = False
@@ -373,8 +414,9 @@ class FaissIndex:
         """Write a new generation of the index files beside the old ones, then switch ``state.json``.
 
         A failure before the switch removes the new files and leaves the previous generation in force.
+        Holds the index folder's writer lock: one writer at a time, the store's or a backend's.
         """
-        with self._lock.write():
+        with self.store.writer(), self._lock.write():
             if not (self._engine_dirty or self._state_dirty):
                 return
             folder = self.folder
@@ -388,11 +430,10 @@ class FaissIndex:
                     if self._partitions is not None:
                         state["partitions"] = self._partitions.save(generation)
                     new_file = f"index-{generation:06d}.faiss"
-                    with atomic_path(folder / new_file) as tmp:
-                        _faiss().write_index(self._engine, str(tmp))
-                        size, digest = tmp.stat().st_size, file_digest(tmp).sha256
                     written.append(folder / new_file)
-                    state.update(file=new_file, generation=generation, file_bytes=size, sha256=digest,
+                    size, checksum = write_engine(self._engine, folder / new_file)
+                    state.pop("sha256", None)  # a record written before XXH3
+                    state.update(file_record(folder / new_file, size, checksum), generation=generation,
                                  ntotal=int(self._engine.ntotal))
                     logger.info("%s: wrote %s (%.1f MiB) in %.1f s", self.name, folder / new_file, size / 2**20,
                                 time.perf_counter() - started)
@@ -428,29 +469,27 @@ class FaissIndex:
             raise BackendIndexError(problems[0])
 
 
+def write_engine(engine: Any, path: Path) -> tuple[int, str]:
+    """Write a FAISS index atomically through a Python file object: the checksum is computed while it is
+    written, and a full disk is an ``OSError`` (a :class:`~clothsim.fileio.DiskWriteError` naming the file)
+    rather than a C++ exception's text inside a RuntimeError."""
+    faiss = _faiss()
+    return write_stream(path, lambda fh: faiss.write_index(engine, faiss.PyCallbackIOWriter(fh.write)))
+
+
+def saved_files(store: "FeatureStore", name: str, state: dict[str, Any]) -> list[SavedFile]:
+    """The index file and every category graph's, as ``state`` records them."""
+    folder = backend_dir(store, name)
+    files = [SavedFile(folder / str(state.get("file")), state)]
+    files += [SavedFile(folder / str(p.get("file")), p, f" (the graph of category {p.get('category')!r})")
+              for p in state.get("partitions", [])]
+    return files
+
+
 def _check_file(store: "FeatureStore", name: str, state: dict[str, Any], full: bool) -> list[str]:
     """Presence and size of the saved index file and of each category graph's, and with ``full`` their
-    SHA-256, against ``state``."""
-    folder = backend_dir(store, name)
-    hint = rebuild_hint(store, name)
-    problem = _file_problem(folder / str(state.get("file")), "", state, full, hint)
-    if problem:
-        return [problem]
-    parts = [(folder / str(p.get("file")), f" (the graph of category {p.get('category')!r})", p)
-             for p in state.get("partitions", [])]
-    return [problem for path, label, record in parts if (problem := _file_problem(path, label, record, full, hint))]
-
-
-def _file_problem(path: Path, label: str, record: dict[str, Any], full: bool, hint: str) -> str | None:
-    """What is wrong with one saved file against its ``file_bytes`` and ``sha256`` (``None``: intact)."""
-    if not path.is_file():
-        return f"{path}{label} is missing; {hint}"
-    size = path.stat().st_size
-    if size != record.get("file_bytes"):
-        return f"{path}{label} is truncated or damaged ({size} bytes, {record.get('file_bytes')} were written); {hint}"
-    if full and file_digest(path).sha256 != record.get("sha256"):
-        return f"{path}{label} does not match its checksum in {path.parent / 'state.json'}: it was damaged; {hint}"
-    return None
+    checksums, against ``state``."""
+    return saved_files_problems(saved_files(store, name, state), full, rebuild_hint(store, name))
 
 
 def _read_engine(store: "FeatureStore", name: str, path: Path, mapped: bool, ntotal: Any) -> Any:
@@ -529,9 +568,12 @@ class _FaissPlugin:
         problems = _check_file(store, self.name, state, full=False)
         if problems:
             raise BackendIndexError(problems[0])
+        # Checksums before the first answer: now when the files are small, else in the background.
+        check = FileCheck(saved_files(store, self.name, state), rebuild_hint(store, self.name))
         path = backend_dir(store, self.name) / str(state["file"])
         engine = _read_engine(store, self.name, path, mapped=self.name == HNSW, ntotal=state.get("ntotal"))
-        index = FaissIndex(store, self.name, engine, state, self._search_defaults(given), mapped=self.name == HNSW)
+        index = FaissIndex(store, self.name, engine, state, self._search_defaults(given), mapped=self.name == HNSW,
+                           check=check)
         if index._behind():
             logger.warning("%s covers the store only up to id %d; adding the rest in memory (run `clothsim index` "
                            "again, or save(), to keep it)", path, state["covered_next_id"])

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothsim.fileio import atomic_path, file_digest
-from clothsim.index.ann_common import BackendIndexError, rescore_exactly
+from clothsim.index.ann_common import BackendIndexError, file_record, rescore_exactly
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
@@ -188,18 +187,16 @@ class CategoryGraphs:
         The caller commits ``state.json``, then calls :meth:`saved`, or :meth:`rollback` if anything
         failed before the commit (the new files are removed, the old ones still listed).
         """
-        import faiss
+        from clothsim.index.faiss_backend import write_engine
 
         with self._lock:
             self._pending = (dict(self._entries), [])
             for number, name in enumerate(sorted(self._dirty)):
                 path = self.folder / f"part-{generation:06d}-{number:04d}.faiss"
                 graph = self._graphs[name]
-                with atomic_path(path) as tmp:
-                    faiss.write_index(graph, str(tmp))
-                    size, digest = tmp.stat().st_size, file_digest(tmp).sha256
                 self._pending[1].append(path)
-                self._entries[name] = {"category": name, "file": path.name, "file_bytes": size, "sha256": digest,
+                size, checksum = write_engine(graph, path)
+                self._entries[name] = {"category": name, **file_record(path, size, checksum),
                                        "ntotal": int(graph.ntotal)}
             return [self._entries[name] for name in sorted(self._entries)]
 

@@ -12,6 +12,12 @@ Rows are keyed by clothsim id; ``category`` and ``split`` are scalar fields used
 add and delete map to upsert and delete. Each build creates a fresh collection ``<collection>_<hex>``
 and then points the alias ``<collection>`` and ``state.json`` at it, so a failed rebuild leaves the
 previous collection in use.
+
+Damage is never served: every save of a Milvus Lite database records the size and checksum of each of
+the collection's data and index files in ``state.json``, checked before the first search (at open when
+small, else in a thread the first search waits for); and every hit, whatever the database, is re-scored
+against the store's vector, a score that disagrees being refused
+(:func:`~clothsim.index.ann_common.checked_hits`).
 """
 
 from __future__ import annotations
@@ -33,24 +39,29 @@ from clothsim.index.ann_common import (
     EXACT_BELOW,
     BackendIndexError,
     BackendUnavailable,
+    FileCheck,
     OptionSpec,
+    SavedFile,
     Progress,
     StoreView,
     backend_dir,
     check_build_options_match,
     check_positive,
     check_queries,
+    checked_hits,
     coerce_options,
     complete_rows,
     coverage,
     exact_hits,
     finish_rows,
+    rows_as_arrays,
     is_behind,
     iter_live_blocks,
     quiet_faiss_loader,
     read_state,
     rebuild_hint,
-    to_hits,
+    record_file,
+    saved_files_problems,
     with_defaults,
     write_state,
 )
@@ -67,6 +78,8 @@ LOCAL_DB = "milvus.db"
 # Milvus's error code for a collection that is not loaded (a server's merr and Milvus Lite's alike).
 _COLLECTION_NOT_LOADED = 101
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX")
+# Index types that keep every vector as given (AUTOINDEX lets a server pick a quantized one).
+EXACT_INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT")
 MAX_TOPK = 16384  # Milvus refuses larger limits
 _QUERY_BATCH = 256  # queries per search request (bounds the message size)
 _DELETE_BATCH = 10_000
@@ -148,8 +161,9 @@ class MilvusIndex:
     name = NAME
 
     def __init__(self, store: "FeatureStore", client: Any, uri: str, state: dict[str, Any],
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any], check: FileCheck | None = None) -> None:
         self.store = store
+        self._check = check
         self.uri = uri
         self._client = client
         self._state = dict(state)
@@ -241,6 +255,7 @@ class MilvusIndex:
         """Top ``k`` per query; the category restriction is a Milvus filter expression."""
         options = self._search_options(search_options)
         queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        self.wait_for_check()
         if self._behind():
             self.refresh()
         all_ids, _ = self._view.snapshot()
@@ -251,6 +266,39 @@ class MilvusIndex:
         wanted = k + (exclude is not None)
         if (category is not None and n_allowed <= options["exact_below"]) or wanted > MAX_TOPK:
             return exact_hits(self.store, queries, k, category, exclude)
+        ids, scores = self._engine_search(queries, wanted, category, options)
+        index_type = self._state["build"]["index_type"]
+        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
+        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
+        if redone:
+            logger.debug("milvus: %d of %d queries came back short and were answered exactly", redone, len(rows))
+        # These index types keep the vectors as they were given, so their scores must be the store's.
+        return checked_hits(self.store, queries, rows, f"{self.where} (collection {self.collection})",
+                            rebuild_hint(self.store, NAME), engine_exact=index_type in EXACT_INDEX_TYPES)
+
+    def neighbours(self, queries: np.ndarray, k: int,
+                   exclude_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest live items as ``(ids, scores)`` arrays by the collection's own scores, padded
+        with -1 / -inf (see :class:`~clothsim.index.base.NeighbourSearch`); the caller re-scores and
+        checks the ones it keeps."""
+        options = self._search_options({})
+        queries, exclude = check_queries(queries, self.store.dim, k, exclude_ids)
+        self.wait_for_check()
+        if self._behind():
+            self.refresh()
+        all_ids, _ = self._view.snapshot()
+        mask = self._view.allowed_rows(None)
+        wanted = k + (exclude is not None)
+        if wanted > MAX_TOPK:
+            from clothsim.index.exact import ExactIndex
+
+            return ExactIndex(self.store).neighbours(queries, k, exclude_ids)
+        ids, scores = self._engine_search(queries, wanted, None, options)
+        return rows_as_arrays(finish_rows(ids, scores, k, exclude, all_ids, mask), k)
+
+    def _engine_search(self, queries: np.ndarray, wanted: int, category: str | Sequence[str] | None,
+                       options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The collection's ``wanted`` best per query, by its own scores, in batches of requests."""
         ids = np.full((queries.shape[0], wanted), -1, dtype=np.int64)
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         index_type = self._state["build"]["index_type"]
@@ -267,11 +315,40 @@ class MilvusIndex:
                 for j, hit in enumerate(list(found)[:wanted]):
                     ids[lo + q, j] = int(hit["id"])
                     scores[lo + q, j] = float(hit["distance"])
-        rows = finish_rows(ids, scores, k, exclude, all_ids, mask)
-        rows, redone = complete_rows(self.store, queries, k, rows, mask, all_ids, exclude)
-        if redone:
-            logger.debug("milvus: %d of %d queries came back short and were answered exactly", redone, len(rows))
-        return to_hits(self.store, rows)
+        return ids, scores
+
+    # ----- the saved files (Milvus Lite) -----------------------------------------------------
+    def wait_for_check(self) -> None:
+        """Block until the check of the saved files started at open is over; raise if one is damaged."""
+        if self._check is not None:
+            self._check.wait()
+
+    def warm(self) -> None:
+        """Finish checking the saved files before any request is served."""
+        self.wait_for_check()
+
+    def verify(self) -> None:
+        """Check every saved file of a Milvus Lite database against its checksum (reads them whole).
+
+        Raises:
+            BackendIndexError: a file is missing or damaged.
+        """
+        problems = saved_files_problems(saved_files(self.store, self._state, self.uri), True,
+                                        rebuild_hint(self.store, NAME))
+        if problems:
+            raise BackendIndexError(problems[0])
+
+    def _record_files(self) -> None:
+        """The collection's files as they are now, into the state to save (Milvus Lite only): flushed and
+        with their background index builds finished first, so nothing changes them after the record."""
+        if not self.local:
+            return
+        self._call("flush", self._client.flush, self.collection, timeout=None)
+        _drain_lite(self.uri, self.collection)
+        folder = _collection_folder(self.uri, self.collection)
+        db = Path(self.uri)
+        self._state["files"] = [{**record_file(path), "file": str(path.relative_to(db))}
+                                for path in sorted(folder.rglob("*")) if path.is_file()]
 
     # ----- changing ------------------------------------------------------------------------
     def _upsert_rows(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -334,9 +411,11 @@ class MilvusIndex:
                        ids=[int(i) for i in ids[lo:lo + _DELETE_BATCH]], timeout=self._options["timeout"])
 
     def save(self) -> None:
-        """Record how much of the store the collection covers (Milvus made the rows durable already)."""
-        with self._lock:
+        """Record how much of the store the collection covers (Milvus made the rows durable already) and,
+        for Milvus Lite, the size and checksum of each of its files."""
+        with self.store.writer(), self._lock:
             if self._dirty:
+                self._record_files()
                 write_state(self.store, NAME, self._state)
                 self._dirty = False
 
@@ -350,6 +429,17 @@ class MilvusIndex:
         finally:
             if self.local:
                 _release_lite(self.uri)
+
+
+def _collection_folder(uri: str, physical: str) -> Path:
+    """Where Milvus Lite keeps one collection's data and index files."""
+    return Path(uri) / "collections" / physical / "partitions"
+
+
+def saved_files(store: "FeatureStore", state: dict[str, Any], uri: str) -> list[SavedFile]:
+    """The Milvus Lite files ``state`` records (none for a server, or a state saved before records)."""
+    db = Path(uri)
+    return [SavedFile(db / str(f.get("file")), f) for f in state.get("files", [])] if _is_local(uri) else []
 
 
 def _release_lite(uri: str) -> None:
@@ -558,8 +648,9 @@ class MilvusBackend:
         uri = state.get("uri") or default_uri(store)
         if _is_local(uri) and not Path(uri).exists():
             return [f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}"]
-        if not full:
-            return []
+        problems = saved_files_problems(saved_files(store, state, uri), full, rebuild_hint(store, NAME))
+        if problems or not full:
+            return problems
         # Read-only, unlike open(): a check must report a damaged collection, not mend it on the way.
         runtime = {**self._runtime_options({}), "timeout": 10.0}  # a check should not hang on a dead server
         with _quiet_engine_logs():
@@ -596,8 +687,16 @@ class MilvusBackend:
             return self._open(store, state, runtime, uri)
 
     def _open(self, store: "FeatureStore", state: dict[str, Any], runtime: dict[str, Any], uri: str) -> MilvusIndex:
+        files = saved_files(store, state, uri)
+        if files and not Path(uri).exists():
+            raise BackendIndexError(f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}")
+        problems = saved_files_problems(files, False, rebuild_hint(store, NAME))
+        if problems:  # a file cut short or gone: refused before Milvus Lite reads it
+            raise BackendIndexError(problems[0])
+        # Checksums before the first answer: now when the files are small, else in the background.
+        check = FileCheck(files, rebuild_hint(store, NAME)) if files else None
         client = _connect(store, uri, runtime, creating=False)
-        index = MilvusIndex(store, client, uri, state, runtime)
+        index = MilvusIndex(store, client, uri, state, runtime, check=check)
         where = index.where
         try:
             if not client.has_collection(index.collection, timeout=runtime["timeout"]):
@@ -605,7 +704,9 @@ class MilvusBackend:
             client.load_collection(index.collection, timeout=runtime["timeout"])
             if index._behind():
                 logger.warning("%s covers the store only up to id %d; catching up", where, state["covered_next_id"])
+                index.wait_for_check()  # the files recorded are checked before any of them changes
                 index.refresh()
+                _save_if_free(index)
             expected = len(store)
             found = index.count()
             if found > expected:  # tombstones lost (e.g. a damaged delete log): mirror them again
@@ -623,6 +724,18 @@ class MilvusBackend:
             index.close()
             raise
         return index
+
+
+def _save_if_free(index: MilvusIndex) -> None:
+    """Save a collection caught up at open, so the files recorded are the files there (the rows added to a
+    Milvus Lite database are in it at once); skipped when another process holds the index folder, whose
+    own save then records them."""
+    from clothsim.features.writer_lock import StoreBusyError
+
+    try:
+        index.save()
+    except (StoreBusyError, OSError) as exc:  # busy, or a folder this reader may not write
+        logger.info("%s: caught up, not saved (%s)", index.where, exc)
 
 
 def _missing_collection(index: MilvusIndex) -> str:

@@ -6,6 +6,7 @@ The backend an index was built with is recorded once, in its store's manifest (`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from clothsim.plugins import INDEX_BACKENDS, PluginRegistry
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
+
+logger = logging.getLogger(__name__)
 
 backend_registry: PluginRegistry[IndexBackendPlugin] = PluginRegistry(
     INDEX_BACKENDS, IndexBackendPlugin, "index backend")
@@ -51,6 +54,58 @@ def open_index(store: "FeatureStore", backend: str | None = None, **options: Any
     if name == recorded:
         options = {**store.manifest.get("index_options", {}), **options}
     return backend_registry.get(name).open(store, **options)
+
+
+def sync_index(store: "FeatureStore", backend: str = DEFAULT_INDEX_BACKEND, options: dict[str, Any] | None = None,
+               *, rebuild: bool = False) -> IndexBackend:
+    """Bring ``backend`` over ``store`` up to date after ``clothsim index`` wrote the store, and save it.
+
+    The backend is built afresh when ``rebuild`` (the store was rebuilt), when the store records another
+    backend or other options, or when its saved files are missing, damaged or out of step with the
+    store (so that the command a damage message names repairs it). Otherwise it is reopened, its files
+    checked whole, the rows it does not cover added and the result saved: an index whose last save was
+    interrupted is saved now, not caught up in memory by every later open.
+
+    Raises:
+        BackendUnavailable: a server backend cannot be reached (nothing is rebuilt for that).
+    """
+    from clothsim.index.ann_common import BackendIndexError
+
+    options = dict(options or {})
+    recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
+    if rebuild or recorded != (backend, options):
+        return build_index(store, backend, **options)
+    try:
+        index = open_index(store)
+        verify = getattr(index, "verify", None)
+        if verify is not None:
+            verify()
+    except BackendIndexError as exc:
+        logger.warning("%s; rebuilding the %s index from the stored vectors", exc, backend)
+        _discard_local_files(store, backend)
+        return build_index(store, backend, **options)
+    index.refresh()
+    index.save()
+    return index
+
+
+def _discard_local_files(store: "FeatureStore", backend: str) -> None:
+    """Remove a damaged backend's folder before it is rebuilt: everything in it is derived from the store,
+    and damage to an engine's own bookkeeping (a Milvus Lite database's alias file, say) can make it
+    refuse to build anything new beside it. Kept when it points at a server's collection instead."""
+    import json
+
+    from clothsim.fileio import remove_path
+
+    folder = Path(store.root) / "backends" / backend
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    if isinstance(state, dict) and state.get("uri") and not str(state["uri"]).endswith(".db"):
+        return
+    if folder.is_dir():
+        remove_path(folder)
 
 
 @dataclass

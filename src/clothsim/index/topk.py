@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -235,6 +235,7 @@ def scan_topk(
     *,
     exclude: np.ndarray | None = None,
     tile_rows: int = TILE_ROWS,
+    suspect: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by dot product over gallery parts, reading each row once, in tiles.
 
@@ -250,6 +251,9 @@ def scan_topk(
         k: How many neighbours; fewer come back when fewer rows are eligible.
         exclude: Optional ``(q,)`` id per query to leave out, or ``-1``.
         tile_rows: Rows per tile for float32 parts.
+        suspect: Called with the ids of rows that scored exactly 0 against every query, which a row of
+            zeros (a damaged one, that would otherwise drop out of every result silently) does; it may
+            check them and raise. A real row scores exactly 0 rarely, so this costs nearly nothing.
 
     Returns:
         ``(ids, scores)``, each ``(q, m)``, best first, ties to the lower id; ``m`` is the smallest number
@@ -273,7 +277,7 @@ def scan_topk(
     # Stored rows are unit vectors (float16 within its rounding): no score can exceed the query's norm.
     limit = np.linalg.norm(queries, axis=1) * 1.02 + 1e-3
     if n_q == 1 and parts and all(p.vectors.dtype == np.float16 for p in parts) and _half_pass_available():
-        found = _scan_half_single(queries, parts, k, exclude, limit)
+        found = _scan_half_single(queries, parts, k, exclude, limit, suspect)
         if found is not None:
             return found
     best = _RunningTopK(n_q, k)
@@ -290,12 +294,22 @@ def scan_topk(
         with np.errstate(invalid="ignore", over="ignore"):  # damaged rows are reported just below
             scores = converter.matmul(queries, block) if converter is not None else queries @ block.T
         _check_range(scores, limit, part.label)  # before masking: damage in any row read is reported
+        if suspect is not None:
+            _report_zero_rows(scores, ids, suspect)
         if keep is not None and not keep.all():
             scores[:, ~keep] = -np.inf
         if exclude is not None:
             _exclude_sparse(scores, ids, exclude)
         best.push(scores, ids)
     return best.result()
+
+
+def _report_zero_rows(scores: np.ndarray, ids: np.ndarray, suspect: Callable[[np.ndarray], None]) -> None:
+    if np.count_nonzero(scores) == scores.size:  # nearly always: no score is exactly 0
+        return
+    zero = ~scores.any(axis=0)
+    if zero.any():
+        suspect(ids[zero])
 
 
 def _live_tiles(parts: Sequence[ScanPart], tile_rows: int
@@ -390,7 +404,8 @@ def _half_pass_available() -> bool:
 
 
 def _scan_half_single(queries: np.ndarray, parts: Sequence[ScanPart], k: int, exclude: np.ndarray | None,
-                      limit: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+                      limit: np.ndarray, suspect: Callable[[np.ndarray], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
     """One query over float16 parts: a half-precision pass at memory speed keeps every row within twice
     :data:`HALF_PASS_ERROR` of the running k-th best, then those are rescored exactly. Returns ``None``
     when the pass was less precise than promised (the caller then scans exactly)."""
@@ -408,11 +423,15 @@ def _scan_half_single(queries: np.ndarray, parts: Sequence[ScanPart], k: int, ex
                 approx = np.asarray(part.vectors[lo + local], dtype=np.float32) @ queries[0]  # exact already
             ids = part.id_start + lo + local
             _check_range(approx[None, :], limit, part.label)
+            if suspect is not None:
+                _report_zero_rows(approx[None, :], ids, suspect)
         else:
             tile = torch.from_numpy(_writable(part.vectors[lo:hi]))
             approx = torch.mv(tile, query_half).float().numpy()
             ids = np.arange(part.id_start + lo, part.id_start + hi, dtype=np.int64)
             _check_range(approx[None, :], limit, part.label)
+            if suspect is not None:
+                _report_zero_rows(approx[None, :], ids, suspect)
             if keep is not None:
                 approx[~keep] = -np.inf
         if excluded >= 0:
