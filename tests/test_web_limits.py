@@ -26,7 +26,8 @@ import uvicorn  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.limits import BodyTimeoutMiddleware  # noqa: E402
 from clothsim.web.server import uvicorn_options  # noqa: E402
-from clothsim.web.service import DECODE_BYTES_PER_PIXEL, MemoryBudget, QueryRejected  # noqa: E402
+from clothsim.web.service import (DECODE_BYTES_PER_PIXEL, HEADROOM_BYTES, MemoryBudget,  # noqa: E402
+                                  QueryRejected, resident_bytes)
 from conftest import png_bytes  # noqa: E402
 
 RED = (200, 30, 30)
@@ -175,7 +176,12 @@ def test_a_budget_below_what_start_up_uses_is_refused(catalog):
     with pytest.raises(ValueError, match="memory budget of 100 MiB leaves too little"):
         create_app(catalog, memory_budget_mb=100)
     app = create_app(catalog, memory_budget_mb=64 * 1024)
-    assert app.state.service.budget.capacity > 60 * 2**30
+    # What requests get is the budget less what the process holds at rest (the whole test run's
+    # memory here) and the headroom: never more than the budget, and all of the rest of it.
+    at_rest = resident_bytes()
+    capacity = app.state.service.budget.capacity
+    assert at_rest and capacity <= 64 * 2**30 - HEADROOM_BYTES - 0.5 * at_rest
+    assert capacity >= 64 * 2**30 - HEADROOM_BYTES - at_rest - 256 * 2**20
 
 
 def test_the_budget_waits_then_admits_when_memory_frees_up():
