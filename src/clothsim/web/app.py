@@ -22,8 +22,9 @@ most a short prefix of what the client sent.
 import logging
 import mimetypes
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, AsyncIterator
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -113,7 +114,14 @@ def create_app(
                             max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
                             verify_index=verify_index)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()  # after uvicorn has finished the requests in flight
+
     app = FastAPI(
+        lifespan=lifespan,
         title="clothsim",
         version=__version__,
         summary="Visual clothing similarity: the catalogue items most similar to a photo.",

@@ -7,7 +7,9 @@ request threads share it. Thread safety and memory, decided here once:
   (metadata, category codes, tombstones) are filled, so a damaged index never serves and request
   threads only read the caches;
 * the encoder runs one batch at a time under a lock: the :class:`~clothsim.encoders.base.Encoder`
-  contract does not promise thread safety, and on a CPU one torch forward pass already uses every core;
+  contract does not promise thread safety, and on a CPU one forward pass already uses every core;
+* requests' CPU work (ranking) runs on the compute threads of :mod:`clothsim.web.compute`, which also
+  limit BLAS to one thread per call: request threads never start parallel BLAS of their own;
 * memory is bounded by a budget in bytes (:class:`MemoryBudget`): an upload reserves what decoding it
   will hold at most (its bytes plus :data:`DECODE_BYTES_PER_PIXEL` per pixel, known from the header
   before any pixel is decoded) from reading it to the end of encoding; when the budget is taken, a
@@ -38,6 +40,7 @@ from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit, WarmableBackend
 from clothsim.similarity_index import SimilarityIndex
+from clothsim.web.compute import ComputeThreads, ThreadPlan, plan_threads
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +183,7 @@ class SearchService:
             ``decode_slots`` full-size decodes only.
         queue_timeout_s: How long a request waits for memory before it is refused with ``busy``.
         verify_index: Check every checksum of the index at start-up and refuse to serve a damaged one.
+        threads: How the process's cores are used (default: :func:`~clothsim.web.compute.plan_threads`).
 
     Raises:
         StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
@@ -197,6 +201,7 @@ class SearchService:
         memory_budget_bytes: int | None = None,
         queue_timeout_s: float = 10.0,
         verify_index: bool = True,
+        threads: ThreadPlan | None = None,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
@@ -216,6 +221,8 @@ class SearchService:
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
         self.warm_up(verify=verify_index)
+        # After the warm-up: the index's libraries (FAISS's OpenMP among them) are loaded by now.
+        self.compute = ComputeThreads(threads or plan_threads())
         self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
 
     # ----- start-up -----------------------------------------------------------------------
@@ -368,10 +375,14 @@ class SearchService:
         self.check_query(k, category)
         with self._encoder_lock:
             vector = self.index.encoder.encode_images([image])
-        return self.index.backend.search(vector, k, category=category)[0]
+        return self.compute.run(self.index.backend.search, vector, k, category=category)[0]
 
     def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to catalogue item ``item_id``, the item itself left out."""
         self.check_query(k, category)
         self._record(item_id)  # 404 before any work
-        return self.index.search_by_id(item_id, k, category=category)
+        return self.compute.run(self.index.search_by_id, item_id, k, category=category)
+
+    def close(self) -> None:
+        """Stop the compute threads (the application calls it when it shuts down)."""
+        self.compute.close()
