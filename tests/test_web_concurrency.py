@@ -83,3 +83,19 @@ def test_the_compute_threads_are_the_cores_shared_between_workers():
     assert plan_threads(workers=4, cores=2).search_threads == 1  # never below one
     with pytest.raises(ValueError, match="workers"):
         plan_threads(workers=0)
+
+
+def test_the_server_owns_the_encoders_threads_and_they_sleep_between_batches(tiny_encoder):
+    from clothsim.encoders import create_encoder
+    from clothsim.encoders.base import collate
+    from clothsim.web.compute import own_encoder_threads
+
+    encoder = create_encoder("efficientnet_lite0")  # the shipped model, on ONNX Runtime
+    batch = collate([np.random.default_rng(0).normal(size=(3, 224, 224)).astype(np.float32)])
+    before = encoder.embed(batch)
+    assert own_encoder_threads(encoder, 1)
+    options = encoder.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_allclose(encoder.embed(batch), before, atol=1e-6)
+    assert not own_encoder_threads(tiny_encoder, 1)  # a runtime without the setting keeps its own

@@ -12,8 +12,9 @@ the same server with OpenBLAS limited to one thread answered more with more clie
 * the CPU work of requests (decoding uploads, ranking) runs on one pool of ``search_threads`` threads,
   as many as the cores this process may use, so a hundred waiting clients never mean a hundred threads
   computing at once; request threads only parse, wait and answer;
-* the encoder's own threads (ONNX Runtime's intra-op pool) are sized by :attr:`ThreadPlan.encoder_threads`
-  and run one batch at a time (:mod:`clothsim.web.batching`).
+* the encoder's own threads (ONNX Runtime's intra-op pool) are sized by :attr:`ThreadPlan.encoder_threads`,
+  sleep between batches rather than spin (:func:`own_encoder_threads`), and run one batch at a time
+  (:mod:`clothsim.web.batching`).
 
 With ``clothsim serve --workers N`` each process gets its share of the cores (:func:`plan_threads`).
 """
@@ -59,6 +60,18 @@ def plan_threads(workers: int = 1, cores: int | None = None) -> ThreadPlan:
         raise ValueError(f"workers and cores must be at least 1, got {workers} and {total}")
     share = max(1, total // workers)
     return ThreadPlan(cores=share, search_threads=share, encoder_threads=share)
+
+
+def own_encoder_threads(encoder: Any, threads: int) -> bool:
+    """Give the encoder's runtime ``threads`` intra-op threads that sleep between batches instead of
+    spinning (spinning threads take the cores the request threads need; measured in docs/serving.md).
+    Returns whether the encoder's runtime offers that (ONNX Runtime does); others keep their setting."""
+    configure = getattr(type(encoder), "use_threads", None)  # the class's: never an instance's fallback lookup
+    if configure is None:
+        logger.info("encoder %s keeps its runtime's thread setting", getattr(encoder, "name", encoder))
+        return False
+    configure(encoder, threads, spinning=False)
+    return True
 
 
 def _limit_blas_here() -> None:

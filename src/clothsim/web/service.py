@@ -40,7 +40,7 @@ from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit, WarmableBackend
 from clothsim.similarity_index import SimilarityIndex
-from clothsim.web.compute import ComputeThreads, ThreadPlan, plan_threads
+from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +220,11 @@ class SearchService:
         self._categories: dict[str, int] = {}
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
+        plan = threads or plan_threads()
+        own_encoder_threads(index.encoder, plan.encoder_threads)
         self.warm_up(verify=verify_index)
         # After the warm-up: the index's libraries (FAISS's OpenMP among them) are loaded by now.
-        self.compute = ComputeThreads(threads or plan_threads())
+        self.compute = ComputeThreads(plan)
         self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
 
     # ----- start-up -----------------------------------------------------------------------
