@@ -49,6 +49,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "also drops it)")
     parser.add_argument("--max-connections", type=positive_int, default=64,
                         help="open connections beyond which requests get 503 (default 64)")
+    parser.add_argument("--max-batch", type=positive_int, default=32,
+                        help="most uploads encoded together in one batch (default 32)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                        help="how long a batch waits for uploads still being decoded once its first is ready "
+                             "(default 5; a lone upload never waits)")
     return parser
 
 
@@ -66,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.batch_wait_ms < 0:
+        raise UsageError(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms}")
     for option in ("memory_budget_mb", "header_timeout", "body_timeout"):
         if getattr(args, option) <= 0:
             raise UsageError(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
                          memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
-                         body_idle_timeout_s=min(15.0, args.body_timeout))
+                         body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
+                         batch_wait_s=args.batch_wait_ms / 1000.0)
     except ValueError as exc:  # a memory budget the index and encoder alone already exceed
         raise UsageError(f"--memory-budget-mb: {exc}") from exc
     if not _is_loopback(args.host):

@@ -36,6 +36,7 @@ from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.ann_common import BackendUnavailable
 from clothsim.index.base import SearchHit
+from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.schemas import (
     CategoriesResponse,
@@ -86,6 +87,8 @@ def create_app(
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     verify_index: bool = True,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
@@ -103,6 +106,8 @@ def create_app(
         body_idle_timeout_s: A request body that sends nothing for this long is dropped (408).
         body_timeout_s: A request body not complete after this long is dropped (408).
         verify_index: Check every checksum of the index first; a damaged index is refused.
+        max_batch: Most uploads encoded together (:mod:`clothsim.web.batching`).
+        batch_wait_s: How long a batch waits for uploads still being decoded after its first is ready.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -113,7 +118,7 @@ def create_app(
     service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                             max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
-                            verify_index=verify_index)
+                            verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

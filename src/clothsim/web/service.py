@@ -6,14 +6,17 @@ request threads share it. Thread safety and memory, decided here once:
 * at start-up the index is checked in full (every checksum) and the store's lazily built caches
   (metadata, category codes, tombstones) are filled, so a damaged index never serves and request
   threads only read the caches;
-* the encoder runs one batch at a time under a lock: the :class:`~clothsim.encoders.base.Encoder`
-  contract does not promise thread safety, and on a CPU one forward pass already uses every core;
-* requests' CPU work (ranking) runs on the compute threads of :mod:`clothsim.web.compute`, which also
-  limit BLAS to one thread per call: request threads never start parallel BLAS of their own;
+* the encoder runs on one thread of its own, one batch at a time (the
+  :class:`~clothsim.encoders.base.Encoder` contract does not promise thread safety, and one forward pass
+  already uses the encoder's threads): concurrent uploads are encoded together in batches
+  (:mod:`clothsim.web.batching`);
+* requests' CPU work (decoding, ranking) runs on the compute threads of :mod:`clothsim.web.compute`,
+  which also limit BLAS to one thread per call: request threads never start parallel BLAS of their own;
 * memory is bounded by a budget in bytes (:class:`MemoryBudget`): an upload reserves what decoding it
   will hold at most (its bytes plus :data:`DECODE_BYTES_PER_PIXEL` per pixel, known from the header
-  before any pixel is decoded) from reading it to the end of encoding; when the budget is taken, a
-  request waits up to ``queue_timeout_s`` and is then refused with 503 and ``Retry-After``;
+  before any pixel is decoded) from reading it until it is decoded and transformed to the encoder's input
+  (a few hundred KiB, which waits for its batch inside :data:`HEADROOM_BYTES`); when the budget is taken,
+  a request waits up to ``queue_timeout_s`` and is then refused with 503 and ``Retry-After``;
 * full-size decodes are also bounded in number (``decode_slots``); decoding and the top-k scan run in
   parallel (Pillow and numpy release the GIL).
 
@@ -31,7 +34,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -39,7 +42,9 @@ from clothsim.errors import ClothsimError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit, WarmableBackend
+from clothsim.encoders.base import collate
 from clothsim.similarity_index import SimilarityIndex
+from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchObserver, EncodeBatcher
 from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
 
 logger = logging.getLogger(__name__)
@@ -47,7 +52,8 @@ logger = logging.getLogger(__name__)
 #: Bytes a full-size decode holds per pixel at its peak (measured 8.2 for a 64-megapixel JPEG: the RGB
 #: image, its upright copy and Pillow's working memory), with a margin.
 DECODE_BYTES_PER_PIXEL = 10
-#: Memory kept out of the request budget for everything else a request allocates (JSON, threads, torch).
+#: Memory kept out of the request budget for everything else a request allocates (JSON, threads, photos
+#: transformed and waiting for their batch: 0.6 MiB each at 224x224, one per open connection at most).
 HEADROOM_BYTES = 96 * 1024 * 1024
 #: Characters of client input an error message may quote.
 ECHO_CHARS = 40
@@ -184,6 +190,9 @@ class SearchService:
         queue_timeout_s: How long a request waits for memory before it is refused with ``busy``.
         verify_index: Check every checksum of the index at start-up and refuse to serve a damaged one.
         threads: How the process's cores are used (default: :func:`~clothsim.web.compute.plan_threads`).
+        max_batch: Most uploads encoded together.
+        batch_wait_s: How long a batch waits for uploads being decoded after its first one is ready.
+        observe_batch: Called with each batch's size and encoding time in seconds (metrics).
 
     Raises:
         StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
@@ -202,6 +211,9 @@ class SearchService:
         queue_timeout_s: float = 10.0,
         verify_index: bool = True,
         threads: ThreadPlan | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+        observe_batch: BatchObserver | None = None,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
@@ -215,7 +227,6 @@ class SearchService:
         self.max_k = max_k
         self.queue_timeout_s = float(queue_timeout_s)
         self.memory_budget_bytes = memory_budget_bytes
-        self._encoder_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self._categories: dict[str, int] = {}
         if not return_freed_memory_to_the_os():
@@ -225,6 +236,9 @@ class SearchService:
         self.warm_up(verify=verify_index)
         # After the warm-up: the index's libraries (FAISS's OpenMP among them) are loaded by now.
         self.compute = ComputeThreads(plan)
+        encoder = index.encoder
+        self.batcher = EncodeBatcher(lambda items: encoder.embed(collate(items)), max_batch=max_batch,
+                                     max_wait_s=batch_wait_s, observe=observe_batch)
         self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
 
     # ----- start-up -----------------------------------------------------------------------
@@ -245,8 +259,8 @@ class SearchService:
         if isinstance(self.index.backend, WarmableBackend):
             self.index.backend.warm()
         self._categories = self.index.categories()
-        with self._encoder_lock:
-            self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+        # Before the encoder thread starts: the first run allocates the runtime's buffers.
+        self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
         logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)",
                     len(self.index), len(self._categories), self.index.encoder.name,
                     time.perf_counter() - started)
@@ -318,7 +332,8 @@ class SearchService:
         width, height = self.probe(io.BytesIO(data))
         with self._decode_slots:
             try:
-                image = load_image(data, max_pixels=self.max_pixels)
+                # Reduced while decoding where that is exact for the encoder, as SimilarityIndex.search does.
+                image = load_image(data, max_pixels=self.max_pixels, min_side=self.index.encoder.decode_min_side)
             except ImageDecodeError as exc:
                 raise QueryRejected("not_image", f"the file is not an image this server can read "
                                                 f"({exc.reason[:200]})") from exc
@@ -351,7 +366,7 @@ class SearchService:
                                              f"({type(exc).__name__})") from exc
 
     def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None) -> UploadResult:
-        """Probe, admit (memory budget), read, decode, encode and search one uploaded file.
+        """Probe, admit (memory budget), read, decode, encode (in a batch) and search one uploaded file.
 
         Raises:
             QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
@@ -365,18 +380,28 @@ class SearchService:
         cost = size_bytes + width * height * DECODE_BYTES_PER_PIXEL
         with self.budget.hold(cost, self.queue_timeout_s):
             data = stream.read(self.max_upload_bytes + 1)
-            upload = self.decode_upload(data)
+            ticket = self.batcher.announce()
+            try:
+                item = self.compute.run(self._prepare, data)
+            except BaseException:
+                ticket.withdraw()  # no batch waits for a photo that will not come
+                raise
             del data
-            hits = self.search_image(upload.image, k, category)
-            result = UploadResult(upload.width, upload.height, upload.size_bytes, hits)
-            del upload  # the decoded image goes before its reservation does
-        return result
+        # The full-size image is gone: only the encoder's input waits for its batch (inside HEADROOM_BYTES).
+        vector = ticket.encode(item)
+        hits = self.compute.run(self.index.backend.search, vector, k, category=category)[0]
+        return UploadResult(width, height, size_bytes, hits)
+
+    def _prepare(self, data: bytes) -> Any:
+        """Decode an upload and transform it to the encoder's input (on a compute thread)."""
+        upload = self.decode_upload(data)
+        return self.index.encoder.transform(upload.image)
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""
         self.check_query(k, category)
-        with self._encoder_lock:
-            vector = self.index.encoder.encode_images([image])
+        item = self.compute.run(self.index.encoder.transform, image.convert("RGB"))
+        vector = self.batcher.encode(item)
         return self.compute.run(self.index.backend.search, vector, k, category=category)[0]
 
     def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:
@@ -386,5 +411,6 @@ class SearchService:
         return self.compute.run(self.index.search_by_id, item_id, k, category=category)
 
     def close(self) -> None:
-        """Stop the compute threads (the application calls it when it shuts down)."""
+        """Stop the encoder and compute threads (the application calls it when it shuts down)."""
+        self.batcher.close()
         self.compute.close()
