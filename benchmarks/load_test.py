@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=4, help="untimed searches before the run (default 4)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--startup-timeout", type=float, default=300.0,
-                        help="seconds to wait for a started server to answer /health (default 300)")
+                        help="seconds to wait for a started server to be ready (/ready; default 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
@@ -100,7 +100,7 @@ class LocalServer:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import signal
 
 from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 from clothsim.errors import ClothsimError, UsageError
@@ -54,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                         help="how long a batch waits for uploads still being decoded once its first is ready "
                              "(default 5; a lone upload never waits)")
+    parser.add_argument("--follow-seconds", type=float, default=1.0, metavar="S",
+                        help="how often to look for a new state of the index committed by `clothsim index` or "
+                             "another worker (default 1; 0: serve the start-up state until restarted)")
     return parser
 
 
@@ -71,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if args.batch_wait_ms < 0:
-        raise UsageError(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms}")
+    for option in ("batch_wait_ms", "follow_seconds"):
+        if getattr(args, option) < 0:
+            raise UsageError(f"--{option.replace('_', '-')} must not be negative, got {getattr(args, option)}")
     for option in ("memory_budget_mb", "header_timeout", "body_timeout"):
         if getattr(args, option) <= 0:
             raise UsageError(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
@@ -87,23 +93,36 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
+    backend_options = parse_option_pairs(args.backend_option)
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
-                                 threads=args.threads, backend_options=parse_option_pairs(args.backend_option))
-    try:
-        app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
-                         memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
-                         body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
-                         batch_wait_s=args.batch_wait_ms / 1000.0)
-    except ValueError as exc:  # a memory budget the index and encoder alone already exceed
-        raise UsageError(f"--memory-budget-mb: {exc}") from exc
+                                 threads=args.threads, backend_options=backend_options)
+    # Checked in full now (a damaged index never serves); loaded and warmed once the server listens, so
+    # /health answers at once and /ready says when searches are answered.
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
+                     memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
+                     body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
+                     batch_wait_s=args.batch_wait_ms / 1000.0, backend_options=backend_options,
+                     follow_s=args.follow_seconds, warm_in_background=True)
+    service = app.state.service
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
                        "fetch its images", args.host)
     print(f"clothsim: serving {len(index)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
           flush=True)
+    # An index that fails to load stops the server (as Ctrl-C does) rather than leave it answering 503.
+    service.on_startup_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
     # One process: the model and index are loaded once and shared by the request threads.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 access_log=bool(args.verbose),
                 **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections))
+    _raise_start_up_error(service.startup_error)
     return 0
+
+
+def _raise_start_up_error(error: BaseException | None) -> None:
+    if error is None:
+        return
+    if isinstance(error, ValueError):  # a memory budget the index and encoder alone already exceed
+        raise UsageError(f"--memory-budget-mb: {error}") from error
+    raise error

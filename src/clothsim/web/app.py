@@ -6,7 +6,8 @@ Routes:
 * ``POST /api/search``: multipart form with either ``image`` (a file) or ``id`` (a catalogue item),
   plus ``k`` and ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
-* ``GET /api/categories``, ``GET /health``, and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+* ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed), and
+  FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
   ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
   JavaScript from a CDN, so they need a browser with internet access.
 
@@ -24,7 +25,7 @@ import mimetypes
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, AsyncIterator
+from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -45,9 +46,11 @@ from clothsim.web.schemas import (
     Health,
     Hit,
     QueryInfo,
+    Readiness,
     SearchResponse,
 )
 from clothsim.web.service import ECHO_CHARS, QueryRejected, SearchService
+from clothsim.web.snapshot import DEFAULT_POLL_S
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +92,15 @@ def create_app(
     verify_index: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+    backend_options: dict[str, Any] | None = None,
+    follow_s: float = DEFAULT_POLL_S,
+    warm_in_background: bool = False,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
     Args:
-        index: The index to search; the application never modifies it.
+        index: The index to search, opened from its folder; states committed to that folder later are
+            searched once committed.
         max_upload_bytes: Largest accepted upload; bigger ones get 413 (the whole request body may be
             this plus a small allowance for the multipart framing).
         max_pixels: Largest accepted image in pixels; bigger ones get 413 before they are decoded.
@@ -108,6 +115,12 @@ def create_app(
         verify_index: Check every checksum of the index first; a damaged index is refused.
         max_batch: Most uploads encoded together (:mod:`clothsim.web.batching`).
         batch_wait_s: How long a batch waits for uploads still being decoded after its first is ready.
+        backend_options: Search-time backend options ``index`` was opened with (kept when the folder is
+            opened again after a change).
+        follow_s: Seconds between looks at the index folder for states committed by others (a sync by
+            ``clothsim index``, a write in another worker); ``0``: never (:mod:`clothsim.web.snapshot`).
+        warm_in_background: Verify the index now but warm it once the server runs; ``/ready`` answers 503
+            (and searches 503 with ``Retry-After``) until it is done.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -118,10 +131,13 @@ def create_app(
     service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                             max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
-                            verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s)
+                            verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s,
+                            backend_options=backend_options, follow_s=follow_s,
+                            warm_in_background=warm_in_background)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
         yield
         service.close()  # after uvicorn has finished the requests in flight
 
@@ -174,10 +190,22 @@ def create_app(
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
-        """Liveness, index size and the limits the server applies."""
-        return Health(status="ok", items=len(service), categories=len(service.categories()),
-                      encoder=service.index.encoder.name, dim=int(service.index.encoder.dim), max_k=service.max_k,
+        """Liveness (the process answers), whether it is ready, index size and the limits it applies."""
+        return Health(status="ok", ready=service.ready, items=len(service), categories=len(service.categories()),
+                      encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
                       max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
+
+    @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}})
+    def ready() -> JSONResponse:
+        """Readiness: 200 once the index is open and warmed (searches are answered at full speed), 503
+        before. A load balancer sends searches only to a ready server."""
+        if not service.ready:
+            reason = "the index failed to load" if service.startup_error is not None else "warming up"
+            return JSONResponse(Readiness(ready=False, detail=reason).model_dump(), status_code=503,
+                                headers={"Retry-After": "2"})
+        snapshot = service.follower.current
+        return JSONResponse(Readiness(ready=True, detail="ready", items=len(snapshot),
+                                      generation=snapshot.generation).model_dump())
 
     @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])
     def categories() -> CategoriesResponse:
@@ -226,8 +254,8 @@ def create_app(
             query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
                               width=result.width, height=result.height)
         else:
-            hits = service.search_item(item_id, k, category)
-            query = QueryInfo(kind="item", id=item_id, category=service.item_category(item_id),
+            hits, record = service.search_item(item_id, k, category)
+            query = QueryInfo(kind="item", id=item_id, category=record.category,
                               image_url=_image_url(request, item_id))
         return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
                               took_ms=round((time.perf_counter() - started) * 1000.0, 2))

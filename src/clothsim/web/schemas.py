@@ -53,6 +53,7 @@ class CategoriesResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    ready: bool = Field(description="whether the index is open and warmed (see /ready)")
     items: int
     categories: int
     encoder: str
@@ -60,6 +61,13 @@ class Health(BaseModel):
     max_k: int
     max_upload_bytes: int
     max_pixels: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    detail: str = Field(description="'ready', 'warming up', or why the index failed to load")
+    items: int | None = Field(default=None, description="items in the index state being searched")
+    generation: int | None = Field(default=None, description="that state's commit number in its folder")
 
 
 class ErrorBody(BaseModel):

@@ -5,7 +5,10 @@ request threads share it. Thread safety and memory, decided here once:
 
 * at start-up the index is checked in full (every checksum) and the store's lazily built caches
   (metadata, category codes, tombstones) are filled, so a damaged index never serves and request
-  threads only read the caches;
+  threads only read the caches; until then the service is not :attr:`~SearchService.ready`;
+* a request searches one state of the index from start to end (a :class:`~clothsim.web.snapshot.Snapshot`);
+  states committed later (a sync by ``clothsim index``, a REST write) replace it for new requests
+  (:mod:`clothsim.web.snapshot`);
 * the encoder runs on one thread of its own, one batch at a time (the
   :class:`~clothsim.encoders.base.Encoder` contract does not promise thread safety, and one forward pass
   already uses the encoder's threads): concurrent uploads are encoded together in batches
@@ -34,18 +37,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
-from clothsim.index.base import SearchHit, WarmableBackend
+from clothsim.index.base import SearchHit
 from clothsim.encoders.base import collate
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchObserver, EncodeBatcher
 from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
+from clothsim.web.snapshot import DEFAULT_POLL_S, IndexFollower, Snapshot, warm_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +185,8 @@ class SearchService:
     """Similarity search over one catalogue, safe to call from many request threads.
 
     Args:
-        index: An open index; it is not modified.
+        index: An open index; the service searches it, and the states it is synced or written to later
+            (:mod:`clothsim.web.snapshot`).
         max_upload_bytes: Largest accepted upload, in bytes.
         max_pixels: Largest accepted image, in pixels (width x height), checked before decoding.
         max_k: Largest number of results one query may ask for.
@@ -193,6 +200,11 @@ class SearchService:
         max_batch: Most uploads encoded together.
         batch_wait_s: How long a batch waits for uploads being decoded after its first one is ready.
         observe_batch: Called with each batch's size and encoding time in seconds (metrics).
+        backend_options: Search-time backend options the index was opened with (kept when it is
+            opened again after a change).
+        follow_s: Seconds between looks at the index folder for changes committed elsewhere (``0``: never).
+        warm_in_background: Verify now, but leave the rest of the warm-up to :meth:`start`, which runs it
+            in a thread; until it is done :attr:`ready` is false and searches are refused as ``busy``.
 
     Raises:
         StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
@@ -214,6 +226,9 @@ class SearchService:
         max_batch: int = DEFAULT_MAX_BATCH,
         batch_wait_s: float = DEFAULT_MAX_WAIT_S,
         observe_batch: BatchObserver | None = None,
+        backend_options: dict[str, Any] | None = None,
+        follow_s: float = DEFAULT_POLL_S,
+        warm_in_background: bool = False,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
@@ -221,49 +236,96 @@ class SearchService:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if queue_timeout_s < 0:
             raise ValueError(f"queue_timeout_s must not be negative, got {queue_timeout_s}")
-        self.index = index
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.max_k = max_k
         self.queue_timeout_s = float(queue_timeout_s)
         self.memory_budget_bytes = memory_budget_bytes
+        self.encoder = index.encoder
+        self.root = Path(index.store.root)
+        self.backend_options = dict(backend_options or {})
+        self.follow_s = float(follow_s)
+        self.startup_error: BaseException | None = None
+        #: Called (once) when a background warm-up fails, e.g. to stop the server rather than let it answer
+        #: 503 forever.
+        self.on_startup_failure: Callable[[], None] | None = None
+        self.on_swap: list[Callable[[Snapshot], None]] = []
+        self._first_index = index
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
-        self._categories: dict[str, int] = {}
+        self._decode_slot_count = decode_slots
+        self._ready = threading.Event()
+        self.follower: IndexFollower | None = None
+        self.budget = MemoryBudget(1)  # replaced by the warm-up, measured once the index is loaded
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
+        if verify_index:
+            verify_store(index.store)
         plan = threads or plan_threads()
-        own_encoder_threads(index.encoder, plan.encoder_threads)
-        self.warm_up(verify=verify_index)
-        # After the warm-up: the index's libraries (FAISS's OpenMP among them) are loaded by now.
+        own_encoder_threads(self.encoder, plan.encoder_threads)
+        # The index's libraries (FAISS's OpenMP among them) are loaded by now: their threads are limited.
         self.compute = ComputeThreads(plan)
-        encoder = index.encoder
+        encoder = self.encoder
         self.batcher = EncodeBatcher(lambda items: encoder.embed(collate(items)), max_batch=max_batch,
                                      max_wait_s=batch_wait_s, observe=observe_batch)
-        self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
+        self._warm_thread: threading.Thread | None = None
+        self._warm_in_background = warm_in_background
+        if not warm_in_background:
+            self.warm_up()
 
-    # ----- start-up -----------------------------------------------------------------------
-    def warm_up(self, verify: bool = True) -> None:
-        """Check the index, fill every lazy cache and run the encoder once, so requests never race to
-        build them and a damaged index never serves."""
+    # ----- start-up and shut-down -----------------------------------------------------------
+    def start(self) -> None:
+        """Start following the index folder, and the warm-up if it was left for the background."""
+        if self._warm_in_background and self._warm_thread is None:
+            self._warm_thread = threading.Thread(target=self._warm_up_logged, name="clothsim-warm-up", daemon=True)
+            self._warm_thread.start()
+        elif self.follower is not None:
+            self.follower.start()
+
+    def _warm_up_logged(self) -> None:
+        try:
+            self.warm_up()
+        except BaseException as exc:  # noqa: BLE001 - kept for whoever started the server, and logged
+            self.startup_error = exc
+            logger.error("the warm-up failed; the server will not become ready: %s", exc)
+            if self.on_startup_failure is not None:
+                self.on_startup_failure()
+            return
+        if self.follower is not None:
+            self.follower.start()
+
+    def warm_up(self) -> None:
+        """Fill every lazy cache, map the index's files and run the encoder once, so requests never race
+        to build them; then measure the memory budget and become ready."""
         started = time.perf_counter()
-        store = self.index.store
-        if verify:
-            report = store.verify(full=True)
-            if report.problems:
-                first = report.problems[0]
-                more = f" ({len(report.problems) - 1} more: `clothsim verify {store.root}`)" \
-                    if len(report.problems) > 1 else ""
-                raise StoreIntegrityError(first.path, first.message + more, store.root,
-                                          repairable=first.kind != "manifest")
-        store.warm()
-        if isinstance(self.index.backend, WarmableBackend):
-            self.index.backend.warm()
-        self._categories = self.index.categories()
-        # Before the encoder thread starts: the first run allocates the runtime's buffers.
-        self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
-        logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)",
-                    len(self.index), len(self._categories), self.index.encoder.name,
-                    time.perf_counter() - started)
+        index = self._first_index
+        warm_snapshot(index)
+        # Before any batch: the first run allocates the runtime's buffers.
+        self.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+        self.budget = self._make_budget(self.memory_budget_bytes, self.max_pixels, self.max_upload_bytes,
+                                        self._decode_slot_count)
+        self.follower = IndexFollower(index, backend_options=self.backend_options, poll_s=self.follow_s,
+                                      on_swap=self._swapped)
+        self._first_index = None  # the follower holds it from now on
+        self._ready.set()
+        logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)", len(index),
+                    len(self.follower.current.categories), self.encoder.name, time.perf_counter() - started)
+
+    def _swapped(self, snapshot: Snapshot) -> None:
+        for callback in self.on_swap:
+            callback(snapshot)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the index is open and warmed (searches are answered)."""
+        return self._ready.is_set()
+
+    def close(self) -> None:
+        """Stop following the folder and stop the encoder and compute threads (the application calls it
+        when it shuts down, after the requests in flight)."""
+        if self.follower is not None:
+            self.follower.close()
+        self.batcher.close()
+        self.compute.close()
 
     def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int) -> MemoryBudget:
         if total is None:
@@ -279,10 +341,36 @@ class SearchService:
                     at_rest / 2**20, capacity / 2**20)
         return MemoryBudget(capacity)
 
-    # ----- read-only facts ------------------------------------------------------------------
+    # ----- the index requests search ---------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """The index state one request searches from start to end (see :class:`IndexFollower.use`).
+
+        Raises:
+            QueryRejected: ``busy`` while the service is still warming up.
+        """
+        self.require_ready()
+        with self.follower.use() as snapshot:
+            yield snapshot
+
+    def require_ready(self) -> None:
+        """Raise ``QueryRejected('busy')`` (503 with ``Retry-After``) until the warm-up is done."""
+        if self.follower is None:
+            raise QueryRejected("busy", "the server is still loading its index; try again shortly", retry_after=2)
+
+    @property
+    def index(self) -> SimilarityIndex:
+        """The index new requests search."""
+        if self.follower is None:
+            assert self._first_index is not None
+            return self._first_index
+        return self.follower.current.index
+
     def categories(self) -> dict[str, int]:
-        """Live item count per category (computed once at start-up)."""
-        return dict(self._categories)
+        """Live item count per category, of the state new requests search."""
+        if self.follower is None:
+            return {}
+        return dict(self.follower.current.categories)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -293,29 +381,35 @@ class SearchService:
         Raises:
             QueryRejected: ``unknown_item`` when the id is not in the index or its file is gone.
         """
-        record = self._record(item_id)
+        with self.snapshot() as snapshot:
+            record = self._record(snapshot, item_id)
         path = Path(record.path)
         if not path.is_file():
             raise QueryRejected("unknown_item", f"the image of item {item_id} is no longer on disk")
         return path
 
-    def item_category(self, item_id: int) -> str:
+    def item_category(self, item_id: int) -> str | None:
         """The category of a catalogue item; ``QueryRejected('unknown_item')`` if there is none."""
-        return self._record(item_id).category
+        with self.snapshot() as snapshot:
+            return self._record(snapshot, item_id).category
 
-    def _record(self, item_id: int):
+    @staticmethod
+    def _record(snapshot: Snapshot, item_id: int) -> CatalogRecord:
         try:
-            return self.index.store.get(item_id).record
+            return snapshot.index.store.get(item_id).record
         except (KeyError, OverflowError, ValueError):
             raise QueryRejected("unknown_item", f"no item with id {short(item_id)} in the index") from None
 
     # ----- queries ------------------------------------------------------------------------
-    def check_query(self, k: int, category: str | None) -> None:
+    def check_query(self, k: int, category: str | None, snapshot: Snapshot | None = None) -> None:
         """Refuse ``k`` outside 1..max_k and categories the index does not have."""
         if not 1 <= k <= self.max_k:
             raise QueryRejected("bad_request", f"k must be between 1 and {self.max_k}, got {short(k)}")
-        if category is not None and category not in self._categories:
-            known = sorted(self._categories)
+        if category is None:
+            return
+        known_categories = snapshot.categories if snapshot is not None else self.categories()
+        if category not in known_categories:
+            known = sorted(known_categories)
             shown = ", ".join(repr(c) for c in known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
             raise QueryRejected("bad_request", f"unknown category {short(category)}; the index has {shown}")
 
@@ -333,7 +427,7 @@ class SearchService:
         with self._decode_slots:
             try:
                 # Reduced while decoding where that is exact for the encoder, as SimilarityIndex.search does.
-                image = load_image(data, max_pixels=self.max_pixels, min_side=self.index.encoder.decode_min_side)
+                image = load_image(data, max_pixels=self.max_pixels, min_side=self.encoder.decode_min_side)
             except ImageDecodeError as exc:
                 raise QueryRejected("not_image", f"the file is not an image this server can read "
                                                 f"({exc.reason[:200]})") from exc
@@ -365,13 +459,14 @@ class SearchService:
             raise QueryRejected("not_image", "the file is not an image this server can read "
                                              f"({type(exc).__name__})") from exc
 
-    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None) -> UploadResult:
-        """Probe, admit (memory budget), read, decode, encode (in a batch) and search one uploaded file.
+    def embed_upload(self, stream: BinaryIO, size_bytes: int) -> tuple[np.ndarray, int, int]:
+        """Probe, admit (memory budget), read, decode and encode (in a batch) one uploaded file; returns
+        its ``(1, dim)`` vector, width and height.
 
         Raises:
-            QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
+            QueryRejected: ``too_large``, ``not_image`` or ``busy`` (with ``retry_after``).
         """
-        self.check_query(k, category)
+        self.require_ready()  # the memory budget is measured by the warm-up
         if size_bytes > self.max_upload_bytes:
             raise QueryRejected("too_large", f"the file is {size_bytes} bytes; the limit is {self.max_upload_bytes}")
         if size_bytes == 0:
@@ -388,29 +483,50 @@ class SearchService:
                 raise
             del data
         # The full-size image is gone: only the encoder's input waits for its batch (inside HEADROOM_BYTES).
-        vector = ticket.encode(item)
-        hits = self.compute.run(self.index.backend.search, vector, k, category=category)[0]
+        return ticket.encode(item), width, height
+
+    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None) -> UploadResult:
+        """Probe, admit (memory budget), read, decode, encode (in a batch) and search one uploaded file.
+
+        Raises:
+            QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
+        """
+        self.check_query(k, category)
+        vector, width, height = self.embed_upload(stream, size_bytes)
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            hits = self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
         return UploadResult(width, height, size_bytes, hits)
 
     def _prepare(self, data: bytes) -> Any:
         """Decode an upload and transform it to the encoder's input (on a compute thread)."""
         upload = self.decode_upload(data)
-        return self.index.encoder.transform(upload.image)
+        return self.encoder.transform(upload.image)
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""
         self.check_query(k, category)
-        item = self.compute.run(self.index.encoder.transform, image.convert("RGB"))
+        item = self.compute.run(self.encoder.transform, image.convert("RGB"))
         vector = self.batcher.encode(item)
-        return self.compute.run(self.index.backend.search, vector, k, category=category)[0]
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
 
-    def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:
-        """The ``k`` items most similar to catalogue item ``item_id``, the item itself left out."""
-        self.check_query(k, category)
-        self._record(item_id)  # 404 before any work
-        return self.compute.run(self.index.search_by_id, item_id, k, category=category)
+    def search_item(self, item_id: int, k: int, category: str | None) -> tuple[list[SearchHit], CatalogRecord]:
+        """The ``k`` items most similar to catalogue item ``item_id`` (the item itself left out), and the
+        item's record, both from one state of the index."""
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            record = self._record(snapshot, item_id)  # 404 before any work
+            hits = self.compute.run(snapshot.index.search_by_id, item_id, k, category=category)
+        return hits, record
 
-    def close(self) -> None:
-        """Stop the encoder and compute threads (the application calls it when it shuts down)."""
-        self.batcher.close()
-        self.compute.close()
+
+def verify_store(store: Any) -> None:
+    """Check every checksum of ``store``; raise on the first problem (the message names the file)."""
+    report = store.verify(full=True)
+    if report.problems:
+        first = report.problems[0]
+        more = f" ({len(report.problems) - 1} more: `clothsim verify {store.root}`)" \
+            if len(report.problems) > 1 else ""
+        raise StoreIntegrityError(first.path, first.message + more, store.root, repairable=first.kind != "manifest")
