@@ -8,8 +8,11 @@ import logging
 import os
 import signal
 
+from pathlib import Path
+
 from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 from clothsim.errors import ClothsimError, UsageError
+from clothsim.web.auth import DEFAULT_KEY_ENV, MIN_KEY_CHARS  # the standard library only: no web extra needed
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                         help="how long a batch waits for uploads still being decoded once its first is ready "
                              "(default 5; a lone upload never waits)")
+    writes = parser.add_argument_group("writes over REST (off unless --writes)")
+    writes.add_argument("--writes", action="store_true",
+                        help="accept POST /api/items and DELETE /api/items/{id} from clients that send the API key "
+                             "as 'Authorization: Bearer KEY'; the key is read from --api-key-env")
+    writes.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, metavar="NAME",
+                        help=f"environment variable holding the API key (default {DEFAULT_KEY_ENV}; at least "
+                             f"{MIN_KEY_CHARS} characters)")
+    writes.add_argument("--upload-dir", default=None, metavar="DIR",
+                        help="where photos added by upload or URL are kept (default: INDEX.uploads beside the index)")
+    writes.add_argument("--write-path-root", action="append", default=[], metavar="DIR",
+                        help="a folder whose files a write may name by path (repeatable; default none)")
+    writes.add_argument("--write-url-prefix", action="append", default=[], metavar="URL",
+                        help="a URL prefix a write may fetch a photo from, e.g. https://cdn.example.com/photos/ "
+                             "(repeatable; default none)")
     parser.add_argument("--follow-seconds", type=float, default=1.0, metavar="S",
                         help="how often to look for a new state of the index committed by `clothsim index` or "
                              "another worker (default 1; 0: serve the start-up state until restarted)")
@@ -93,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.index.ann_common import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
+    writes = _write_settings(args)
     backend_options = parse_option_pairs(args.backend_option)
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
                                  threads=args.threads, backend_options=backend_options)
@@ -103,11 +121,12 @@ def run(args: argparse.Namespace) -> int:
                      memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
                      body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
                      batch_wait_s=args.batch_wait_ms / 1000.0, backend_options=backend_options,
-                     follow_s=args.follow_seconds, warm_in_background=True)
+                     follow_s=args.follow_seconds, warm_in_background=True, writes=writes)
     service = app.state.service
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
-                       "fetch its images", args.host)
+                       "fetch its images%s", args.host,
+                       "; writes carry the API key in clear text unless a TLS proxy is in front" if writes else "")
     print(f"clothsim: serving {len(index)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
           flush=True)
     # An index that fails to load stops the server (as Ctrl-C does) rather than leave it answering 503.
@@ -118,6 +137,27 @@ def run(args: argparse.Namespace) -> int:
                 **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections))
     _raise_start_up_error(service.startup_error)
     return 0
+
+
+def _write_settings(args: argparse.Namespace):
+    """What REST writes may do, or ``None`` without --writes (the options that need it are refused)."""
+    from clothsim.web.auth import ApiKey
+    from clothsim.web.writes import WriteSettings, default_upload_dir
+
+    if not args.writes:
+        for option in ("upload_dir", "write_path_root", "write_url_prefix"):
+            if getattr(args, option):
+                raise UsageError(f"--{option.replace('_', '-')} needs --writes")
+        return None
+    for root in args.write_path_root:
+        if not os.path.isdir(root):
+            raise UsageError(f"--write-path-root {root}: no such folder")
+    try:
+        return WriteSettings(ApiKey.from_env(args.api_key_env), Path(args.upload_dir or default_upload_dir(args.index)),
+                             path_roots=tuple(Path(p) for p in args.write_path_root),
+                             url_prefixes=tuple(args.write_url_prefix))
+    except ValueError as exc:
+        raise UsageError(f"--write-url-prefix: {exc}") from exc
 
 
 def _raise_start_up_error(error: BaseException | None) -> None:

@@ -8,6 +8,8 @@ Routes:
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
 * ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed), and
   FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+* Only when the server is given an API key (``writes``): ``POST /api/items`` (add an item) and
+  ``DELETE /api/items/{id}``, with ``Authorization: Bearer <key>`` (401 without it, 403 with another).
   ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
   JavaScript from a CDN, so they need a browser with internet access.
 
@@ -20,6 +22,7 @@ most a short prefix of what the client sent.
 
 # No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
 # and `Form(le=max_k)` refers to a variable local to create_app.
+import io
 import logging
 import mimetypes
 import time
@@ -38,10 +41,13 @@ from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.ann_common import BackendUnavailable
 from clothsim.index.base import SearchHit
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+from clothsim.web.auth import WriteAuthMiddleware
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.schemas import (
+    AddedItem,
     CategoriesResponse,
     CategoryCount,
+    DeletedItem,
     ErrorBody,
     Health,
     Hit,
@@ -51,6 +57,15 @@ from clothsim.web.schemas import (
 )
 from clothsim.web.service import ECHO_CHARS, QueryRejected, SearchService
 from clothsim.web.snapshot import DEFAULT_POLL_S
+from clothsim.web.writes import (
+    WriteRefused,
+    WriteSettings,
+    fetch_url,
+    image_format,
+    item_fields,
+    keep_photo,
+    read_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +76,7 @@ DEFAULT_MAX_K = 50
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 _STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422, "busy": 503}
+_WRITE_STATUS = {**_STATUS, "forbidden_source": 422}
 DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 FILENAME_CHARS = 100
@@ -95,6 +111,7 @@ def create_app(
     backend_options: dict[str, Any] | None = None,
     follow_s: float = DEFAULT_POLL_S,
     warm_in_background: bool = False,
+    writes: WriteSettings | None = None,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
@@ -121,6 +138,8 @@ def create_app(
             ``clothsim index``, a write in another worker); ``0``: never (:mod:`clothsim.web.snapshot`).
         warm_in_background: Verify the index now but warm it once the server runs; ``/ready`` answers 503
             (and searches 503 with ``Retry-After``) until it is done.
+        writes: Turns on ``POST /api/items`` and ``DELETE /api/items/{id}`` behind an API key
+            (:mod:`clothsim.web.writes`); ``None`` (the default): the catalogue is read-only.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -133,7 +152,7 @@ def create_app(
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
                             verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s,
                             backend_options=backend_options, follow_s=follow_s,
-                            warm_in_background=warm_in_background)
+                            warm_in_background=warm_in_background, writes=writes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +171,9 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+    if writes is not None:
+        # Outside the size limit: a write without the key is refused before its body is read.
+        app.add_middleware(WriteAuthMiddleware, key=writes.key)
     # Added last, so it runs first: a stalled body is dropped before anything waits on it.
     app.add_middleware(BodyTimeoutMiddleware, idle_timeout_s=body_idle_timeout_s, total_timeout_s=body_timeout_s)
 
@@ -159,6 +181,11 @@ def create_app(
     async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400), headers=headers)
+
+    @app.exception_handler(WriteRefused)
+    async def _write_refused(request: Request, exc: WriteRefused) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.message}, status_code=_WRITE_STATUS.get(exc.kind, 400), headers=headers)
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
@@ -260,4 +287,60 @@ def create_app(
         return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
                               took_ms=round((time.perf_counter() - started) * 1000.0, 2))
 
+    if writes is not None:
+        _add_write_routes(app, service, writes)
     return app
+
+
+def _add_write_routes(app: FastAPI, service: SearchService, writes: WriteSettings) -> None:
+    """``POST /api/items`` and ``DELETE /api/items/{id}`` (the key is checked by :class:`WriteAuthMiddleware`)."""
+    refused = {code: {"model": ErrorBody} for code in (401, 403, 404, 413, 415, 422, 503)}
+
+    @app.post("/api/items", status_code=201, response_model=AddedItem, tags=["catalogue writes"], responses=refused)
+    def add_item(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="the item's photo")] = None,
+        path: Annotated[str | None, Form(description="or: an absolute path under a --write-path-root folder")] = None,
+        url: Annotated[str | None, Form(description="or: a URL under a --write-url-prefix")] = None,
+        category: Annotated[str | None, Form(description="the item's category (required when the index has them)")] = None,
+        split: Annotated[str | None, Form(description="train, validation, test, query or gallery")] = None,
+        item_id: Annotated[str | None, Form(description="the garment's identity in the shop")] = None,
+        attributes: Annotated[str | None, Form(description="comma-separated attribute names")] = None,
+    ) -> AddedItem:
+        """Add an item to the catalogue: its photo (uploaded, or read from a path or URL the server may
+        read) is encoded and committed; it is returned by searches as soon as this answers. Needs
+        ``Authorization: Bearer <key>``."""
+        started = time.perf_counter()
+        sources = [name for name, value in (("image", image), ("path", path), ("url", url)) if value]
+        if len(sources) != 1:
+            raise WriteRefused("bad_request", "send exactly one of the form fields 'image' (a file), 'path' and "
+                                              f"'url'; got {', '.join(sources) or 'none'}")
+        service.require_ready()
+        fields = item_fields(category, split, item_id, attributes, needs_category=bool(service.categories()))
+        limit = service.max_upload_bytes
+        if image is not None:
+            data = image.file.read(limit + 1)
+            if len(data) > limit:
+                raise WriteRefused("too_large", f"image: the file is over the limit of {limit} bytes")
+            kept_path = None
+        elif path:
+            data, kept_path = read_path(path, writes.path_roots, limit)
+        else:
+            data, kept_path = fetch_url(url, writes.url_prefixes, limit, writes.fetch_timeout_s), None
+        vector, _, _ = service.embed_upload(io.BytesIO(data), len(data))  # checks it is an image first
+        if kept_path is None:
+            kept_path = keep_photo(writes.upload_dir, data, image_format(data))
+        record = fields.record(kept_path)
+        new_id = service.writer.add(vector, record)
+        return AddedItem(id=new_id, category=record.category, split=record.split, item_id=record.item_id,
+                         attributes=list(record.attributes), name=kept_path.name,
+                         image_url=_image_url(request, new_id),
+                         took_ms=round((time.perf_counter() - started) * 1000.0, 2))
+
+    @app.delete("/api/items/{item_id}", response_model=DeletedItem, tags=["catalogue writes"], responses=refused)
+    def delete_item(item_id: int) -> DeletedItem:
+        """Delete an item: once this answers, no search returns it. Needs ``Authorization: Bearer <key>``."""
+        started = time.perf_counter()
+        service.require_ready()
+        service.writer.delete(item_id)
+        return DeletedItem(id=item_id, deleted=True, took_ms=round((time.perf_counter() - started) * 1000.0, 2))

@@ -70,5 +70,26 @@ class Readiness(BaseModel):
     generation: int | None = Field(default=None, description="that state's commit number in its folder")
 
 
+class AddedItem(BaseModel):
+    """An item added over REST, searchable from now on."""
+
+    id: int = Field(description="its catalogue id")
+    category: str | None
+    split: str | None = None
+    item_id: str | None = None
+    attributes: list[str] = Field(default_factory=list)
+    name: str = Field(description="file name of its photo on the server")
+    image_url: str
+    took_ms: float = Field(description="server time for reading, encoding and committing it")
+
+
+class DeletedItem(BaseModel):
+    """An item deleted over REST: no search returns it from now on."""
+
+    id: int
+    deleted: bool
+    took_ms: float
+
+
 class ErrorBody(BaseModel):
     detail: str

@@ -52,6 +52,7 @@ from clothsim.similarity_index import SimilarityIndex
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchObserver, EncodeBatcher
 from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
 from clothsim.web.snapshot import DEFAULT_POLL_S, IndexFollower, Snapshot, warm_snapshot
+from clothsim.web.writes import CatalogueWriter, GroupObserver, WriteSettings
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ class SearchService:
         follow_s: Seconds between looks at the index folder for changes committed elsewhere (``0``: never).
         warm_in_background: Verify now, but leave the rest of the warm-up to :meth:`start`, which runs it
             in a thread; until it is done :attr:`ready` is false and searches are refused as ``busy``.
+        writes: What REST writes may do (:mod:`clothsim.web.writes`); ``None``: no writes.
 
     Raises:
         StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
@@ -229,6 +231,7 @@ class SearchService:
         backend_options: dict[str, Any] | None = None,
         follow_s: float = DEFAULT_POLL_S,
         warm_in_background: bool = False,
+        writes: WriteSettings | None = None,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
@@ -255,6 +258,9 @@ class SearchService:
         self._decode_slot_count = decode_slots
         self._ready = threading.Event()
         self.follower: IndexFollower | None = None
+        self.write_settings = writes
+        self.writer: CatalogueWriter | None = None
+        self.observe_writes: GroupObserver | None = None
         self.budget = MemoryBudget(1)  # replaced by the warm-up, measured once the index is loaded
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
@@ -306,9 +312,17 @@ class SearchService:
         self.follower = IndexFollower(index, backend_options=self.backend_options, poll_s=self.follow_s,
                                       on_swap=self._swapped)
         self._first_index = None  # the follower holds it from now on
+        if self.write_settings is not None:
+            self.writer = CatalogueWriter(self.root, self.encoder, self.follower, backend_options=self.backend_options,
+                                          busy_timeout_s=self.write_settings.busy_timeout_s,
+                                          observe=self._wrote)
         self._ready.set()
         logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)", len(index),
                     len(self.follower.current.categories), self.encoder.name, time.perf_counter() - started)
+
+    def _wrote(self, adds: int, deletes: int, seconds: float) -> None:
+        if self.observe_writes is not None:
+            self.observe_writes(adds, deletes, seconds)
 
     def _swapped(self, snapshot: Snapshot) -> None:
         for callback in self.on_swap:
@@ -322,6 +336,8 @@ class SearchService:
     def close(self) -> None:
         """Stop following the folder and stop the encoder and compute threads (the application calls it
         when it shuts down, after the requests in flight)."""
+        if self.writer is not None:
+            self.writer.close()
         if self.follower is not None:
             self.follower.close()
         self.batcher.close()
@@ -350,6 +366,8 @@ class SearchService:
             QueryRejected: ``busy`` while the service is still warming up.
         """
         self.require_ready()
+        if self.follow_s > 0:
+            self.follower.check()
         with self.follower.use() as snapshot:
             yield snapshot
 

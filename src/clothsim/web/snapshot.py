@@ -7,9 +7,11 @@ exactly as it did when it was opened even while its files are replaced (a store 
 it has written; removed files stay readable through their mappings). :class:`IndexFollower` holds the
 current snapshot and replaces it:
 
-* every ``poll_s`` seconds it compares the folder's ``manifest.json`` (its inode, size and mtime) with the
-  one the current snapshot was opened from; when it changed and no ``clothsim index`` run is half-way
-  (the store's sync marker), it opens the folder again, warms the new snapshot, then switches to it;
+* before each request, and every ``poll_s`` seconds while none come, it compares the folder's
+  ``manifest.json`` (its inode, size and mtime: one ``stat``) with the one the current snapshot was opened
+  from; when it changed and no ``clothsim index`` run is half-way (the store's sync marker), it opens the
+  folder again, warms the new snapshot, then switches to it (a request that noticed waits for that, so a
+  write acknowledged by another worker process is never missed by a later search);
 * a writer in this process publishes the snapshot it committed at once (:meth:`IndexFollower.publish`),
   before it acknowledges the write, so a write is visible to every search that starts after it.
 
@@ -144,6 +146,9 @@ class IndexFollower:
         self._current = Snapshot(index, manifest_signature(self.root))
         self._swap_lock = threading.Lock()  # one reopen or publish at a time
         self._refused: Signature | None = None  # a state that failed to open, not retried until it changes
+        self._pending: Signature | None = None  # a half-way `clothsim index` state, not served
+        self._local_writers = 0  # commits in this process whose writer publishes them itself
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
@@ -189,11 +194,25 @@ class IndexFollower:
             except Exception:  # noqa: BLE001 - the follower must outlive any one failed look; logged
                 logger.exception("could not check %s for changes; the current state keeps serving", self.root)
 
+    @contextmanager
+    def local_commit(self) -> Iterator[None]:
+        """Around a commit by a writer of this process that will :meth:`publish` it: meanwhile the change
+        on disk is left to that writer (requests keep the state before it, which is not acknowledged yet)."""
+        with self._count_lock:
+            self._local_writers += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._local_writers -= 1
+
     def check(self) -> bool:
         """Open the folder again if its committed state changed; returns whether requests now search a
-        new snapshot."""
+        new snapshot. Cheap when nothing changed (one ``stat``), so it may run before every request: a
+        write acknowledged by another worker process is then seen by the next search here."""
         signature = manifest_signature(self.root)
-        if signature is None or signature == self._current.signature or signature == self._refused:
+        if (signature is None or signature == self._current.signature or signature == self._refused
+                or signature == self._pending or self._local_writers):
             return False
         with self._swap_lock:
             if signature == self._current.signature:
@@ -202,6 +221,7 @@ class IndexFollower:
             try:
                 if FeatureStore.open(self.root, allow_unfinished=True, verify=False, check_files=False).sync_pending:
                     # `clothsim index` is half-way: its intermediate commits are not a catalogue to serve.
+                    self._pending = signature
                     return False
                 index = SimilarityIndex.open(self.root, encoder=self.encoder, backend_options=self.backend_options)
                 if index.store.sync_pending:
