@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import signal
+import sys
 
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     writes.add_argument("--write-url-prefix", action="append", default=[], metavar="URL",
                         help="a URL prefix a write may fetch a photo from, e.g. https://cdn.example.com/photos/ "
                              "(repeatable; default none)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="write one JSON line per request to stderr (time, client, method, path, route, status, "
+                             "duration_ms, response_bytes, pid)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                        help="on SIGTERM or Ctrl-C, how long requests in flight may take to finish (default 30)")
     parser.add_argument("--follow-seconds", type=float, default=1.0, metavar="S",
                         help="how often to look for a new state of the index committed by `clothsim index` or "
                              "another worker (default 1; 0: serve the start-up state until restarted)")
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     for option in ("batch_wait_ms", "follow_seconds"):
         if getattr(args, option) < 0:
             raise UsageError(f"--{option.replace('_', '-')} must not be negative, got {getattr(args, option)}")
-    for option in ("memory_budget_mb", "header_timeout", "body_timeout"):
+    for option in ("memory_budget_mb", "header_timeout", "body_timeout", "shutdown_timeout"):
         if getattr(args, option) <= 0:
             raise UsageError(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
     try:
@@ -121,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
                      memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
                      body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
                      batch_wait_s=args.batch_wait_ms / 1000.0, backend_options=backend_options,
-                     follow_s=args.follow_seconds, warm_in_background=True, writes=writes)
+                     follow_s=args.follow_seconds, warm_in_background=True, writes=writes,
+                     access_log=args.access_log)
+    if args.access_log:
+        _log_access_to_stderr()
     service = app.state.service
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
@@ -134,9 +143,22 @@ def run(args: argparse.Namespace) -> int:
     # One process: the model and index are loaded once and shared by the request threads.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 access_log=bool(args.verbose),
-                **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections))
+                **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+                                  shutdown_timeout_s=args.shutdown_timeout))
     _raise_start_up_error(service.startup_error)
     return 0
+
+
+def _log_access_to_stderr() -> None:
+    """The access log's JSON lines, as they are, on stderr (whatever the level of the other logs)."""
+    from clothsim.web.metrics import ACCESS_LOGGER
+
+    access = logging.getLogger(ACCESS_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def _write_settings(args: argparse.Namespace):

@@ -6,8 +6,8 @@ Routes:
 * ``POST /api/search``: multipart form with either ``image`` (a file) or ``id`` (a catalogue item),
   plus ``k`` and ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
-* ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed), and
-  FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+* ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed),
+  ``GET /metrics`` (Prometheus), and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
 * Only when the server is given an API key (``writes``): ``POST /api/items`` (add an item) and
   ``DELETE /api/items/{id}``, with ``Authorization: Bearer <key>`` (401 without it, 403 with another).
   ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
@@ -32,7 +32,7 @@ from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from clothsim import __version__
@@ -43,6 +43,7 @@ from clothsim.index.base import SearchHit
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
 from clothsim.web.auth import WriteAuthMiddleware
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
+from clothsim.web.metrics import RequestObserver, ServerMetrics
 from clothsim.web.schemas import (
     AddedItem,
     CategoriesResponse,
@@ -112,6 +113,7 @@ def create_app(
     follow_s: float = DEFAULT_POLL_S,
     warm_in_background: bool = False,
     writes: WriteSettings | None = None,
+    access_log: bool = False,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
@@ -140,6 +142,7 @@ def create_app(
             (and searches 503 with ``Retry-After``) until it is done.
         writes: Turns on ``POST /api/items`` and ``DELETE /api/items/{id}`` behind an API key
             (:mod:`clothsim.web.writes`); ``None`` (the default): the catalogue is read-only.
+        access_log: Write one JSON line per request to the ``clothsim.access`` logger.
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -147,18 +150,21 @@ def create_app(
     Raises:
         StoreIntegrityError: the index is damaged (and ``verify_index``).
     """
+    metrics = ServerMetrics()
     service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                             max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
                             verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s,
                             backend_options=backend_options, follow_s=follow_s,
-                            warm_in_background=warm_in_background, writes=writes)
+                            warm_in_background=warm_in_background, writes=writes,
+                            observer=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
         yield
         service.close()  # after uvicorn has finished the requests in flight
+        metrics.process_exited()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -170,12 +176,14 @@ def create_app(
                     "and needs internet access; /openapi.json is served locally.",
     )
     app.state.service = service
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
     if writes is not None:
         # Outside the size limit: a write without the key is refused before its body is read.
         app.add_middleware(WriteAuthMiddleware, key=writes.key)
-    # Added last, so it runs first: a stalled body is dropped before anything waits on it.
     app.add_middleware(BodyTimeoutMiddleware, idle_timeout_s=body_idle_timeout_s, total_timeout_s=body_timeout_s)
+    # Added last, so it runs first: every answer is counted and timed, refusals by the others included.
+    app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, routes=app.router.routes)
 
     @app.exception_handler(QueryRejected)
     async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
@@ -233,6 +241,13 @@ def create_app(
         snapshot = service.follower.current
         return JSONResponse(Readiness(ready=True, detail="ready", items=len(snapshot),
                                       generation=snapshot.generation).model_dump())
+
+    @app.get("/metrics", tags=["service"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def prometheus_metrics() -> Response:
+        """Counters, histograms and gauges in the Prometheus text format (see :mod:`clothsim.web.metrics`)."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])
     def categories() -> CategoriesResponse:

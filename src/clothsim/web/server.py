@@ -29,6 +29,7 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_MAX_CONNECTIONS = 64
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 # The blank line that ends a request head; h11 accepts bare LF line endings too.
 _HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -100,16 +101,21 @@ class HeaderTimeoutProtocol(H11Protocol):
 
 
 def uvicorn_options(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> dict[str, Any]:
+                    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` that bound slow and numerous clients.
 
     Args:
         header_timeout_s: Longest time for a request's headers to arrive.
         max_connections: Open connections (and tasks) beyond which new requests get 503.
+        shutdown_timeout_s: On SIGTERM or SIGINT, how long the requests in flight may take to finish
+            (uvicorn stops accepting connections at once, closes idle ones, waits for the others up to
+            this, then runs the application's shutdown: queued writes are applied, threads stopped).
     """
-    if header_timeout_s <= 0 or max_connections < 1:
-        raise ValueError(f"header_timeout_s must be positive and max_connections at least 1, got "
-                         f"{header_timeout_s} and {max_connections}")
+    if header_timeout_s <= 0 or max_connections < 1 or shutdown_timeout_s <= 0:
+        raise ValueError(f"header_timeout_s and shutdown_timeout_s must be positive and max_connections at least "
+                         f"1, got {header_timeout_s}, {shutdown_timeout_s} and {max_connections}")
     protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
     return {"http": protocol, "limit_concurrency": int(max_connections), "timeout_keep_alive": KEEP_ALIVE_S,
-            "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+            "timeout_graceful_shutdown": max(1, round(shutdown_timeout_s))}

@@ -49,10 +49,10 @@ from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
 from clothsim.encoders.base import collate
 from clothsim.similarity_index import SimilarityIndex
-from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchObserver, EncodeBatcher
+from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, EncodeBatcher
 from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
 from clothsim.web.snapshot import DEFAULT_POLL_S, IndexFollower, Snapshot, warm_snapshot
-from clothsim.web.writes import CatalogueWriter, GroupObserver, WriteSettings
+from clothsim.web.writes import CatalogueWriter, WriteSettings
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,25 @@ def resident_bytes() -> int | None:
         return None
 
 
+class ServiceObserver:
+    """What the service reports as it works (the metrics implement it); each method does nothing here."""
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """An encoder batch of ``size`` photos took ``seconds``."""
+
+    def observe_writes(self, adds: int, deletes: int, seconds: float) -> None:
+        """A group of REST writes was committed and published in ``seconds``."""
+
+    def observe_snapshot(self, snapshot: Snapshot, reload: bool = True) -> None:
+        """Requests now search ``snapshot`` (``reload``: it replaced another)."""
+
+    def observe_ready(self, snapshot: Snapshot) -> None:
+        """The warm-up is done; requests search ``snapshot``."""
+
+    def observe_budget(self, used: int, capacity: int) -> None:
+        """The memory budget holds ``used`` of ``capacity`` bytes."""
+
+
 class QueryRejected(ClothsimError, ValueError):
     """A query the service will not run; ``kind`` says why, ``message`` is fit to show a user.
 
@@ -142,15 +161,19 @@ class MemoryBudget:
 
     Args:
         capacity: Bytes that requests may hold together.
+        on_change: Called with the bytes held and the capacity after every change (metrics).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_change: Callable[[int, int], None] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
         self.capacity = int(capacity)
         self.used = 0
         self.peak = 0
+        self._on_change = on_change
         self._cond = threading.Condition()
+        if on_change is not None:
+            on_change(0, self.capacity)
 
     @contextmanager
     def hold(self, nbytes: int, timeout: float) -> Iterator[None]:
@@ -174,12 +197,18 @@ class MemoryBudget:
                 self._cond.wait(left)
             self.used += nbytes
             self.peak = max(self.peak, self.used)
+            self._changed()
         try:
             yield
         finally:
             with self._cond:
                 self.used -= nbytes
+                self._changed()
                 self._cond.notify_all()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.used, self.capacity)
 
 
 class SearchService:
@@ -200,7 +229,7 @@ class SearchService:
         threads: How the process's cores are used (default: :func:`~clothsim.web.compute.plan_threads`).
         max_batch: Most uploads encoded together.
         batch_wait_s: How long a batch waits for uploads being decoded after its first one is ready.
-        observe_batch: Called with each batch's size and encoding time in seconds (metrics).
+        observer: Told what the service does (batches, writes, index states, memory): the metrics.
         backend_options: Search-time backend options the index was opened with (kept when it is
             opened again after a change).
         follow_s: Seconds between looks at the index folder for changes committed elsewhere (``0``: never).
@@ -227,7 +256,7 @@ class SearchService:
         threads: ThreadPlan | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         batch_wait_s: float = DEFAULT_MAX_WAIT_S,
-        observe_batch: BatchObserver | None = None,
+        observer: ServiceObserver | None = None,
         backend_options: dict[str, Any] | None = None,
         follow_s: float = DEFAULT_POLL_S,
         warm_in_background: bool = False,
@@ -252,7 +281,7 @@ class SearchService:
         #: Called (once) when a background warm-up fails, e.g. to stop the server rather than let it answer
         #: 503 forever.
         self.on_startup_failure: Callable[[], None] | None = None
-        self.on_swap: list[Callable[[Snapshot], None]] = []
+        self.observer = observer or ServiceObserver()
         self._first_index = index
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self._decode_slot_count = decode_slots
@@ -260,7 +289,6 @@ class SearchService:
         self.follower: IndexFollower | None = None
         self.write_settings = writes
         self.writer: CatalogueWriter | None = None
-        self.observe_writes: GroupObserver | None = None
         self.budget = MemoryBudget(1)  # replaced by the warm-up, measured once the index is loaded
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
@@ -272,7 +300,7 @@ class SearchService:
         self.compute = ComputeThreads(plan)
         encoder = self.encoder
         self.batcher = EncodeBatcher(lambda items: encoder.embed(collate(items)), max_batch=max_batch,
-                                     max_wait_s=batch_wait_s, observe=observe_batch)
+                                     max_wait_s=batch_wait_s, observe=self.observer.observe_batch)
         self._warm_thread: threading.Thread | None = None
         self._warm_in_background = warm_in_background
         if not warm_in_background:
@@ -308,25 +336,18 @@ class SearchService:
         # Before any batch: the first run allocates the runtime's buffers.
         self.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
         self.budget = self._make_budget(self.memory_budget_bytes, self.max_pixels, self.max_upload_bytes,
-                                        self._decode_slot_count)
+                                        self._decode_slot_count, self.observer.observe_budget)
         self.follower = IndexFollower(index, backend_options=self.backend_options, poll_s=self.follow_s,
-                                      on_swap=self._swapped)
+                                      on_swap=self.observer.observe_snapshot)
         self._first_index = None  # the follower holds it from now on
         if self.write_settings is not None:
             self.writer = CatalogueWriter(self.root, self.encoder, self.follower, backend_options=self.backend_options,
                                           busy_timeout_s=self.write_settings.busy_timeout_s,
-                                          observe=self._wrote)
+                                          observe=self.observer.observe_writes)
         self._ready.set()
+        self.observer.observe_ready(self.follower.current)
         logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)", len(index),
                     len(self.follower.current.categories), self.encoder.name, time.perf_counter() - started)
-
-    def _wrote(self, adds: int, deletes: int, seconds: float) -> None:
-        if self.observe_writes is not None:
-            self.observe_writes(adds, deletes, seconds)
-
-    def _swapped(self, snapshot: Snapshot) -> None:
-        for callback in self.on_swap:
-            callback(snapshot)
 
     @property
     def ready(self) -> bool:
@@ -343,9 +364,10 @@ class SearchService:
         self.batcher.close()
         self.compute.close()
 
-    def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int) -> MemoryBudget:
+    def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int,
+                     on_change: Callable[[int, int], None] | None = None) -> MemoryBudget:
         if total is None:
-            return MemoryBudget(slots * (max_upload + max_pixels * DECODE_BYTES_PER_PIXEL))
+            return MemoryBudget(slots * (max_upload + max_pixels * DECODE_BYTES_PER_PIXEL), on_change)
         at_rest = resident_bytes() or 0
         capacity = int(total) - at_rest - HEADROOM_BYTES
         if capacity < 64 * 1024 * 1024:
@@ -355,7 +377,7 @@ class SearchService:
                              f"{(at_rest + HEADROOM_BYTES + 64 * 2**20) / 2**20:.0f} MiB")
         logger.info("memory budget %.0f MiB: %.0f MiB at rest, %.0f MiB for requests", total / 2**20,
                     at_rest / 2**20, capacity / 2**20)
-        return MemoryBudget(capacity)
+        return MemoryBudget(capacity, on_change)
 
     # ----- the index requests search ---------------------------------------------------------
     @contextmanager
