@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ def ids_of(item_category: str, catalog: SimilarityIndex) -> set[int]:
 # ----- read-only routes --------------------------------------------------------------------------
 def test_health_reports_index_and_limits(client):
     body = client.get("/health").json()
+    assert body.pop("pid") == os.getpid()
     assert body == {"status": "ok", "ready": True, "items": 24, "categories": 3, "encoder": "tiny-colour", "dim": 192,
                     "max_k": MAX_K, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
 

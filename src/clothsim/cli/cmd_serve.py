@@ -6,8 +6,9 @@ import argparse
 import ipaddress
 import logging
 import os
+import shutil
 import signal
-import sys
+import tempfile
 
 from pathlib import Path
 
@@ -46,15 +47,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="largest accepted image in pixels (default 64,000,000)")
     parser.add_argument("--max-k", type=positive_int, default=50, help="largest k a query may ask for (default 50)")
     parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
-                        help="most memory the server may hold, in MiB (default 2048); uploads wait for room to "
-                             "decode and get 503 with Retry-After when there is none")
+                        help="most memory the server may hold, in MiB (default 2048, shared by the workers); uploads "
+                             "wait for room to decode and get 503 with Retry-After when there is none")
     parser.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                         help="seconds a client may take to send its request headers (default 10)")
     parser.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
                         help="seconds a client may take to send a request body (default 60; 15 s without a byte "
                              "also drops it)")
     parser.add_argument("--max-connections", type=positive_int, default=64,
-                        help="open connections beyond which requests get 503 (default 64)")
+                        help="open connections beyond which requests get 503 (default 64, shared by the workers)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="server processes (default 1); each opens the index (its memory-mapped vectors are "
+                             "shared) and gets its share of the cores, connections and memory budget")
     parser.add_argument("--max-batch", type=positive_int, default=32,
                         help="most uploads encoded together in one batch (default 32)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
@@ -95,6 +99,99 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_options(args)
+    try:
+        import uvicorn
+
+        from clothsim.web.app import create_app
+        from clothsim.web.compute import plan_threads
+        from clothsim.web.server import uvicorn_options
+    except ImportError as exc:
+        raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
+    from clothsim.images import DEFAULT_MAX_PIXELS
+    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.similarity_index import SimilarityIndex
+
+    writes = _write_settings(args)
+    backend_options = parse_option_pairs(args.backend_option)
+    app_options = dict(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
+                       memory_budget_mb=args.memory_budget_mb / args.workers, body_timeout_s=args.body_timeout,
+                       body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
+                       batch_wait_s=args.batch_wait_ms / 1000.0, follow_s=args.follow_seconds)
+    server_options = uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+                                     shutdown_timeout_s=args.shutdown_timeout, workers=args.workers)
+    if args.workers > 1:
+        return _run_workers(args, app_options, backend_options, server_options)
+
+    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
+                                 threads=args.threads, backend_options=backend_options)
+    # Checked in full now (a damaged index never serves); loaded and warmed once the server listens, so
+    # /health answers at once and /ready says when searches are answered.
+    app = create_app(index, **app_options, backend_options=backend_options, warm_in_background=True, writes=writes,
+                     access_log=args.access_log, threads=plan_threads(encoder_threads=args.threads))
+    if args.access_log:
+        from clothsim.web.metrics import send_access_log_to_stderr
+
+        send_access_log_to_stderr()
+    service = app.state.service
+    _say_where(args, len(index), writes is not None)
+    # An index that fails to load stops the server (as Ctrl-C does) rather than leave it answering 503.
+    service.on_startup_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    # One process: the model and index are loaded once and shared by the request threads.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                access_log=bool(args.verbose), **server_options)
+    _raise_start_up_error(service.startup_error)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, app_options: dict, backend_options: dict, server_options: dict) -> int:
+    """``--workers N``: check the index once, then let uvicorn's supervisor start N processes that each build
+    the application from the same options (:mod:`clothsim.web.workers`)."""
+    import uvicorn
+
+    from clothsim.features.store import FeatureStore
+    from clothsim.web.service import verify_store
+    from clothsim.web.workers import CONFIG_ENV, STARTUP_ERROR_FILE, WorkerConfig
+    from clothsim.web.writes import default_upload_dir
+
+    store = FeatureStore.open(args.index)
+    verify_store(store)  # every checksum, once, before any worker starts
+    scratch = Path(tempfile.mkdtemp(prefix="clothsim-serve-"))
+    (scratch / "metrics").mkdir()
+    writes = None
+    if args.writes:
+        writes = {"key_env": args.api_key_env, "upload_dir": str(args.upload_dir or default_upload_dir(args.index)),
+                  "path_roots": list(args.write_path_root), "url_prefixes": list(args.write_url_prefix)}
+    config = WorkerConfig(index=str(Path(args.index).resolve()), workers=args.workers, scratch_dir=str(scratch),
+                          weights=args.weights, device=args.device, runtime=args.runtime, threads=args.threads,
+                          backend_options=backend_options, app_options=app_options,
+                          header_timeout_s=args.header_timeout, writes=writes, access_log=args.access_log,
+                          log_level=logging.getLogger().getEffectiveLevel())
+    # Read by the workers, which uvicorn starts as fresh interpreters; prometheus-client reads its folder
+    # when imported there.
+    saved = {name: os.environ.get(name) for name in (CONFIG_ENV, "PROMETHEUS_MULTIPROC_DIR")}
+    os.environ[CONFIG_ENV] = config.to_env()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    _say_where(args, len(store), writes is not None)
+    try:
+        uvicorn.run("clothsim.web.workers:create_worker_app", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),
+                    **server_options)
+        failed = scratch / STARTUP_ERROR_FILE
+        if failed.is_file():
+            raise ClothsimError(f"a worker could not start: {failed.read_text(encoding='utf-8')}")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0:
@@ -105,60 +202,16 @@ def run(args: argparse.Namespace) -> int:
     for option in ("memory_budget_mb", "header_timeout", "body_timeout", "shutdown_timeout"):
         if getattr(args, option) <= 0:
             raise UsageError(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
-    try:
-        import uvicorn
 
-        from clothsim.web.app import create_app
-        from clothsim.web.server import uvicorn_options
-    except ImportError as exc:
-        raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
-    from clothsim.images import DEFAULT_MAX_PIXELS
-    from clothsim.index.ann_common import parse_option_pairs
-    from clothsim.similarity_index import SimilarityIndex
 
-    writes = _write_settings(args)
-    backend_options = parse_option_pairs(args.backend_option)
-    index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,
-                                 threads=args.threads, backend_options=backend_options)
-    # Checked in full now (a damaged index never serves); loaded and warmed once the server listens, so
-    # /health answers at once and /ready says when searches are answered.
-    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                     max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
-                     memory_budget_mb=args.memory_budget_mb, body_timeout_s=args.body_timeout,
-                     body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
-                     batch_wait_s=args.batch_wait_ms / 1000.0, backend_options=backend_options,
-                     follow_s=args.follow_seconds, warm_in_background=True, writes=writes,
-                     access_log=args.access_log)
-    if args.access_log:
-        _log_access_to_stderr()
-    service = app.state.service
+def _say_where(args: argparse.Namespace, items: int, writes: bool) -> None:
     if not _is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach this address can search the index and "
                        "fetch its images%s", args.host,
                        "; writes carry the API key in clear text unless a TLS proxy is in front" if writes else "")
-    print(f"clothsim: serving {len(index)} items at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+    workers = f" with {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"clothsim: serving {items} items at http://{args.host}:{args.port}/{workers} (Ctrl-C to stop)",
           flush=True)
-    # An index that fails to load stops the server (as Ctrl-C does) rather than leave it answering 503.
-    service.on_startup_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
-    # One process: the model and index are loaded once and shared by the request threads.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                access_log=bool(args.verbose),
-                **uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections,
-                                  shutdown_timeout_s=args.shutdown_timeout))
-    _raise_start_up_error(service.startup_error)
-    return 0
-
-
-def _log_access_to_stderr() -> None:
-    """The access log's JSON lines, as they are, on stderr (whatever the level of the other logs)."""
-    from clothsim.web.metrics import ACCESS_LOGGER
-
-    access = logging.getLogger(ACCESS_LOGGER)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    access.propagate = False
 
 
 def _write_settings(args: argparse.Namespace):

@@ -25,6 +25,7 @@ most a short prefix of what the client sent.
 import io
 import logging
 import mimetypes
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +42,7 @@ from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.ann_common import BackendUnavailable
 from clothsim.index.base import SearchHit
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+from clothsim.web.compute import ThreadPlan
 from clothsim.web.auth import WriteAuthMiddleware
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.metrics import RequestObserver, ServerMetrics
@@ -114,6 +116,7 @@ def create_app(
     warm_in_background: bool = False,
     writes: WriteSettings | None = None,
     access_log: bool = False,
+    threads: ThreadPlan | None = None,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
@@ -143,6 +146,7 @@ def create_app(
         writes: Turns on ``POST /api/items`` and ``DELETE /api/items/{id}`` behind an API key
             (:mod:`clothsim.web.writes`); ``None`` (the default): the catalogue is read-only.
         access_log: Write one JSON line per request to the ``clothsim.access`` logger.
+        threads: How this process uses its cores (default: all of them; :mod:`clothsim.web.compute`).
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -157,7 +161,7 @@ def create_app(
                             verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s,
                             backend_options=backend_options, follow_s=follow_s,
                             warm_in_background=warm_in_background, writes=writes,
-                            observer=metrics)
+                            observer=metrics, threads=threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -226,7 +230,7 @@ def create_app(
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
         """Liveness (the process answers), whether it is ready, index size and the limits it applies."""
-        return Health(status="ok", ready=service.ready, items=len(service), categories=len(service.categories()),
+        return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service), categories=len(service.categories()),
                       encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
                       max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
 

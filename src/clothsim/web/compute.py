@@ -49,17 +49,24 @@ class ThreadPlan:
     encoder_threads: int
 
 
-def plan_threads(workers: int = 1, cores: int | None = None) -> ThreadPlan:
+def plan_threads(workers: int = 1, cores: int | None = None, encoder_threads: int | None = None) -> ThreadPlan:
     """Split ``cores`` (default: every core this process may run on) between ``workers`` processes.
 
+    Args:
+        workers: Server processes sharing the cores.
+        cores: Cores to share (default: those this process may run on).
+        encoder_threads: The encoder's threads per process, when the user chose them (``--threads``);
+            default: the process's share of the cores.
+
     Raises:
-        ValueError: ``workers`` or ``cores`` below one.
+        ValueError: ``workers``, ``cores`` or ``encoder_threads`` below one.
     """
     total = default_threads() if cores is None else int(cores)
-    if workers < 1 or total < 1:
-        raise ValueError(f"workers and cores must be at least 1, got {workers} and {total}")
+    if workers < 1 or total < 1 or (encoder_threads is not None and encoder_threads < 1):
+        raise ValueError(f"workers, cores and encoder_threads must be at least 1, got {workers}, {total} and "
+                         f"{encoder_threads}")
     share = max(1, total // workers)
-    return ThreadPlan(cores=share, search_threads=share, encoder_threads=share)
+    return ThreadPlan(cores=share, search_threads=share, encoder_threads=encoder_threads or share)
 
 
 def own_encoder_threads(encoder: Any, threads: int) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -44,6 +45,18 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+def send_access_log_to_stderr() -> None:
+    """The access log's JSON lines, as they are, on stderr, whatever the level of the other logs (for the
+    command line: a library never configures logging)."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def multiprocess_dir() -> str | None:

@@ -54,6 +54,7 @@ class CategoriesResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     ready: bool = Field(description="whether the index is open and warmed (see /ready)")
+    pid: int = Field(description="the answering server process (one of several with --workers)")
     items: int
     categories: int
     encoder: str

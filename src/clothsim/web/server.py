@@ -100,22 +100,38 @@ class HeaderTimeoutProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+def configure_protocol(header_timeout_s: float) -> None:
+    """Set the header deadline of :class:`HeaderTimeoutProtocol` itself: for worker processes, which uvicorn
+    gives the protocol by its import name (a class made on the fly cannot be sent to them)."""
+    if header_timeout_s <= 0:
+        raise ValueError(f"header_timeout_s must be positive, got {header_timeout_s}")
+    HeaderTimeoutProtocol.header_timeout_s = float(header_timeout_s)
+
+
 def uvicorn_options(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
                     max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> dict[str, Any]:
+                    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+                    workers: int = 1) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` that bound slow and numerous clients.
 
     Args:
         header_timeout_s: Longest time for a request's headers to arrive.
-        max_connections: Open connections (and tasks) beyond which new requests get 503.
+        max_connections: Open connections (and tasks) beyond which new requests get 503, shared among
+            the workers.
         shutdown_timeout_s: On SIGTERM or SIGINT, how long the requests in flight may take to finish
             (uvicorn stops accepting connections at once, closes idle ones, waits for the others up to
             this, then runs the application's shutdown: queued writes are applied, threads stopped).
+        workers: Worker processes; with more than one, the protocol goes by its import name and each worker
+            calls :func:`configure_protocol` (:mod:`clothsim.web.workers` does).
     """
-    if header_timeout_s <= 0 or max_connections < 1 or shutdown_timeout_s <= 0:
-        raise ValueError(f"header_timeout_s and shutdown_timeout_s must be positive and max_connections at least "
-                         f"1, got {header_timeout_s}, {shutdown_timeout_s} and {max_connections}")
-    protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
-    return {"http": protocol, "limit_concurrency": int(max_connections), "timeout_keep_alive": KEEP_ALIVE_S,
+    if header_timeout_s <= 0 or max_connections < 1 or shutdown_timeout_s <= 0 or workers < 1:
+        raise ValueError(f"header_timeout_s and shutdown_timeout_s must be positive, max_connections and workers "
+                         f"at least 1, got {header_timeout_s}, {shutdown_timeout_s}, {max_connections}, {workers}")
+    if workers > 1:
+        protocol: Any = f"{__name__}:{HeaderTimeoutProtocol.__name__}"
+    else:
+        protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
+    return {"http": protocol, "limit_concurrency": max(1, -(-int(max_connections) // workers)),
+            "timeout_keep_alive": KEEP_ALIVE_S,
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
             "timeout_graceful_shutdown": max(1, round(shutdown_timeout_s))}
