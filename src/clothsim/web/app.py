@@ -227,14 +227,16 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/health", response_model=Health, tags=["service"])
+    @app.get("/health", response_model=Health, tags=["service"], summary="Liveness, index size, limits")
     def health() -> Health:
         """Liveness (the process answers), whether it is ready, index size and the limits it applies."""
-        return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service), categories=len(service.categories()),
+        return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service),
+                      categories=len(service.categories()),
                       encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
                       max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
 
-    @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}})
+    @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}},
+             summary="Readiness: the index is open and warmed")
     def ready() -> JSONResponse:
         """Readiness: 200 once the index is open and warmed (searches are answered at full speed), 503
         before. A load balancer sends searches only to a ready server."""
@@ -246,21 +248,22 @@ def create_app(
         return JSONResponse(Readiness(ready=True, detail="ready", items=len(snapshot),
                                       generation=snapshot.generation).model_dump())
 
-    @app.get("/metrics", tags=["service"], response_class=Response,
+    @app.get("/metrics", tags=["service"], response_class=Response, summary="Metrics in the Prometheus format",
              responses={200: {"content": {"text/plain": {}}}})
     def prometheus_metrics() -> Response:
         """Counters, histograms and gauges in the Prometheus text format (see :mod:`clothsim.web.metrics`)."""
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])
+    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"],
+             summary="Categories and their item counts")
     def categories() -> CategoriesResponse:
         """The categories in the index, with their item counts (the values ``category`` accepts)."""
         counts = service.categories()
         return CategoriesResponse(categories=[CategoryCount(name=n, count=c) for n, c in counts.items()],
                                   total=len(service))
 
-    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"],
+    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"], summary="An item's image",
              response_class=FileResponse, responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}})
     def item_image(item_id: int) -> FileResponse:
         """The image file of an indexed item. Only files recorded in the index are ever served."""
@@ -268,7 +271,8 @@ def create_app(
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=60"})
 
-    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS)
+    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS,
+              summary="The most similar items to a photo or an item")
     def search(
         request: Request,
         image: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP, ...)")] = None,
@@ -315,13 +319,14 @@ def _add_write_routes(app: FastAPI, service: SearchService, writes: WriteSetting
     """``POST /api/items`` and ``DELETE /api/items/{id}`` (the key is checked by :class:`WriteAuthMiddleware`)."""
     refused = {code: {"model": ErrorBody} for code in (401, 403, 404, 413, 415, 422, 503)}
 
-    @app.post("/api/items", status_code=201, response_model=AddedItem, tags=["catalogue writes"], responses=refused)
+    @app.post("/api/items", status_code=201, response_model=AddedItem, tags=["catalogue writes"], responses=refused,
+              summary="Add an item")
     def add_item(
         request: Request,
         image: Annotated[UploadFile | None, File(description="the item's photo")] = None,
         path: Annotated[str | None, Form(description="or: an absolute path under a --write-path-root folder")] = None,
         url: Annotated[str | None, Form(description="or: a URL under a --write-url-prefix")] = None,
-        category: Annotated[str | None, Form(description="the item's category (required when the index has them)")] = None,
+        category: Annotated[str | None, Form(description="its category (required when the index has them)")] = None,
         split: Annotated[str | None, Form(description="train, validation, test, query or gallery")] = None,
         item_id: Annotated[str | None, Form(description="the garment's identity in the shop")] = None,
         attributes: Annotated[str | None, Form(description="comma-separated attribute names")] = None,
@@ -356,7 +361,8 @@ def _add_write_routes(app: FastAPI, service: SearchService, writes: WriteSetting
                          image_url=_image_url(request, new_id),
                          took_ms=round((time.perf_counter() - started) * 1000.0, 2))
 
-    @app.delete("/api/items/{item_id}", response_model=DeletedItem, tags=["catalogue writes"], responses=refused)
+    @app.delete("/api/items/{item_id}", response_model=DeletedItem, tags=["catalogue writes"], responses=refused,
+                summary="Delete an item")
     def delete_item(item_id: int) -> DeletedItem:
         """Delete an item: once this answers, no search returns it. Needs ``Authorization: Bearer <key>``."""
         started = time.perf_counter()

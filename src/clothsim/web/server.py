@@ -130,7 +130,8 @@ def uvicorn_options(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     if workers > 1:
         protocol: Any = f"{__name__}:{HeaderTimeoutProtocol.__name__}"
     else:
-        protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
+        protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,),
+                        {"header_timeout_s": float(header_timeout_s)})
     return {"http": protocol, "limit_concurrency": max(1, -(-int(max_connections) // workers)),
             "timeout_keep_alive": KEEP_ALIVE_S,
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES,

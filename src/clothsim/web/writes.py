@@ -385,7 +385,8 @@ class CatalogueWriter:
             if known:
                 kept[write.item_id] = write
             else:
-                write.future.set_exception(WriteRefused("unknown_item", f"no item with id {write.item_id} in the index"))
+                write.future.set_exception(WriteRefused("unknown_item",
+                                                        f"no item with id {write.item_id} in the index"))
         return list(kept.values())
 
     @contextmanager
