@@ -152,3 +152,30 @@ def test_serve_follows_a_sync_and_a_rebuild_with_nothing_wrong_served_in_between
     assert seen and all(ids in states for ids in seen), [ids for ids in seen if ids not in states][:2]
     order = [states.index(ids) for ids in seen]
     assert order == sorted(order)  # once a newer state was served, an older one never came back
+
+
+def test_a_request_during_a_local_commit_waits_for_it_rather_than_serve_an_older_state(catalog):
+    """A write answered by another process, then a write of this one in progress: a search here must wait for
+    this process's writer to publish (its fresh state holds the other's write), not serve the state before."""
+    from clothsim.similarity_index import SimilarityIndex
+    from clothsim.web.snapshot import IndexFollower, manifest_signature, warm_snapshot
+
+    follower = IndexFollower(catalog, poll_s=0)
+    FeatureStore.open(catalog.store.root).delete([5])  # answered by another worker process
+    opened = threading.Event()
+
+    def local_writer() -> None:
+        with follower.local_commit():
+            fresh = SimilarityIndex.open(catalog.store.root, encoder=catalog.encoder)
+            warm_snapshot(fresh)
+            opened.set()
+            time.sleep(0.5)  # committing its own group
+            follower.publish(fresh, manifest_signature(catalog.store.root))
+
+    writer = threading.Thread(target=local_writer)
+    writer.start()
+    opened.wait(30)
+    follower.check()  # what every request does first
+    with follower.use() as snapshot:
+        assert 5 not in snapshot.index.store.live_ids()
+    writer.join(30)

@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 #: How often a server looks at its index folder's manifest (a ``stat``), in seconds.
 DEFAULT_POLL_S = 1.0
+#: Tries to open a folder whose state keeps changing while it is opened, before the current state serves on.
+OPEN_ATTEMPTS = 20
+#: Longest wait for a writer of this process to publish what it commits.
+LOCAL_WRITE_WAIT_S = 60.0
 
 Signature = tuple[int, int, int, int]
 
@@ -148,7 +152,7 @@ class IndexFollower:
         self._refused: Signature | None = None  # a state that failed to open, not retried until it changes
         self._pending: Signature | None = None  # a half-way `clothsim index` state, not served
         self._local_writers = 0  # commits in this process whose writer publishes them itself
-        self._count_lock = threading.Lock()
+        self._writers_done = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
@@ -196,24 +200,44 @@ class IndexFollower:
 
     @contextmanager
     def local_commit(self) -> Iterator[None]:
-        """Around a commit by a writer of this process that will :meth:`publish` it: meanwhile the change
-        on disk is left to that writer (requests keep the state before it, which is not acknowledged yet)."""
-        with self._count_lock:
+        """Around a commit by a writer of this process that will :meth:`publish` it. Meanwhile a request
+        that finds the folder changed waits for that publication instead of opening the folder itself:
+        the writer's fresh state holds whatever another process committed before it, so waiting is what
+        keeps a write acknowledged elsewhere visible here, and opening the folder twice is avoided."""
+        with self._writers_done:
             self._local_writers += 1
         try:
             yield
         finally:
-            with self._count_lock:
+            with self._writers_done:
                 self._local_writers -= 1
+                self._writers_done.notify_all()
 
     def check(self) -> bool:
         """Open the folder again if its committed state changed; returns whether requests now search a
         new snapshot. Cheap when nothing changed (one ``stat``), so it may run before every request: a
         write acknowledged by another worker process is then seen by the next search here."""
-        signature = manifest_signature(self.root)
-        if (signature is None or signature == self._current.signature or signature == self._refused
-                or signature == self._pending or self._local_writers):
-            return False
+        for _attempt in range(OPEN_ATTEMPTS):
+            signature = manifest_signature(self.root)
+            if signature is None or signature in (self._current.signature, self._refused, self._pending):
+                return False
+            with self._writers_done:
+                if self._local_writers:
+                    before = self._current
+                    self._writers_done.wait_for(lambda: not self._local_writers, timeout=LOCAL_WRITE_WAIT_S)
+                    if self._current is not before:
+                        # The writer took the lock after the state seen above was committed, so what it
+                        # published holds that state.
+                        return True
+                    continue  # it published nothing (its commit failed): look again
+            opened = self._open(signature)
+            if opened is not None:
+                return opened
+            # The folder changed again while it was being opened (its files replaced): open the newer state.
+        return False
+
+    def _open(self, signature: Signature) -> bool | None:
+        """Open and switch to the folder's state ``signature``; ``None`` when the folder moved on meanwhile."""
         with self._swap_lock:
             if signature == self._current.signature:
                 return False  # published meanwhile
@@ -225,13 +249,14 @@ class IndexFollower:
                     return False
                 index = SimilarityIndex.open(self.root, encoder=self.encoder, backend_options=self.backend_options)
                 if index.store.sync_pending:
-                    return False  # a run started between the two reads
+                    return None  # a run started between the two reads
                 warm_snapshot(index)
             except (ClothsimError, OSError, KeyError, ValueError) as exc:
-                if manifest_signature(self.root) == signature:
-                    self._refused = signature
-                    logger.error("%s changed but cannot be opened (%s); still serving the state from before",
-                                 self.root, exc)
+                if manifest_signature(self.root) != signature:
+                    return None
+                self._refused = signature
+                logger.error("%s changed but cannot be opened (%s); still serving the state from before",
+                             self.root, exc)
                 return False
             self._swap(Snapshot(index, signature))
         logger.info("%s changed: now serving %d items (generation %d), opened in %.2f s", self.root,

@@ -395,7 +395,12 @@ class CatalogueWriter:
         deadline = time.monotonic() + self.busy_timeout_s
         while True:
             before = manifest_signature(self.root)
-            index = SimilarityIndex.open(self.root, encoder=self.encoder, backend_options=self.backend_options)
+            try:
+                index = SimilarityIndex.open(self.root, encoder=self.encoder, backend_options=self.backend_options)
+            except (ClothsimError, OSError):
+                if manifest_signature(self.root) == before or time.monotonic() > deadline:
+                    raise
+                continue  # another writer committed (and removed files) while this one was opening
             with ExitStack() as held:
                 try:
                     held.enter_context(index.store.writer())
