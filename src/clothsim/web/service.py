@@ -395,7 +395,7 @@ class SearchService:
 
     def require_ready(self) -> None:
         """Raise ``QueryRejected('busy')`` (503 with ``Retry-After``) until the warm-up is done."""
-        if self.follower is None:
+        if not self._ready.is_set():  # set last, once the follower and the writer exist
             raise QueryRejected("busy", "the server is still loading its index; try again shortly", retry_after=2)
 
     @property
