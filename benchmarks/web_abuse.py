@@ -174,7 +174,7 @@ def main() -> None:
                 if server.poll() is not None:
                     raise SystemExit(f"the server exited: {server.stdout.read()}")
                 try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

@@ -1,9 +1,12 @@
 """`clothsim index` and `clothsim serve` run as the CLI runs them, for the backend tests: the colour
-catalogue indexed with the tiny encoder, and the app `serve` builds (uvicorn.run captured, not served)."""
+catalogue indexed with the tiny encoder, and the app `serve` builds (uvicorn.run captured, not served),
+with a test client that waits until it is ready."""
 
 from __future__ import annotations
 
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,15 @@ def served_app(index_dir: Path, monkeypatch):
     assert main(["serve", "--index", str(index_dir), "--runtime", "torch", "--memory-budget-mb", "100000"]) == 0
     assert apps, "serve did not start"
     return apps[0], TestClient
+
+
+@contextmanager
+def ready_client(app, TestClient):
+    """A test client of ``app`` once ``/ready`` says so (``serve`` warms the index after it starts)."""
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert app.state.service.startup_error is None, app.state.service.startup_error
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
+        yield client

@@ -117,7 +117,9 @@ def test_demo_serve_starts_the_page_on_the_demo_index(small_photo_catalog, tmp_p
     assert out.index("grid:") < out.index("serving")  # results first, then the address
     assert served["host"] == "127.0.0.1" and served["port"] == 8765
 
-    with TestClient(served["app"]) as client:
+    from _serve import ready_client
+
+    with ready_client(served["app"], TestClient) as client:
         health = client.get("/health")
         assert health.status_code == 200
         assert health.json()["items"] == 6 and health.json()["encoder"] == "efficientnet_lite0"

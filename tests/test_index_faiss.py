@@ -15,7 +15,7 @@ pytest.importorskip("faiss", reason="the faiss extra (faiss-cpu) is not installe
 import _ann_data as data  # noqa: E402
 from _ann_data import ids_of  # noqa: E402
 import _tiny_encoders  # noqa: E402,F401  (registers test-thumb8)
-from _serve import served_app  # noqa: E402
+from _serve import ready_client, served_app  # noqa: E402
 
 from clothsim.cli.main import main  # noqa: E402
 from clothsim.data.records import CatalogRecord  # noqa: E402
@@ -403,8 +403,8 @@ def test_serve_works_on_a_faiss_index(faiss_index_dir, colour_catalog, monkeypat
     monkeypatch.setattr(CategoryGraphs, "load_all",
                         lambda self: (real_load_all(self), loaded.append(sorted(self._graphs)))[0])
     app, TestClient = served_app(faiss_index_dir, monkeypatch)
-    assert loaded == [["blue", "green", "red"]]  # every category graph read before the first request
-    with TestClient(app) as client:
+    with ready_client(app, TestClient) as client:
+        assert loaded == [["blue", "green", "red"]]  # every category graph read before the first search
         assert client.get("/health").json()["items"] == 24
         by_id = client.post("/api/search", data={"id": "0", "k": "5"}).json()
         assert len(by_id["results"]) == 5 and 0 not in [h["id"] for h in by_id["results"]]

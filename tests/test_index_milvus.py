@@ -16,7 +16,7 @@ pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not
 
 import _ann_data as data  # noqa: E402
 from _ann_data import ids_of  # noqa: E402
-from _serve import index_catalog, served_app  # noqa: E402
+from _serve import index_catalog, ready_client, served_app  # noqa: E402
 
 from clothsim.cli.main import main  # noqa: E402
 from clothsim.data.records import CatalogRecord  # noqa: E402
@@ -214,7 +214,7 @@ def test_cli_and_serve_on_milvus(colour_catalog, tmp_path, monkeypatch, capsys):
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert [h["category"] for h in hits] == ["red"] * 3
     app, TestClient = served_app(out, monkeypatch)
-    with TestClient(app) as client:
+    with ready_client(app, TestClient) as client:
         assert client.get("/health").json()["items"] == 24
         found = client.post("/api/search", data={"id": "3", "k": "4", "category": "blue"}).json()
         assert [h["category"] for h in found["results"]] == ["blue"] * 4

@@ -23,7 +23,7 @@ pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not
 
 import _ann_data as data  # noqa: E402
 from _ann_data import ids_of  # noqa: E402
-from _serve import index_catalog, served_app  # noqa: E402
+from _serve import index_catalog, ready_client, served_app  # noqa: E402
 
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
@@ -195,7 +195,7 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
     app, TestClient = served_app(out, monkeypatch)
     ask = {"id": "3", "k": "4"}  # unfiltered: a filter this narrow is answered by the store, not by Milvus
     try:
-        with TestClient(app) as client:
+        with ready_client(app, TestClient) as client:
             first = client.post("/api/search", data=ask)
             assert first.status_code == 200 and len(first.json()["results"]) == 4
             server.stop()

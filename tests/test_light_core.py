@@ -145,7 +145,7 @@ def test_demo_then_serve_and_upload_without_torch(tmp_path):
         deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)  # 503 until warmed
                 break
             except OSError:
                 assert server.poll() is None, server.stderr.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import threading
 import time
@@ -54,7 +55,8 @@ def ids_of(item_category: str, catalog: SimilarityIndex) -> set[int]:
 # ----- read-only routes --------------------------------------------------------------------------
 def test_health_reports_index_and_limits(client):
     body = client.get("/health").json()
-    assert body == {"status": "ok", "items": 24, "categories": 3, "encoder": "tiny-colour", "dim": 192,
+    assert body.pop("pid") == os.getpid()
+    assert body == {"status": "ok", "ready": True, "items": 24, "categories": 3, "encoder": "tiny-colour", "dim": 192,
                     "max_k": MAX_K, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
 
 
@@ -408,3 +410,46 @@ def test_serve_command_refuses_bad_options(catalog, monkeypatch, argv):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("must not start"))
     monkeypatch.setattr(SimilarityIndex, "open", classmethod(lambda cls, *args, **kwargs: catalog))
     assert main(["serve", "--index", "unused", *argv]) == 2
+
+
+# ----- liveness and readiness -------------------------------------------------------------------
+def test_ready_is_503_while_warming_up_then_200(catalog, tiny_encoder):
+    release = threading.Event()
+    original = tiny_encoder.embed
+
+    def held_embed(batch):
+        release.wait(60)  # the warm-up's first encoder run waits for the test
+        return original(batch)
+
+    tiny_encoder.embed = held_embed
+    with TestClient(create_app(catalog, warm_in_background=True)) as test_client:
+        health = test_client.get("/health")
+        assert health.status_code == 200 and health.json()["ready"] is False  # alive, not ready
+        response = test_client.get("/ready")
+        assert response.status_code == 503 and response.json() == {"ready": False, "detail": "warming up",
+                                                                  "items": None, "generation": None}
+        for searched in (test_client.post("/api/search", data={"id": "1"}),
+                         upload(test_client, png_bytes((200, 30, 30)))):
+            assert searched.status_code == 503 and searched.headers["retry-after"] == "2"
+        release.set()
+        deadline = time.monotonic() + 60
+        while (response := test_client.get("/ready")).status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+        assert response.json()["ready"] is True and response.json()["items"] == 24
+        assert test_client.post("/api/search", data={"id": "1"}).status_code == 200
+
+
+def test_ready_says_why_when_the_warm_up_fails(catalog, tiny_encoder):
+    def broken_embed(batch):
+        raise MemoryError("the encoder could not allocate its buffers")
+
+    tiny_encoder.embed = broken_embed
+    app = create_app(catalog, warm_in_background=True)
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while app.state.service.startup_error is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        response = test_client.get("/ready")
+        assert response.status_code == 503 and response.json()["detail"] == "the index failed to load"

@@ -24,6 +24,7 @@ CHROMIUM = Path(os.environ.get("CLOTHSIM_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CLOTHSIM_CHROMEDRIVER", "/usr/bin/chromedriver"))
 PER_CATEGORY = 8
 K = 6
+KEY = "browser-test-key-0123456789"
 WAIT_S = 30
 
 
@@ -55,28 +56,31 @@ def real_subset(clothing_dataset):
 
 
 @pytest.fixture(scope="module")
-def server_url(browser_parts, real_subset, tmp_path_factory):
-    """A uvicorn server on a free 127.0.0.1 port, in a thread, over an index of real photos."""
-    import uvicorn
-
+def real_index(browser_parts, real_subset, tmp_path_factory):
+    """The subset indexed with the default encoder (its folder)."""
     from clothsim.similarity_index import SimilarityIndex
     from clothsim.encoders.registry import create_encoder
     from clothsim.errors import UnknownEncoderError, WeightsUnavailableError
-    from clothsim.web.app import create_app
 
     try:
         encoder = create_encoder("efficientnet_lite0")
     except (UnknownEncoderError, WeightsUnavailableError, ImportError, OSError) as exc:
         pytest.skip(f"the default encoder efficientnet_lite0 is not available: {exc}")
     records, _ = real_subset
-    catalog, _ = SimilarityIndex.build(records, tmp_path_factory.mktemp("web_index"), encoder=encoder,
-                                    num_workers=0, progress=False)
+    folder = tmp_path_factory.mktemp("web_index") / "index"
+    catalog, _ = SimilarityIndex.build(records, folder, encoder=encoder, num_workers=0, progress=False)
     assert len(catalog) == len(records)
+    return folder
+
+
+def _serve(app):
+    """A uvicorn server for ``app`` on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import uvicorn
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(catalog), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="clothsim-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + WAIT_S
@@ -87,6 +91,28 @@ def server_url(browser_parts, real_subset, tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(real_index):
+    """A read-only server over the index of real photos."""
+    from clothsim.similarity_index import SimilarityIndex
+    from clothsim.web.app import create_app
+
+    yield from _serve(create_app(SimilarityIndex.open(real_index)))
+
+
+@pytest.fixture(scope="module")
+def writes_url(real_index, tmp_path_factory):
+    """A server that takes writes, over a copy of the index."""
+    from clothsim.similarity_index import SimilarityIndex
+    from clothsim.web.app import create_app
+    from clothsim.web.auth import ApiKey
+    from clothsim.web.writes import WriteSettings
+
+    copy = tmp_path_factory.mktemp("writable") / "index"
+    shutil.copytree(real_index, copy)
+    yield from _serve(create_app(SimilarityIndex.open(copy), writes=WriteSettings(ApiKey(KEY), copy.parent / "up")))
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +223,55 @@ def test_a_rejected_file_shows_a_clear_message(driver, server_url, tmp_path):
     WebDriverWait(driver, WAIT_S).until(lambda d: error.is_displayed(), message="no error message shown")
     assert "notes.jpg was not accepted" in error.text and "not an image" in error.text
     assert driver.find_elements(By.CSS_SELECTOR, "#results .hit") == []
+
+
+def _api_routes(driver) -> list[str]:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements("css selector", "#api-routes li"),
+                                        message="the API list never loaded")
+    return [li.get_attribute("textContent") for li in driver.find_elements("css selector", "#api-routes li")]
+
+
+def test_a_read_only_server_lists_its_api_and_shows_no_write_forms(driver, server_url):
+    driver.get(server_url + "/")
+    routes = _api_routes(driver)
+    assert any(r.startswith("POST /api/search") for r in routes)
+    assert any(r.startswith("GET /metrics") for r in routes) and any(r.startswith("GET /ready") for r in routes)
+    assert not any("/api/items " in r or r.startswith("DELETE") for r in routes)
+    assert driver.find_element("id", "writes").get_attribute("hidden") is not None
+
+
+def test_with_a_key_the_page_adds_and_deletes_an_item(driver, writes_url, real_subset):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, photo = real_subset
+    driver.get(writes_url + "/")
+    routes = _api_routes(driver)
+    assert any(r.startswith("POST /api/items") and "(API key)" in r for r in routes)
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.find_element(By.ID, "writes").is_displayed(),
+                                        message="the write forms are not shown")
+    key, error = driver.find_element(By.ID, "api-key"), driver.find_element(By.ID, "error")
+    driver.find_element(By.ID, "add-file").send_keys(str(photo))
+    driver.find_element(By.ID, "add-category").send_keys("new-arrivals")
+    key.send_keys("not-the-key-at-all")
+    driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
+    WebDriverWait(driver, WAIT_S).until(lambda d: error.is_displayed(), message="a wrong key showed no error")
+    assert "may not write" in error.text
+
+    key.clear()
+    key.send_keys(KEY)
+    driver.find_element(By.CSS_SELECTOR, "#add-form button").click()
+    status = driver.find_element(By.ID, "write-status")
+    WebDriverWait(driver, WAIT_S).until(lambda d: "Added item #" in status.text, message="the add was not shown")
+    new_id = int(re.search(r"#(\d+)", status.text).group(1))
+    WebDriverWait(driver, WAIT_S).until(  # the page searches from the new item; its category is offered
+        lambda d: f"#{new_id}" in d.find_element(By.ID, "query-caption").text
+        and d.find_elements(By.CSS_SELECTOR, '#category-select option[value="new-arrivals"]'),
+        message="the new item was not searched from")
+
+    driver.find_element(By.ID, "delete-id").send_keys(str(new_id))
+    driver.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    WebDriverWait(driver, WAIT_S).until(lambda d: f"Deleted item #{new_id}" in status.text,
+                                        message="the delete was not shown")

@@ -7,6 +7,7 @@ middleware ``clothsim serve`` uses); the memory budget and the error messages th
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ import uvicorn  # noqa: E402
 
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.limits import BodyTimeoutMiddleware  # noqa: E402
-from clothsim.web.server import uvicorn_options  # noqa: E402
+from clothsim.web.server import MAX_HEADER_BYTES, uvicorn_options  # noqa: E402
 from clothsim.web.service import (DECODE_BYTES_PER_PIXEL, HEADROOM_BYTES, MemoryBudget,  # noqa: E402
                                   QueryRejected, resident_bytes)
 from conftest import png_bytes  # noqa: E402
@@ -125,6 +126,46 @@ def test_normal_requests_are_served_while_slow_clients_wait(server):
     finally:
         for sock in slow:
             sock.close()
+
+
+def _get_with_header(port: int, header_bytes: int, before: bytes = b"") -> list[bytes]:
+    """Status lines the server sends for ``before`` followed by a GET whose one header is ``header_bytes``
+    long, all written at once (one read on the server's side)."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * header_bytes + b"\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(before + request)
+        closed, received = _closed_within(sock, 5)
+    assert closed
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", received)
+
+
+def test_a_request_head_over_the_limit_in_one_read_is_431(server):
+    assert _get_with_header(server, 30_000) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+
+
+def test_a_request_head_under_the_limit_is_served(server):
+    assert _get_with_header(server, MAX_HEADER_BYTES - 1024) == [b"HTTP/1.1 200 OK"]
+
+
+def test_an_oversized_head_pipelined_behind_a_request_is_431(server):
+    first = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _get_with_header(server, 30_000, before=first) == [b"HTTP/1.1 200 OK",
+                                                             b"HTTP/1.1 431 Request Header Fields Too Large"]
+
+
+def test_a_request_head_that_grows_past_the_limit_is_closed(server):
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 4 * MAX_HEADER_BYTES:
+                sock.sendall(b"a" * 2048)
+                sent += 2048
+                time.sleep(0.005)
+        except OSError:
+            pass  # closed by the server while sending: what this test expects
+        assert _closed_within(sock, 5)[0]
+    assert sent < 4 * MAX_HEADER_BYTES
 
 
 def test_the_body_deadline_does_not_apply_once_the_body_is_in():

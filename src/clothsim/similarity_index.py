@@ -47,6 +47,14 @@ BATCH_SIZE = 32
 ADD_COMMIT_EVERY = 10_000
 
 
+
+def mix_query(photo: np.ndarray, text: np.ndarray, text_weight: float = DEFAULT_TEXT_WEIGHT) -> np.ndarray:
+    """The unit vector of ``(1 - text_weight) * photo + text_weight * text``: one query from a photo's
+    and a text's ``(1, dim)`` vectors ("like this photo, but red")."""
+    if not 0.0 <= float(text_weight) <= 1.0:
+        raise UsageError(f"text_weight must lie between 0 and 1, got {text_weight}")
+    return l2_normalize((1.0 - float(text_weight)) * photo + float(text_weight) * text)
+
 class SimilarityIndex:
     """A searchable index folder: an encoder, the feature store it filled, and a backend over it.
 
@@ -303,8 +311,7 @@ class SimilarityIndex:
         text_vector = self.embed_text([text])
         if image is None:
             return text_vector
-        mixed = (1.0 - float(text_weight)) * self.embed([image]) + float(text_weight) * text_vector
-        return l2_normalize(mixed)
+        return mix_query(self.embed([image]), text_vector, text_weight)
 
     def search_text(self, text: str, k: int = 5, category: str | Sequence[str] | None = None, *,
                     image: ImageLike | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,

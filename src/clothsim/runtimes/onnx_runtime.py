@@ -32,10 +32,12 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install onnxruntime"
 
 
-def make_session(path: str | Path, threads: int | None = None,
-                 sha256: str | None = None) -> "onnxruntime.InferenceSession":
+def make_session(path: str | Path, threads: int | None = None, sha256: str | None = None,
+                 spinning: bool = True) -> "onnxruntime.InferenceSession":
     """An ONNX Runtime CPU session over ``path`` with ``threads`` intra-op threads (default: every core
-    this process may use) and no inter-op parallelism, so one session owns its cores.
+    this process may use) and no inter-op parallelism, so one session owns its cores. ``spinning=False``
+    makes its threads sleep between runs instead of spinning, for a process whose other threads need the
+    same cores (a server).
 
     With the file's ``sha256``, the graph ONNX Runtime optimizes for this CPU is kept in the user cache
     and loaded as it is next time: optimizing takes most of a session's start, which every command pays.
@@ -46,6 +48,8 @@ def make_session(path: str | Path, threads: int | None = None,
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     optimized = _optimized_copy(sha256) if sha256 is not None else None
     if optimized is not None and _intact(optimized):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -150,6 +154,7 @@ class OnnxEncoder(Encoder):
         self.network = network
         self._network_factory = network_factory
         self.threads = threads or default_threads()
+        self.spinning = True
         self.session = make_session(self.model_path, self.threads, spec.model_sha256)
         inputs = self.session.get_inputs()[0]
         self._input = inputs.name
@@ -183,6 +188,13 @@ class OnnxEncoder(Encoder):
     @property
     def spec(self) -> EncoderSpec:
         return self._spec
+
+    def use_threads(self, threads: int, spinning: bool = True) -> None:
+        """Run on ``threads`` intra-op threads from now on (a new session over the same file), spinning
+        between runs or not (see :func:`make_session`)."""
+        self.threads = int(threads)
+        self.spinning = bool(spinning)
+        self.session = make_session(self.model_path, self.threads, self._spec.model_sha256, self.spinning)
 
     def fingerprint(self) -> dict[str, Any]:
         return self._spec.fingerprint()
@@ -247,7 +259,8 @@ class OnnxEncoder(Encoder):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.session = make_session(self.model_path, self.threads, self._spec.model_sha256)
+        self.session = make_session(self.model_path, self.threads, self._spec.model_sha256,
+                                    self.__dict__.get("spinning", True))
 
 
 class OnnxRuntime:

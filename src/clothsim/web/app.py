@@ -7,7 +7,10 @@ Routes:
   (indexes whose encoder has a text tower; with ``image``, mixed by ``text_weight``), plus ``k`` and
   ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
-* ``GET /api/categories``, ``GET /health``, and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+* ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed),
+  ``GET /metrics`` (Prometheus), and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.
+* Only when the server is given an API key (``writes``): ``POST /api/items`` (add an item) and
+  ``DELETE /api/items/{id}``, with ``Authorization: Bearer <key>`` (401 without it, 403 with another).
   ``/openapi.json`` is served by the application; the ``/docs`` and ``/redoc`` pages fetch their
   JavaScript from a CDN, so they need a browser with internet access.
 
@@ -20,15 +23,18 @@ most a short prefix of what the client sent.
 
 # No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
 # and `Form(le=max_k)` refers to a variable local to create_app.
+import io
 import logging
 import mimetypes
+import os
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from clothsim import __version__
@@ -36,17 +42,34 @@ from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
 from clothsim.index.ann_common import BackendUnavailable
 from clothsim.index.base import SearchHit
+from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+from clothsim.web.compute import ThreadPlan
+from clothsim.web.auth import WriteAuthMiddleware
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
+from clothsim.web.metrics import RequestObserver, ServerMetrics
 from clothsim.web.schemas import (
+    AddedItem,
     CategoriesResponse,
     CategoryCount,
+    DeletedItem,
     ErrorBody,
     Health,
     Hit,
     QueryInfo,
+    Readiness,
     SearchResponse,
 )
 from clothsim.web.service import ECHO_CHARS, MAX_TEXT_CHARS, QueryRejected, SearchService
+from clothsim.web.snapshot import DEFAULT_POLL_S
+from clothsim.web.writes import (
+    WriteRefused,
+    WriteSettings,
+    fetch_url,
+    image_format,
+    item_fields,
+    keep_photo,
+    read_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +80,7 @@ DEFAULT_MAX_K = 50
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 _STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422, "busy": 503}
+_WRITE_STATUS = {**_STATUS, "forbidden_source": 422}
 DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 FILENAME_CHARS = 100
@@ -86,11 +110,20 @@ def create_app(
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     verify_index: bool = True,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+    backend_options: dict[str, Any] | None = None,
+    follow_s: float = DEFAULT_POLL_S,
+    warm_in_background: bool = False,
+    writes: WriteSettings | None = None,
+    access_log: bool = False,
+    threads: ThreadPlan | None = None,
 ) -> FastAPI:
     """Build the web application around an open index (loaded once, shared by all requests).
 
     Args:
-        index: The index to search; the application never modifies it.
+        index: The index to search, opened from its folder; states committed to that folder later are
+            searched once committed.
         max_upload_bytes: Largest accepted upload; bigger ones get 413 (the whole request body may be
             this plus a small allowance for the multipart framing).
         max_pixels: Largest accepted image in pixels; bigger ones get 413 before they are decoded.
@@ -103,6 +136,18 @@ def create_app(
         body_idle_timeout_s: A request body that sends nothing for this long is dropped (408).
         body_timeout_s: A request body not complete after this long is dropped (408).
         verify_index: Check every checksum of the index first; a damaged index is refused.
+        max_batch: Most uploads encoded together (:mod:`clothsim.web.batching`).
+        batch_wait_s: How long a batch waits for uploads still being decoded after its first is ready.
+        backend_options: Search-time backend options ``index`` was opened with (kept when the folder is
+            opened again after a change).
+        follow_s: Seconds between looks at the index folder for states committed by others (a sync by
+            ``clothsim index``, a write in another worker); ``0``: never (:mod:`clothsim.web.snapshot`).
+        warm_in_background: Verify the index now but warm it once the server runs; ``/ready`` answers 503
+            (and searches 503 with ``Retry-After``) until it is done.
+        writes: Turns on ``POST /api/items`` and ``DELETE /api/items/{id}`` behind an API key
+            (:mod:`clothsim.web.writes`); ``None`` (the default): the catalogue is read-only.
+        access_log: Write one JSON line per request to the ``clothsim.access`` logger.
+        threads: How this process uses its cores (default: all of them; :mod:`clothsim.web.compute`).
 
     Returns:
         The FastAPI application; serve it with uvicorn (``clothsim serve`` does).
@@ -110,11 +155,24 @@ def create_app(
     Raises:
         StoreIntegrityError: the index is damaged (and ``verify_index``).
     """
+    metrics = ServerMetrics()
     service = SearchService(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                             max_k=max_k, decode_slots=decode_slots, queue_timeout_s=queue_timeout_s,
                             memory_budget_bytes=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
-                            verify_index=verify_index)
+                            verify_index=verify_index, max_batch=max_batch, batch_wait_s=batch_wait_s,
+                            backend_options=backend_options, follow_s=follow_s,
+                            warm_in_background=warm_in_background, writes=writes,
+                            observer=metrics, threads=threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        service.close()  # after uvicorn has finished the requests in flight
+        metrics.process_exited()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="clothsim",
         version=__version__,
         summary="Visual clothing similarity: the catalogue items most similar to a photo.",
@@ -123,14 +181,24 @@ def create_app(
                     "and needs internet access; /openapi.json is served locally.",
     )
     app.state.service = service
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
-    # Added last, so it runs first: a stalled body is dropped before anything waits on it.
+    if writes is not None:
+        # Outside the size limit: a write without the key is refused before its body is read.
+        app.add_middleware(WriteAuthMiddleware, key=writes.key)
     app.add_middleware(BodyTimeoutMiddleware, idle_timeout_s=body_idle_timeout_s, total_timeout_s=body_timeout_s)
+    # Added last, so it runs first: every answer is counted and timed, refusals by the others included.
+    app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, routes=app.router.routes)
 
     @app.exception_handler(QueryRejected)
     async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400), headers=headers)
+
+    @app.exception_handler(WriteRefused)
+    async def _write_refused(request: Request, exc: WriteRefused) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.message}, status_code=_WRITE_STATUS.get(exc.kind, 400), headers=headers)
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
@@ -160,21 +228,43 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/health", response_model=Health, tags=["service"])
+    @app.get("/health", response_model=Health, tags=["service"], summary="Liveness, index size, limits")
     def health() -> Health:
-        """Liveness, index size and the limits the server applies."""
-        return Health(status="ok", items=len(service), categories=len(service.categories()),
-                      encoder=service.index.encoder.name, dim=int(service.index.encoder.dim), max_k=service.max_k,
+        """Liveness (the process answers), whether it is ready, index size and the limits it applies."""
+        return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service),
+                      categories=len(service.categories()),
+                      encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
                       max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
 
-    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"])
+    @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}},
+             summary="Readiness: the index is open and warmed")
+    def ready() -> JSONResponse:
+        """Readiness: 200 once the index is open and warmed (searches are answered at full speed), 503
+        before. A load balancer sends searches only to a ready server."""
+        if not service.ready:
+            reason = "the index failed to load" if service.startup_error is not None else "warming up"
+            return JSONResponse(Readiness(ready=False, detail=reason).model_dump(), status_code=503,
+                                headers={"Retry-After": "2"})
+        snapshot = service.follower.current
+        return JSONResponse(Readiness(ready=True, detail="ready", items=len(snapshot),
+                                      generation=snapshot.generation).model_dump())
+
+    @app.get("/metrics", tags=["service"], response_class=Response, summary="Metrics in the Prometheus format",
+             responses={200: {"content": {"text/plain": {}}}})
+    def prometheus_metrics() -> Response:
+        """Counters, histograms and gauges in the Prometheus text format (see :mod:`clothsim.web.metrics`)."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"],
+             summary="Categories and their item counts")
     def categories() -> CategoriesResponse:
         """The categories in the index, with their item counts (the values ``category`` accepts)."""
         counts = service.categories()
         return CategoriesResponse(categories=[CategoryCount(name=n, count=c) for n, c in counts.items()],
                                   total=len(service))
 
-    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"],
+    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"], summary="An item's image",
              response_class=FileResponse, responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}})
     def item_image(item_id: int) -> FileResponse:
         """The image file of an indexed item. Only files recorded in the index are ever served."""
@@ -182,7 +272,8 @@ def create_app(
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=60"})
 
-    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS)
+    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS,
+              summary="The most similar items to a photo or an item")
     def search(
         request: Request,
         image: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP, ...)")] = None,
@@ -226,10 +317,68 @@ def create_app(
             query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
                               width=result.width, height=result.height, text=text)
         else:
-            hits = service.search_item(item_id, k, category)
-            query = QueryInfo(kind="item", id=item_id, category=service.item_category(item_id),
+            hits, record = service.search_item(item_id, k, category)
+            query = QueryInfo(kind="item", id=item_id, category=record.category,
                               image_url=_image_url(request, item_id))
         return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
                               took_ms=round((time.perf_counter() - started) * 1000.0, 2))
 
+    if writes is not None:
+        _add_write_routes(app, service, writes)
     return app
+
+
+def _add_write_routes(app: FastAPI, service: SearchService, writes: WriteSettings) -> None:
+    """``POST /api/items`` and ``DELETE /api/items/{id}`` (the key is checked by :class:`WriteAuthMiddleware`)."""
+    refused = {code: {"model": ErrorBody} for code in (401, 403, 404, 413, 415, 422, 503)}
+
+    @app.post("/api/items", status_code=201, response_model=AddedItem, tags=["catalogue writes"], responses=refused,
+              summary="Add an item")
+    def add_item(
+        request: Request,
+        image: Annotated[UploadFile | None, File(description="the item's photo")] = None,
+        path: Annotated[str | None, Form(description="or: an absolute path under a --write-path-root folder")] = None,
+        url: Annotated[str | None, Form(description="or: a URL under a --write-url-prefix")] = None,
+        category: Annotated[str | None, Form(description="its category (required when the index has them)")] = None,
+        split: Annotated[str | None, Form(description="train, validation, test, query or gallery")] = None,
+        item_id: Annotated[str | None, Form(description="the garment's identity in the shop")] = None,
+        attributes: Annotated[str | None, Form(description="comma-separated attribute names")] = None,
+    ) -> AddedItem:
+        """Add an item to the catalogue: its photo (uploaded, or read from a path or URL the server may
+        read) is encoded and committed; it is returned by searches as soon as this answers. Needs
+        ``Authorization: Bearer <key>``."""
+        started = time.perf_counter()
+        sources = [name for name, value in (("image", image), ("path", path), ("url", url)) if value]
+        if len(sources) != 1:
+            raise WriteRefused("bad_request", "send exactly one of the form fields 'image' (a file), 'path' and "
+                                              f"'url'; got {', '.join(sources) or 'none'}")
+        service.require_ready()
+        fields = item_fields(category, split, item_id, attributes, needs_category=bool(service.categories()))
+        limit = service.max_upload_bytes
+        if image is not None:
+            data = image.file.read(limit + 1)
+            if len(data) > limit:
+                raise WriteRefused("too_large", f"image: the file is over the limit of {limit} bytes")
+            kept_path = None
+        elif path:
+            data, kept_path = read_path(path, writes.path_roots, limit)
+        else:
+            data, kept_path = fetch_url(url, writes.url_prefixes, limit, writes.fetch_timeout_s), None
+        vector, _, _ = service.embed_upload(io.BytesIO(data), len(data))  # checks it is an image first
+        if kept_path is None:
+            kept_path = keep_photo(writes.upload_dir, data, image_format(data))
+        record = fields.record(kept_path)
+        new_id = service.writer.add(vector, record)
+        return AddedItem(id=new_id, category=record.category, split=record.split, item_id=record.item_id,
+                         attributes=list(record.attributes), name=kept_path.name,
+                         image_url=_image_url(request, new_id),
+                         took_ms=round((time.perf_counter() - started) * 1000.0, 2))
+
+    @app.delete("/api/items/{item_id}", response_model=DeletedItem, tags=["catalogue writes"], responses=refused,
+                summary="Delete an item")
+    def delete_item(item_id: int) -> DeletedItem:
+        """Delete an item: once this answers, no search returns it. Needs ``Authorization: Bearer <key>``."""
+        started = time.perf_counter()
+        service.require_ready()
+        service.writer.delete(item_id)
+        return DeletedItem(id=item_id, deleted=True, took_ms=round((time.perf_counter() - started) * 1000.0, 2))

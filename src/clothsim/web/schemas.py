@@ -54,6 +54,8 @@ class CategoriesResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    ready: bool = Field(description="whether the index is open and warmed (see /ready)")
+    pid: int = Field(description="the answering server process (one of several with --workers)")
     items: int
     categories: int
     encoder: str
@@ -61,6 +63,34 @@ class Health(BaseModel):
     max_k: int
     max_upload_bytes: int
     max_pixels: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    detail: str = Field(description="'ready', 'warming up', or why the index failed to load")
+    items: int | None = Field(default=None, description="items in the index state being searched")
+    generation: int | None = Field(default=None, description="that state's commit number in its folder")
+
+
+class AddedItem(BaseModel):
+    """An item added over REST, searchable from now on."""
+
+    id: int = Field(description="its catalogue id")
+    category: str | None
+    split: str | None = None
+    item_id: str | None = None
+    attributes: list[str] = Field(default_factory=list)
+    name: str = Field(description="file name of its photo on the server")
+    image_url: str
+    took_ms: float = Field(description="server time for reading, encoding and committing it")
+
+
+class DeletedItem(BaseModel):
+    """An item deleted over REST: no search returns it from now on."""
+
+    id: int
+    deleted: bool
+    took_ms: float
 
 
 class ErrorBody(BaseModel):

@@ -5,13 +5,21 @@ request threads share it. Thread safety and memory, decided here once:
 
 * at start-up the index is checked in full (every checksum) and the store's lazily built caches
   (metadata, category codes, tombstones) are filled, so a damaged index never serves and request
-  threads only read the caches;
-* the encoder runs one batch at a time under a lock: the :class:`~clothsim.encoders.base.Encoder`
-  contract does not promise thread safety, and on a CPU one torch forward pass already uses every core;
+  threads only read the caches; until then the service is not :attr:`~SearchService.ready`;
+* a request searches one state of the index from start to end (a :class:`~clothsim.web.snapshot.Snapshot`);
+  states committed later (a sync by ``clothsim index``, a REST write) replace it for new requests
+  (:mod:`clothsim.web.snapshot`);
+* the encoder runs on one thread of its own, one batch at a time (the
+  :class:`~clothsim.encoders.base.Encoder` contract does not promise thread safety, and one forward pass
+  already uses the encoder's threads): concurrent uploads are encoded together in batches
+  (:mod:`clothsim.web.batching`);
+* requests' CPU work (decoding, ranking) runs on the compute threads of :mod:`clothsim.web.compute`,
+  which also limit BLAS to one thread per call: request threads never start parallel BLAS of their own;
 * memory is bounded by a budget in bytes (:class:`MemoryBudget`): an upload reserves what decoding it
   will hold at most (its bytes plus :data:`DECODE_BYTES_PER_PIXEL` per pixel, known from the header
-  before any pixel is decoded) from reading it to the end of encoding; when the budget is taken, a
-  request waits up to ``queue_timeout_s`` and is then refused with 503 and ``Retry-After``;
+  before any pixel is decoded) from reading it until it is decoded and transformed to the encoder's input
+  (a few hundred KiB, which waits for its batch inside :data:`HEADROOM_BYTES`); when the budget is taken,
+  a request waits up to ``queue_timeout_s`` and is then refused with 503 and ``Retry-After``;
 * full-size decodes are also bounded in number (``decode_slots``); decoding and the top-k scan run in
   parallel (Pillow and numpy release the GIL).
 
@@ -29,22 +37,30 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
-from clothsim.index.base import SearchHit, WarmableBackend
-from clothsim.similarity_index import SimilarityIndex
+from clothsim.index.base import SearchHit
+from clothsim.encoders.base import collate
+from clothsim.similarity_index import SimilarityIndex, mix_query
+from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, EncodeBatcher
+from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
+from clothsim.web.snapshot import DEFAULT_POLL_S, IndexFollower, Snapshot, warm_snapshot
+from clothsim.web.writes import CatalogueWriter, WriteSettings
 
 logger = logging.getLogger(__name__)
 
 #: Bytes a full-size decode holds per pixel at its peak (measured 8.2 for a 64-megapixel JPEG: the RGB
 #: image, its upright copy and Pillow's working memory), with a margin.
 DECODE_BYTES_PER_PIXEL = 10
-#: Memory kept out of the request budget for everything else a request allocates (JSON, threads, torch).
+#: Memory kept out of the request budget for everything else a request allocates (JSON, threads, photos
+#: transformed and waiting for their batch: 0.6 MiB each at 224x224, one per open connection at most).
 HEADROOM_BYTES = 96 * 1024 * 1024
 #: Characters of client input an error message may quote.
 ECHO_CHARS = 40
@@ -88,6 +104,25 @@ def resident_bytes() -> int | None:
         return None
 
 
+class ServiceObserver:
+    """What the service reports as it works (the metrics implement it); each method does nothing here."""
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """An encoder batch of ``size`` photos took ``seconds``."""
+
+    def observe_writes(self, adds: int, deletes: int, seconds: float) -> None:
+        """A group of REST writes was committed and published in ``seconds``."""
+
+    def observe_snapshot(self, snapshot: Snapshot, reload: bool = True) -> None:
+        """Requests now search ``snapshot`` (``reload``: it replaced another)."""
+
+    def observe_ready(self, snapshot: Snapshot) -> None:
+        """The warm-up is done; requests search ``snapshot``."""
+
+    def observe_budget(self, used: int, capacity: int) -> None:
+        """The memory budget holds ``used`` of ``capacity`` bytes."""
+
+
 class QueryRejected(ClothsimError, ValueError):
     """A query the service will not run; ``kind`` says why, ``message`` is fit to show a user.
 
@@ -128,15 +163,19 @@ class MemoryBudget:
 
     Args:
         capacity: Bytes that requests may hold together.
+        on_change: Called with the bytes held and the capacity after every change (metrics).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_change: Callable[[int, int], None] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
         self.capacity = int(capacity)
         self.used = 0
         self.peak = 0
+        self._on_change = on_change
         self._cond = threading.Condition()
+        if on_change is not None:
+            on_change(0, self.capacity)
 
     @contextmanager
     def hold(self, nbytes: int, timeout: float) -> Iterator[None]:
@@ -160,19 +199,26 @@ class MemoryBudget:
                 self._cond.wait(left)
             self.used += nbytes
             self.peak = max(self.peak, self.used)
+            self._changed()
         try:
             yield
         finally:
             with self._cond:
                 self.used -= nbytes
+                self._changed()
                 self._cond.notify_all()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.used, self.capacity)
 
 
 class SearchService:
     """Similarity search over one catalogue, safe to call from many request threads.
 
     Args:
-        index: An open index; it is not modified.
+        index: An open index; the service searches it, and the states it is synced or written to later
+            (:mod:`clothsim.web.snapshot`).
         max_upload_bytes: Largest accepted upload, in bytes.
         max_pixels: Largest accepted image, in pixels (width x height), checked before decoding.
         max_k: Largest number of results one query may ask for.
@@ -182,6 +228,16 @@ class SearchService:
             ``decode_slots`` full-size decodes only.
         queue_timeout_s: How long a request waits for memory before it is refused with ``busy``.
         verify_index: Check every checksum of the index at start-up and refuse to serve a damaged one.
+        threads: How the process's cores are used (default: :func:`~clothsim.web.compute.plan_threads`).
+        max_batch: Most uploads encoded together.
+        batch_wait_s: How long a batch waits for uploads being decoded after its first one is ready.
+        observer: Told what the service does (batches, writes, index states, memory): the metrics.
+        backend_options: Search-time backend options the index was opened with (kept when it is
+            opened again after a change).
+        follow_s: Seconds between looks at the index folder for changes committed elsewhere (``0``: never).
+        warm_in_background: Verify now, but leave the rest of the warm-up to :meth:`start`, which runs it
+            in a thread; until it is done :attr:`ready` is false and searches are refused as ``busy``.
+        writes: What REST writes may do (:mod:`clothsim.web.writes`); ``None``: no writes.
 
     Raises:
         StoreIntegrityError: ``verify_index`` and the index is damaged (the message names the file).
@@ -199,6 +255,14 @@ class SearchService:
         memory_budget_bytes: int | None = None,
         queue_timeout_s: float = 10.0,
         verify_index: bool = True,
+        threads: ThreadPlan | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+        observer: ServiceObserver | None = None,
+        backend_options: dict[str, Any] | None = None,
+        follow_s: float = DEFAULT_POLL_S,
+        warm_in_background: bool = False,
+        writes: WriteSettings | None = None,
     ) -> None:
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                             ("max_k", max_k), ("decode_slots", decode_slots)):
@@ -206,47 +270,107 @@ class SearchService:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if queue_timeout_s < 0:
             raise ValueError(f"queue_timeout_s must not be negative, got {queue_timeout_s}")
-        self.index = index
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.max_k = max_k
         self.queue_timeout_s = float(queue_timeout_s)
         self.memory_budget_bytes = memory_budget_bytes
-        self._encoder_lock = threading.Lock()
+        self.encoder = index.encoder
+        self.root = Path(index.store.root)
+        self.backend_options = dict(backend_options or {})
+        self.follow_s = float(follow_s)
+        self.startup_error: BaseException | None = None
+        #: Called (once) when a background warm-up fails, e.g. to stop the server rather than let it answer
+        #: 503 forever.
+        self.on_startup_failure: Callable[[], None] | None = None
+        self.observer = observer or ServiceObserver()
+        self._first_index = index
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
-        self._categories: dict[str, int] = {}
+        self._decode_slot_count = decode_slots
+        self._ready = threading.Event()
+        self._text_lock = threading.Lock()
+        self.follower: IndexFollower | None = None
+        self.write_settings = writes
+        self.writer: CatalogueWriter | None = None
+        self.budget = MemoryBudget(1)  # replaced by the warm-up, measured once the index is loaded
         if not return_freed_memory_to_the_os():
             logger.info("not glibc: freed image memory may stay resident; the memory budget is approximate")
-        self.warm_up(verify=verify_index)
-        self.budget = self._make_budget(memory_budget_bytes, max_pixels, max_upload_bytes, decode_slots)
+        if verify_index:
+            verify_store(index.store)
+        plan = threads or plan_threads()
+        own_encoder_threads(self.encoder, plan.encoder_threads)
+        # The index's libraries (FAISS's OpenMP among them) are loaded by now: their threads are limited.
+        self.compute = ComputeThreads(plan)
+        encoder = self.encoder
+        self.batcher = EncodeBatcher(lambda items: encoder.embed(collate(items)), max_batch=max_batch,
+                                     max_wait_s=batch_wait_s, observe=self.observer.observe_batch)
+        self._warm_thread: threading.Thread | None = None
+        self._warm_in_background = warm_in_background
+        if not warm_in_background:
+            self.warm_up()
 
-    # ----- start-up -----------------------------------------------------------------------
-    def warm_up(self, verify: bool = True) -> None:
-        """Check the index, fill every lazy cache and run the encoder once, so requests never race to
-        build them and a damaged index never serves."""
+    # ----- start-up and shut-down -----------------------------------------------------------
+    def start(self) -> None:
+        """Start following the index folder, and the warm-up if it was left for the background."""
+        if self._warm_in_background and self._warm_thread is None:
+            self._warm_thread = threading.Thread(target=self._warm_up_logged, name="clothsim-warm-up", daemon=True)
+            self._warm_thread.start()
+        elif self.follower is not None:
+            self.follower.start()
+
+    def _warm_up_logged(self) -> None:
+        try:
+            self.warm_up()
+        except BaseException as exc:  # noqa: BLE001 - kept for whoever started the server, and logged
+            self.startup_error = exc
+            logger.error("the warm-up failed; the server will not become ready: %s", exc)
+            if self.on_startup_failure is not None:
+                self.on_startup_failure()
+            return
+        if self.follower is not None:
+            self.follower.start()
+
+    def warm_up(self) -> None:
+        """Fill every lazy cache, map the index's files and run the encoder once, so requests never race
+        to build them; then measure the memory budget and become ready."""
         started = time.perf_counter()
-        store = self.index.store
-        if verify:
-            report = store.verify(full=True)
-            if report.problems:
-                first = report.problems[0]
-                more = f" ({len(report.problems) - 1} more: `clothsim verify {store.root}`)" \
-                    if len(report.problems) > 1 else ""
-                raise StoreIntegrityError(first.path, first.message + more, store.root,
-                                          repairable=first.kind != "manifest")
-        store.warm()
-        if isinstance(self.index.backend, WarmableBackend):
-            self.index.backend.warm()
-        self._categories = self.index.categories()
-        with self._encoder_lock:
-            self.index.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
-        logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)",
-                    len(self.index), len(self._categories), self.index.encoder.name,
-                    time.perf_counter() - started)
+        index = self._first_index
+        warm_snapshot(index)
+        # Before any batch: the first run allocates the runtime's buffers.
+        self.encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+        self.budget = self._make_budget(self.memory_budget_bytes, self.max_pixels, self.max_upload_bytes,
+                                        self._decode_slot_count, self.observer.observe_budget)
+        self.follower = IndexFollower(index, backend_options=self.backend_options, poll_s=self.follow_s,
+                                      on_swap=self.observer.observe_snapshot)
+        self._first_index = None  # the follower holds it from now on
+        if self.write_settings is not None:
+            self.writer = CatalogueWriter(self.root, self.encoder, self.follower, backend_options=self.backend_options,
+                                          busy_timeout_s=self.write_settings.busy_timeout_s,
+                                          observe=self.observer.observe_writes)
+        self._ready.set()
+        self.observer.observe_ready(self.follower.current)
+        logger.info("search service ready: %d items, %d categories, encoder %s (%.1f s)", len(index),
+                    len(self.follower.current.categories), self.encoder.name, time.perf_counter() - started)
 
-    def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int) -> MemoryBudget:
+    @property
+    def ready(self) -> bool:
+        """Whether the index is open and warmed (searches are answered)."""
+        return self._ready.is_set()
+
+    def close(self) -> None:
+        """Stop following the folder and stop the encoder and compute threads (the application calls it
+        when it shuts down, after the requests in flight)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.follower is not None:
+            self.follower.close()
+        self.batcher.close()
+        self.compute.close()
+
+    def _make_budget(self, total: int | None, max_pixels: int, max_upload: int, slots: int,
+                     on_change: Callable[[int, int], None] | None = None) -> MemoryBudget:
         if total is None:
-            return MemoryBudget(slots * (max_upload + max_pixels * DECODE_BYTES_PER_PIXEL))
+            return MemoryBudget(slots * (max_upload + max_pixels * DECODE_BYTES_PER_PIXEL), on_change)
         at_rest = resident_bytes() or 0
         capacity = int(total) - at_rest - HEADROOM_BYTES
         if capacity < 64 * 1024 * 1024:
@@ -256,12 +380,40 @@ class SearchService:
                              f"{(at_rest + HEADROOM_BYTES + 64 * 2**20) / 2**20:.0f} MiB")
         logger.info("memory budget %.0f MiB: %.0f MiB at rest, %.0f MiB for requests", total / 2**20,
                     at_rest / 2**20, capacity / 2**20)
-        return MemoryBudget(capacity)
+        return MemoryBudget(capacity, on_change)
 
-    # ----- read-only facts ------------------------------------------------------------------
+    # ----- the index requests search ---------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """The index state one request searches from start to end (see :class:`IndexFollower.use`).
+
+        Raises:
+            QueryRejected: ``busy`` while the service is still warming up.
+        """
+        self.require_ready()
+        if self.follow_s > 0:
+            self.follower.check()
+        with self.follower.use() as snapshot:
+            yield snapshot
+
+    def require_ready(self) -> None:
+        """Raise ``QueryRejected('busy')`` (503 with ``Retry-After``) until the warm-up is done."""
+        if not self._ready.is_set():  # set last, once the follower and the writer exist
+            raise QueryRejected("busy", "the server is still loading its index; try again shortly", retry_after=2)
+
+    @property
+    def index(self) -> SimilarityIndex:
+        """The index new requests search."""
+        if self.follower is None:
+            assert self._first_index is not None
+            return self._first_index
+        return self.follower.current.index
+
     def categories(self) -> dict[str, int]:
-        """Live item count per category (computed once at start-up)."""
-        return dict(self._categories)
+        """Live item count per category, of the state new requests search."""
+        if self.follower is None:
+            return {}
+        return dict(self.follower.current.categories)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -272,29 +424,35 @@ class SearchService:
         Raises:
             QueryRejected: ``unknown_item`` when the id is not in the index or its file is gone.
         """
-        record = self._record(item_id)
+        with self.snapshot() as snapshot:
+            record = self._record(snapshot, item_id)
         path = Path(record.path)
         if not path.is_file():
             raise QueryRejected("unknown_item", f"the image of item {item_id} is no longer on disk")
         return path
 
-    def item_category(self, item_id: int) -> str:
+    def item_category(self, item_id: int) -> str | None:
         """The category of a catalogue item; ``QueryRejected('unknown_item')`` if there is none."""
-        return self._record(item_id).category
+        with self.snapshot() as snapshot:
+            return self._record(snapshot, item_id).category
 
-    def _record(self, item_id: int):
+    @staticmethod
+    def _record(snapshot: Snapshot, item_id: int) -> CatalogRecord:
         try:
-            return self.index.store.get(item_id).record
+            return snapshot.index.store.get(item_id).record
         except (KeyError, OverflowError, ValueError):
             raise QueryRejected("unknown_item", f"no item with id {short(item_id)} in the index") from None
 
     # ----- queries ------------------------------------------------------------------------
-    def check_query(self, k: int, category: str | None) -> None:
+    def check_query(self, k: int, category: str | None, snapshot: Snapshot | None = None) -> None:
         """Refuse ``k`` outside 1..max_k and categories the index does not have."""
         if not 1 <= k <= self.max_k:
             raise QueryRejected("bad_request", f"k must be between 1 and {self.max_k}, got {short(k)}")
-        if category is not None and category not in self._categories:
-            known = sorted(self._categories)
+        if category is None:
+            return
+        known_categories = snapshot.categories if snapshot is not None else self.categories()
+        if category not in known_categories:
+            known = sorted(known_categories)
             shown = ", ".join(repr(c) for c in known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
             raise QueryRejected("bad_request", f"unknown category {short(category)}; the index has {shown}")
 
@@ -311,7 +469,8 @@ class SearchService:
         width, height = self.probe(io.BytesIO(data))
         with self._decode_slots:
             try:
-                image = load_image(data, max_pixels=self.max_pixels)
+                # Reduced while decoding where that is exact for the encoder, as SimilarityIndex.search does.
+                image = load_image(data, max_pixels=self.max_pixels, min_side=self.encoder.decode_min_side)
             except ImageDecodeError as exc:
                 raise QueryRejected("not_image", f"the file is not an image this server can read "
                                                 f"({exc.reason[:200]})") from exc
@@ -343,15 +502,14 @@ class SearchService:
             raise QueryRejected("not_image", "the file is not an image this server can read "
                                              f"({type(exc).__name__})") from exc
 
-    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None,
-                      text: str | None = None, text_weight: float = 0.5) -> UploadResult:
-        """Probe, admit (memory budget), read, decode, encode and search one uploaded file (mixed with
-        ``text`` where one is given, see :meth:`search_text`).
+    def embed_upload(self, stream: BinaryIO, size_bytes: int) -> tuple[np.ndarray, int, int]:
+        """Probe, admit (memory budget), read, decode and encode (in a batch) one uploaded file; returns
+        its ``(1, dim)`` vector, width and height.
 
         Raises:
-            QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
+            QueryRejected: ``too_large``, ``not_image`` or ``busy`` (with ``retry_after``).
         """
-        self.check_query(k, category)
+        self.require_ready()  # the memory budget is measured by the warm-up
         if size_bytes > self.max_upload_bytes:
             raise QueryRejected("too_large", f"the file is {size_bytes} bytes; the limit is {self.max_upload_bytes}")
         if size_bytes == 0:
@@ -360,44 +518,96 @@ class SearchService:
         cost = size_bytes + width * height * DECODE_BYTES_PER_PIXEL
         with self.budget.hold(cost, self.queue_timeout_s):
             data = stream.read(self.max_upload_bytes + 1)
-            upload = self.decode_upload(data)
+            ticket = self.batcher.announce()
+            try:
+                item = self.compute.run(self._prepare, data)
+            except BaseException:
+                ticket.withdraw()  # no batch waits for a photo that will not come
+                raise
             del data
-            hits = (self.search_image(upload.image, k, category) if text is None else
-                    self.search_text(text, k, category, image=upload.image, text_weight=text_weight))
-            result = UploadResult(upload.width, upload.height, upload.size_bytes, hits)
-            del upload  # the decoded image goes before its reservation does
-        return result
+        # The full-size image is gone: only the encoder's input waits for its batch (inside HEADROOM_BYTES).
+        return ticket.encode(item), width, height
+
+    def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None,
+                      text: str | None = None, text_weight: float = 0.5) -> UploadResult:
+        """Probe, admit (memory budget), read, decode, encode (in a batch) and search one uploaded file,
+        mixed with ``text`` where one is given (see :meth:`search_text`).
+
+        Raises:
+            QueryRejected: ``too_large``, ``not_image``, ``busy`` (with ``retry_after``) or ``bad_request``.
+        """
+        self.check_query(k, category)
+        if text is not None:
+            self._check_text(text, text_weight)
+        vector, width, height = self.embed_upload(stream, size_bytes)
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            if text is not None:
+                vector = mix_query(vector, self._text_vector(snapshot, text), text_weight)
+            hits = self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
+        return UploadResult(width, height, size_bytes, hits)
+
+    def _prepare(self, data: bytes) -> Any:
+        """Decode an upload and transform it to the encoder's input (on a compute thread)."""
+        upload = self.decode_upload(data)
+        return self.encoder.transform(upload.image)
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""
         self.check_query(k, category)
-        with self._encoder_lock:
-            vector = self.index.encoder.encode_images([image])
-        return self.index.backend.search(vector, k, category=category)[0]
+        item = self.compute.run(self.encoder.transform, image.convert("RGB"))
+        vector = self.batcher.encode(item)
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
 
-    def search_text(self, text: str, k: int, category: str | None, image: Image.Image | None = None,
-                    text_weight: float = 0.5) -> list[SearchHit]:
-        """The ``k`` items closest to ``text``, or to a decoded image and ``text`` together (the index's
-        text tower, on ONNX Runtime).
+    def search_text(self, text: str, k: int, category: str | None) -> list[SearchHit]:
+        """The ``k`` items closest to ``text`` (the index's text tower, on ONNX Runtime).
 
         Raises:
-            QueryRejected: ``bad_request`` for an empty or over-long text, a weight outside [0, 1], or an
-                index whose encoder has no text tower (the message says which encoders have one).
+            QueryRejected: ``bad_request`` for an empty or over-long text, or an index whose encoder has
+                no text tower (the message says which encoders have one).
         """
         self.check_query(k, category)
+        self._check_text(text)
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            vector = self._text_vector(snapshot, text)
+            return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
+
+    @staticmethod
+    def _check_text(text: str, text_weight: float = 0.5) -> None:
         if not text.strip():
             raise QueryRejected("bad_request", "the text is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise QueryRejected("bad_request", f"the text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if not 0.0 <= float(text_weight) <= 1.0:
+            raise QueryRejected("bad_request", f"text_weight must lie between 0 and 1, got {text_weight}")
+
+    def _text_vector(self, snapshot: Snapshot, text: str) -> np.ndarray:
+        """The ``(1, dim)`` vector of ``text`` by the snapshot's text tower (one text tower run at a time:
+        it has the encoder's share of the cores)."""
         try:
-            with self._encoder_lock:
-                vector = self.index.query_vector(text, image, text_weight)
+            with self._text_lock:
+                return snapshot.index.embed_text([text])
         except UsageError as exc:
             raise QueryRejected("bad_request", str(exc)) from None
-        return self.index.backend.search(vector, k, category=category)[0]
 
-    def search_item(self, item_id: int, k: int, category: str | None) -> list[SearchHit]:
-        """The ``k`` items most similar to catalogue item ``item_id``, the item itself left out."""
-        self.check_query(k, category)
-        self._record(item_id)  # 404 before any work
-        return self.index.search_by_id(item_id, k, category=category)
+    def search_item(self, item_id: int, k: int, category: str | None) -> tuple[list[SearchHit], CatalogRecord]:
+        """The ``k`` items most similar to catalogue item ``item_id`` (the item itself left out), and the
+        item's record, both from one state of the index."""
+        with self.snapshot() as snapshot:
+            self.check_query(k, category, snapshot)
+            record = self._record(snapshot, item_id)  # 404 before any work
+            hits = self.compute.run(snapshot.index.search_by_id, item_id, k, category=category)
+        return hits, record
+
+
+def verify_store(store: Any) -> None:
+    """Check every checksum of ``store``; raise on the first problem (the message names the file)."""
+    report = store.verify(full=True)
+    if report.problems:
+        first = report.problems[0]
+        more = f" ({len(report.problems) - 1} more: `clothsim verify {store.root}`)" \
+            if len(report.problems) > 1 else ""
+        raise StoreIntegrityError(first.path, first.message + more, store.root, repairable=first.kind != "manifest")

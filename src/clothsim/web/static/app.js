@@ -9,6 +9,10 @@
     category: $("category-select"), error: $("error"), status: $("status"), query: $("query"),
     queryImage: $("query-image"), queryCaption: $("query-caption"), resultsTitle: $("results-title"),
     results: $("results"), textForm: $("text-form"), text: $("text-input"), textWithPhoto: $("text-with-photo"),
+    results: $("results"), writes: $("writes"), apiKey: $("api-key"), addForm: $("add-form"),
+    addFile: $("add-file"), addCategory: $("add-category"), addItemId: $("add-item-id"),
+    deleteForm: $("delete-form"), deleteId: $("delete-id"), writeStatus: $("write-status"),
+    apiRoutes: $("api-routes"), categoryNames: $("category-names"),
   };
   let limits = { max_k: 50, max_upload_bytes: 20 * 1024 * 1024 };
   let lastQuery = null;      // {kind: "upload", file, url, text?}, {kind: "item", id} or {kind: "text", text}
@@ -57,16 +61,92 @@
       els.info.textContent =
         `${health.items} items in ${health.categories} categories · encoder ${health.encoder} · ` +
         `uploads up to ${formatBytes(health.max_upload_bytes)}`;
+      const chosen = els.category.value;
+      els.category.replaceChildren(els.category.options[0]);
+      els.categoryNames.replaceChildren();
       for (const c of cats.categories) {
         const option = document.createElement("option");
         option.value = c.name;
         option.textContent = `${c.name} (${c.count})`;
         els.category.appendChild(option);
+        const name = document.createElement("option");
+        name.value = c.name;
+        els.categoryNames.appendChild(name);
       }
+      els.category.value = chosen;
     } catch (err) {
       showError(`Could not reach the server: ${err.message}`);
     }
   }
+
+  async function loadApi() {
+    // The routes come from the server's own OpenAPI description: the page lists what this server offers,
+    // and shows the write forms only when the server takes writes.
+    try {
+      const spec = await fetch("/openapi.json").then((r) => r.json());
+      const items = [];
+      for (const [path, operations] of Object.entries(spec.paths || {})) {
+        for (const [method, op] of Object.entries(operations)) {
+          const li = document.createElement("li");
+          const code = document.createElement("code");
+          code.textContent = `${method.toUpperCase()} ${path}`;
+          li.appendChild(code);
+          const keyed = (op.tags || []).includes("catalogue writes");
+          li.append(` · ${op.summary || ""}${keyed ? " (API key)" : ""}`);
+          items.push(li);
+        }
+      }
+      els.apiRoutes.replaceChildren(...items);
+      els.writes.hidden = !((spec.paths || {})["/api/items"] || {}).post;
+    } catch (err) {
+      els.apiRoutes.replaceChildren();
+    }
+  }
+
+  async function write(request, describe) {
+    els.writeStatus.textContent = "Saving…";
+    try {
+      const response = await fetch(request.url, {
+        method: request.method, body: request.body,
+        headers: { Authorization: `Bearer ${els.apiKey.value}` },
+      });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        els.writeStatus.textContent = "";
+        showError(`Not saved: ${errorMessage(response.status, body)}`);
+        return null;
+      }
+      clearError();
+      els.writeStatus.textContent = describe(body);
+      await loadIndexInfo();
+      return body;
+    } catch (err) {
+      els.writeStatus.textContent = "";
+      showError(`Could not reach the server: ${err.message}`);
+      return null;
+    }
+  }
+
+  els.addForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = els.addFile.files[0];
+    if (!file) return;
+    const form = new FormData();
+    form.append("image", file, file.name);
+    form.append("category", els.addCategory.value);
+    if (els.addItemId.value) form.append("item_id", els.addItemId.value);
+    const added = await write({ url: "/api/items", method: "POST", body: form },
+                              (item) => `Added item #${item.id} (${item.category}).`);
+    if (added) search({ kind: "item", id: added.id });
+  });
+
+  els.deleteForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = els.deleteId.value;
+    const deleted = await write({ url: `/api/items/${encodeURIComponent(id)}`, method: "DELETE" },
+                                (item) => `Deleted item #${item.id}.`);
+    if (deleted && lastQuery) search(lastQuery);
+  });
 
   function showQuery(data, query) {
     els.queryImage.hidden = query.kind === "text";
@@ -226,4 +306,5 @@
   els.category.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
 
   loadIndexInfo();
+  loadApi();
 })();
