@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clothsim.data.records import SPLITS, CatalogRecord
 from clothsim.errors import ClothsimError
-from clothsim.features.store import StoreBusyError
+from clothsim.features.store import StoreBusyError, UnfinishedStoreError
 from clothsim.fileio import write_bytes
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.web.auth import ApiKey
@@ -397,6 +397,8 @@ class CatalogueWriter:
             before = manifest_signature(self.root)
             try:
                 index = SimilarityIndex.open(self.root, encoder=self.encoder, backend_options=self.backend_options)
+            except UnfinishedStoreError:
+                raise WriteRefused("busy", _SYNC_PENDING, retry_after=30) from None
             except (ClothsimError, OSError):
                 if manifest_signature(self.root) == before or time.monotonic() > deadline:
                     raise
@@ -416,10 +418,13 @@ class CatalogueWriter:
                     continue  # committed by someone else between the open and the lock: open again
                 if index.store.sync_pending is not None:
                     _close(index)
-                    raise WriteRefused("busy", "the index is being updated by `clothsim index` (or a run of it was "
-                                               "interrupted and must be finished); try again later", retry_after=30)
+                    raise WriteRefused("busy", _SYNC_PENDING, retry_after=30)
                 yield index
                 return
+
+
+_SYNC_PENDING = ("the index is being updated by `clothsim index` (or a run of it was interrupted and must be "
+                 "finished); try again later")
 
 
 def _fail(writes: list[_Write], exc: BaseException) -> None:
