@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
 
     options: dict[str, dict] = {name: {} for name in args.backends}
     for key, value in parse_option_pairs(args.backend_option).items():

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from clothsim.features.model_files import keep_model_file
     from clothsim.features.store import FeatureStore
     from clothsim.index import build_index
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
 
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new folder")

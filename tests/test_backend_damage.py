@@ -26,8 +26,8 @@ import _tiny_encoders  # noqa: E402,F401  - registers test-thumb8
 from clothsim.cli.main import main  # noqa: E402
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import open_index  # noqa: E402
-from clothsim.index import ann_common  # noqa: E402
-from clothsim.index.ann_common import BackendIndexError  # noqa: E402
+from clothsim.index import ann_search, ann_state  # noqa: E402
+from clothsim.index.base import BackendIndexError  # noqa: E402
 
 ENCODER = ["--encoder", "test-thumb8", "--runtime", "torch", "--workers", "0"]
 CATEGORIES = ("dress", "shoes", "hat")
@@ -121,7 +121,7 @@ def test_a_graph_checked_in_the_background_is_refused_before_any_answer(capsys, 
     out = tmp_path / "index"
     index(capsys, photos, out, "--backend", "faiss-hnsw")
     _scribble(_faiss_file(out))
-    monkeypatch.setattr(ann_common, "CHECK_AT_OPEN_BYTES", 0)  # as a graph of gigabytes is: checked in a thread
+    monkeypatch.setattr(ann_state, "CHECK_AT_OPEN_BYTES", 0)  # as a graph of gigabytes is: checked in a thread
     opened = open_index(FeatureStore.open(out))  # opening does not wait for the check
     with pytest.raises(BackendIndexError, match="checksum"):
         opened.search(np.ones((1, 192), np.float32) / np.sqrt(192), 3)
@@ -136,7 +136,7 @@ def test_serve_refuses_a_damaged_graph_checked_in_the_background(capsys, photos,
     out = tmp_path / "index"
     index(capsys, photos, out, "--backend", "faiss-hnsw")
     _scribble(_faiss_file(out))
-    monkeypatch.setattr(ann_common, "CHECK_AT_OPEN_BYTES", 0)
+    monkeypatch.setattr(ann_state, "CHECK_AT_OPEN_BYTES", 0)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server must not start"))
     code, _, err = run(capsys, "serve", "--index", str(out), "--runtime", "torch")
     assert code == 1 and "checksum" in err and str(_faiss_file(out)) in err
@@ -156,7 +156,7 @@ def test_impossible_or_disagreeing_engine_scores_are_refused_even_unchecked(caps
         query = store.vector(0)[None, :]
         real = opened.search(query, 3)
         assert real[0][0].id == 0
-        original = ann_common.finish_rows
+        original = ann_search.finish_rows
         for fake, expected in ((1e24, "which no unit vector can give"), (0.25, "its vector in the store gives")):
             def damaged(ids, scores, *args, value=fake, **kwargs):
                 scores = np.array(scores, dtype=np.float32, copy=True)

@@ -102,3 +102,57 @@ def test_dimension_mismatch_and_backend_interface(tmp_path):
         index.search(np.ones((1, DIM + 1)), k=3)
     with pytest.raises(ValueError, match="known"):
         open_index(store, "annoy")
+
+
+def test_optional_plugin_hooks_are_asked_for_through_their_protocols(tmp_path):
+    from clothsim.errors import UsageError
+    from clothsim.index.base import (
+        IndexBackendPlugin,
+        check_plugin_options,
+        check_plugin_reachable,
+        saves_files,
+    )
+    from clothsim.index.exact import ExactBackend
+
+    class Bare:  # a third-party plug-in with none of the optional hooks
+        description = "bare"
+
+        def build(self, store, **options):
+            return ExactBackend().build(store, **options)
+
+        def open(self, store, **options):
+            return ExactBackend().open(store, **options)
+
+    class Picky(Bare):
+        def check_options(self, options):
+            if options:
+                raise UsageError(f"picky has no option {sorted(options)}")
+            return {}
+
+        def check_reachable(self, options):
+            raise UsageError("picky's server is down")
+
+    assert isinstance(Bare(), IndexBackendPlugin) and isinstance(Picky(), IndexBackendPlugin)
+    check_plugin_options(Bare(), {"anything": 1})
+    check_plugin_reachable(Bare(), {})
+    check_plugin_options(Picky(), {})
+    with pytest.raises(UsageError, match="no option"):
+        check_plugin_options(Picky(), {"x": 1})
+    with pytest.raises(UsageError, match="down"):
+        check_plugin_reachable(Picky(), {})
+    assert saves_files(Bare()) and not saves_files(ExactBackend())
+
+
+def test_check_backends_asks_the_plugin_whether_it_saves_files(tmp_path):
+    from clothsim.index.exact import ExactBackend
+    from clothsim.index.registry import backend_registry, check_backends
+
+    store = FeatureStore.create(tmp_path / "s", {"encoder": "e", "weights": "w", "dim": 4, "preprocessing": None})
+    store.commit(index_backend="store-only-test")
+    backend_registry.register("store-only-test", ExactBackend())
+    try:
+        assert check_backends(store) == []  # nothing saved beside the store: nothing to check
+    finally:
+        backend_registry.unregister("store-only-test")
+    [unknown] = check_backends(store)  # no plug-in to ask: reported, not silently skipped
+    assert unknown.name == "store-only-test" and not unknown.checked and "not checked" in unknown.note

@@ -22,7 +22,7 @@ from clothsim.data.records import CatalogRecord  # noqa: E402
 from clothsim.errors import UsageError  # noqa: E402
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
-from clothsim.index.ann_common import BackendIndexError, parse_option_pairs  # noqa: E402
+from clothsim.index.base import BackendIndexError, parse_option_pairs  # noqa: E402
 
 BACKENDS = ["faiss-hnsw", "faiss-ivfpq"]
 # Floors on this data (measured: HNSW 1.000, IVF-PQ 0.99x with the default exact re-ranking).

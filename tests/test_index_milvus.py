@@ -23,7 +23,7 @@ from clothsim.data.records import CatalogRecord  # noqa: E402
 from clothsim.errors import ClothsimError, UsageError  # noqa: E402
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
-from clothsim.index.ann_common import BackendIndexError  # noqa: E402
+from clothsim.index.base import BackendIndexError  # noqa: E402
 from clothsim.index.milvus_backend import category_filter  # noqa: E402
 from clothsim.index.registry import check_backends  # noqa: E402
 
@@ -175,7 +175,7 @@ def test_a_database_open_in_another_process_is_named(tmp_path, opened):
     index = build_index(data.make_store(root, n=200, dim=DIM), "milvus")
     opened.append(index)  # this process holds Milvus Lite's lock on the database
     script = ("import sys\nfrom clothsim.features.store import FeatureStore\nfrom clothsim.index import open_index\n"
-              "from clothsim.index.ann_common import BackendIndexError\n"
+              "from clothsim.index.base import BackendIndexError\n"
               f"try:\n    open_index(FeatureStore.open({str(root)!r}))\nexcept BackendIndexError as exc:\n"
               "    print(exc)\n    sys.exit(3)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

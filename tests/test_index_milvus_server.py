@@ -27,7 +27,7 @@ from _serve import index_catalog, ready_client, served_app  # noqa: E402
 
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
-from clothsim.index.ann_common import BackendIndexError, BackendUnavailable  # noqa: E402
+from clothsim.index.base import BackendIndexError, BackendUnavailable  # noqa: E402
 from clothsim.index.registry import check_backends  # noqa: E402
 
 DIM = 32

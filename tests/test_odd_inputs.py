@@ -215,7 +215,7 @@ def test_a_full_disk_during_overwrite_leaves_no_partial_rebuild(capsys, photos, 
 
 
 def test_ctrl_c_during_overwrite_leaves_no_partial_rebuild(capsys, photos, tmp_path, monkeypatch):
-    import clothsim.features.store as store_module
+    import clothsim.features.store.writer as store_module  # where the writer writes its Parquet files
 
     out, before = _overwrite_setup(capsys, photos, tmp_path)
     real, calls = store_module.write_parquet, {"n": 0}

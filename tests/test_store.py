@@ -106,3 +106,20 @@ def test_written_files_get_the_ordinary_umask_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_reader_reads_checks_and_verifies_without_any_writer_part(tmp_path):
+    from clothsim.features.store import StoreReader
+
+    store = FeatureStore.create(tmp_path / "s", FP)
+    vecs = _vectors(6)
+    store.append(vecs, _records(6))
+    store.delete([2])
+    reader = StoreReader.open(tmp_path / "s", expect=FP, verify=True)
+    assert type(reader) is StoreReader and not hasattr(reader, "append") and not hasattr(reader, "transaction")
+    assert reader.live_ids().tolist() == [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(reader.vectors_for([5, 0]), vecs[[5, 0]], rtol=1e-6)
+    assert reader.get(3).record == _records(6)[3]
+    reader.check_rows([0, 5])
+    report = reader.verify_in_background().wait(30)
+    assert report is not None and report.ok and report.live == 5

@@ -250,7 +250,7 @@ def test_ctrl_c_leaves_nothing_behind_and_exits_130(tmp_path, capsys, monkeypatc
     root = _photos(tmp_path, 6)
     argv = ["-q", "index", str(root), "--out", str(tmp_path / "idx"), "--encoder", "test-thumb8", "--runtime",
             "torch", "--workers", "0", "--checkpoint-every", "2", "--batch-size", "2"]
-    import clothsim.features.store as store_module
+    import clothsim.features.store.writer as store_module  # where the writer writes its Parquet files
 
     real, calls = store_module.write_parquet, {"n": 0}
 

@@ -27,7 +27,7 @@ from clothsim.errors import UsageError
 from clothsim.features.extract import ExtractionReport, extract_features
 from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import FeatureStore
-from clothsim.index.base import IndexBackend, SearchHit
+from clothsim.index.base import IndexBackend, SearchHit, check_plugin_options
 from clothsim.index.registry import backend_registry, open_index, sync_index
 
 if TYPE_CHECKING:
@@ -126,9 +126,7 @@ class SimilarityIndex:
 
         # Everything that can be refused is refused before any work: backend, its options, the engine.
         plugin = backend_registry.get(backend)
-        check_options = getattr(plugin, "check_options", None)
-        if check_options is not None:
-            check_options(dict(backend_options or {}))
+        check_plugin_options(plugin, backend_options or {})
         chosen_engine = configure_engine(engine, **(engine_options or {}))
         calibration = None
         if precision == "int8":

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.evaluation import compare_encoders, write_report
     from clothsim.evaluation.backends import split_backend_options
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
     from clothsim.specs import parse_name_paths
 
     part_weights = parse_name_paths(args.weights)  # before the slow part, so a typo fails fast

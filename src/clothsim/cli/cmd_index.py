@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
     labels = None

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     check_query_files(args.images)
     if not Path(args.index).is_dir():
         raise FileNotFoundError(f"index folder {args.index} does not exist")
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
     index = SimilarityIndex.open(args.index, weights=args.weights, device=args.device, runtime=args.runtime,

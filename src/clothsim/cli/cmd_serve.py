@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
     from clothsim.images import DEFAULT_MAX_PIXELS
-    from clothsim.index.ann_common import parse_option_pairs
+    from clothsim.index.base import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
     writes = _write_settings(args)

@@ -48,7 +48,7 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_options_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    """``--backend-option KEY=VALUE`` (repeatable); parsed by ``clothsim.index.ann_common.parse_option_pairs``."""
+    """``--backend-option KEY=VALUE`` (repeatable); parsed by ``clothsim.index.base.parse_option_pairs``."""
     parser.add_argument("--backend-option", action="append", default=None, metavar="KEY=VALUE", help=help)
 
 

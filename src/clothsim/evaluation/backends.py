@@ -53,18 +53,15 @@ def check_backends(backends: Sequence[str], options: dict[str, dict[str, Any]]) 
         UsageError: unknown backend (the message lists the known ones) or a bad option.
         ClothsimError: a server that cannot be reached.
     """
+    from clothsim.index.base import check_plugin_options, check_plugin_reachable
     from clothsim.index.registry import backend_registry
 
     if len(set(backends)) != len(backends):
         raise UsageError(f"backends are repeated: {list(backends)}")
     for name in backends:
         plugin = backend_registry.get(name)
-        check = getattr(plugin, "check_options", None)
-        if check is not None:
-            check(dict(options.get(name, {})))
-        reachable = getattr(plugin, "check_reachable", None)
-        if reachable is not None:
-            reachable(dict(options.get(name, {})))
+        check_plugin_options(plugin, options.get(name, {}))
+        check_plugin_reachable(plugin, options.get(name, {}))
 
 
 def _padded(rows: list[list[Any]], width: int, fill: Any) -> np.ndarray:

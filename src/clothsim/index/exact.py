@@ -163,6 +163,7 @@ class ExactBackend:
     """The ``exact`` plug-in: nothing to build beyond the store, so build and open are the same."""
 
     description = "exact cosine top-k over the memory-mapped store (no extra files; add/delete at once)"
+    store_only = True  # nothing saved beside the store (see clothsim.index.base.StoreOnlyPlugin)
 
     def build(self, store: FeatureStore, **options: Any) -> ExactIndex:
         return ExactIndex(store, **options)

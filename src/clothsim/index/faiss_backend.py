@@ -13,7 +13,7 @@ rebuilt. Files, under ``<index>/backends/<name>/``::
 An HNSW index is opened memory-mapped (fast start, pages shared between processes); the first add or
 delete loads a private copy. Every saved file is checked against its checksum before the first search
 is answered (at open when small, else in a thread started at open), and every hit is re-scored against
-the store's vector of it (:func:`~clothsim.index.ann_common.checked_hits`): a damaged file is refused,
+the store's vector of it (:func:`~clothsim.index.ann_search.checked_hits`): a damaged file is refused,
 never served.
 """
 
@@ -31,39 +31,43 @@ import numpy as np
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, DataError, UsageError
 from clothsim.fileio import write_stream
-from clothsim.index.ann_common import (
+from clothsim.index.ann_search import (
     EXACT_BELOW,
-    BackendIndexError,
+    StoreView,
+    check_queries,
+    checked_hits,
+    complete_rows,
+    exact_hits,
+    finish_rows,
+    id_bitmap,
+    iter_live_blocks,
+    rescore_exactly,
+    rows_as_arrays,
+)
+from clothsim.index.ann_state import (
     FileCheck,
-    OptionSpec,
     Progress,
     ReadWriteLock,
     SavedFile,
-    StoreView,
+    coverage,
+    file_record,
+    is_behind,
+    quiet_faiss_loader,
+    read_state,
+    saved_files_problems,
+    write_state,
+)
+from clothsim.index.base import (
+    BackendIndexError,
+    OptionSpec,
+    SearchHit,
     backend_dir,
     check_build_options_match,
     check_positive,
-    check_queries,
-    checked_hits,
     coerce_options,
-    complete_rows,
-    coverage,
-    exact_hits,
-    finish_rows,
-    rows_as_arrays,
-    id_bitmap,
-    is_behind,
-    iter_live_blocks,
-    quiet_faiss_loader,
-    read_state,
     rebuild_hint,
-    file_record,
-    rescore_exactly,
-    saved_files_problems,
     with_defaults,
-    write_state,
 )
-from clothsim.index.base import SearchHit
 from clothsim.index.faiss_category_graphs import CategoryGraphs, use_category_graphs
 
 if TYPE_CHECKING:

@@ -43,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothsim.index.ann_common import BackendIndexError, file_record, rescore_exactly
+from clothsim.index.ann_search import rescore_exactly
+from clothsim.index.ann_state import file_record
+from clothsim.index.base import BackendIndexError
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore

@@ -17,64 +17,77 @@ Damage is never served: every save of a Milvus Lite database records the size an
 the collection's data and index files in ``state.json``, checked before the first search (at open when
 small, else in a thread the first search waits for); and every hit, whatever the database, is re-scored
 against the store's vector, a score that disagrees being refused
-(:func:`~clothsim.index.ann_common.checked_hits`).
+(:func:`~clothsim.index.ann_search.checked_hits`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
-from clothsim.index.ann_common import (
+from clothsim.index.ann_search import (
     EXACT_BELOW,
-    BackendIndexError,
-    BackendUnavailable,
-    FileCheck,
-    OptionSpec,
-    SavedFile,
-    Progress,
     StoreView,
-    backend_dir,
-    check_build_options_match,
-    check_positive,
     check_queries,
     checked_hits,
-    coerce_options,
     complete_rows,
-    coverage,
     exact_hits,
     finish_rows,
-    rows_as_arrays,
-    is_behind,
     iter_live_blocks,
-    quiet_faiss_loader,
+    rows_as_arrays,
+)
+from clothsim.index.ann_state import (
+    FileCheck,
+    Progress,
+    SavedFile,
+    coverage,
+    is_behind,
     read_state,
-    rebuild_hint,
     record_file,
     saved_files_problems,
-    with_defaults,
     write_state,
 )
-from clothsim.index.base import SearchHit
+from clothsim.index.base import (
+    BackendIndexError,
+    BackendUnavailable,
+    OptionSpec,
+    SearchHit,
+    check_build_options_match,
+    check_positive,
+    coerce_options,
+    rebuild_hint,
+    with_defaults,
+)
+from clothsim.index.milvus_connection import (
+    NAME,
+    NoStore,
+    collection_folder,
+    connect,
+    default_uri,
+    drain_lite,
+    engine_errors,
+    error_reason,
+    is_local,
+    load_pymilvus,
+    lost_connection,
+    quiet_engine_logs,
+    release_lite,
+    unreachable_message,
+)
 
 if TYPE_CHECKING:
     from clothsim.features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
-NAME = "milvus"
-INSTALL_HINT = "pip install 'clothsim[milvus]'"
-LOCAL_DB = "milvus.db"
 # Milvus's error code for a collection that is not loaded (a server's merr and Milvus Lite's alike).
 _COLLECTION_NOT_LOADED = 101
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT", "AUTOINDEX")
@@ -103,37 +116,6 @@ MILVUS_OPTIONS: dict[str, OptionSpec] = {
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 
-# Milvus Lite runs its server in this process, one per database folder; several open indexes over the
-# same folder share it, and the last one closed stops it.
-_LITE_USERS: dict[str, int] = {}
-_LITE_LOCK = threading.Lock()
-
-
-def _pymilvus():
-    quiet_faiss_loader()  # Milvus Lite imports FAISS
-    try:
-        import pymilvus
-    except ImportError as exc:
-        raise ClothsimError(f"the milvus backend needs pymilvus and milvus-lite ({exc}): {INSTALL_HINT}") from exc
-    return pymilvus
-
-
-@contextmanager
-def _quiet_engine_logs() -> Iterator[None]:
-    """Hold back pymilvus's and Milvus Lite's own error logs (a traceback per failed call) while a database
-    is opened: the error clothsim raises names the database and the fix, which is what a user needs."""
-    loggers = [logging.getLogger(name) for name in ("pymilvus", "pymilvus.decorators", "milvus_lite",
-                                                    "milvus_lite.adapter.grpc.servicer")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _quote(text: str) -> str:
     """A Milvus expression string literal (backslashes and double quotes escaped)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -145,14 +127,6 @@ def category_filter(category: str | Sequence[str] | None) -> str:
         return ""
     names = [category] if isinstance(category, str) else sorted(set(category))
     return f"category in [{', '.join(_quote(n) for n in names)}]"
-
-
-def default_uri(store: "FeatureStore") -> str:
-    return str(backend_dir(store, NAME) / LOCAL_DB)
-
-
-def _is_local(uri: str) -> bool:
-    return uri.endswith(".db")
 
 
 class MilvusIndex:
@@ -186,7 +160,7 @@ class MilvusIndex:
     @property
     def local(self) -> bool:
         """Whether this is an embedded Milvus Lite database."""
-        return _is_local(self.uri)
+        return is_local(self.uri)
 
     @property
     def where(self) -> str:
@@ -206,7 +180,7 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def _call(self, what: str, fn, *args, **kwargs):
-        errors = _engine_errors()
+        errors = engine_errors()
         try:
             return fn(*args, **kwargs)
         except errors as exc:
@@ -224,8 +198,8 @@ class MilvusIndex:
             raise self._failed(what, exc) from None
 
     def _failed(self, what: str, exc: Exception) -> ClothsimError:
-        message = f"Milvus at {self.uri} failed to {what} collection {self.collection}: {_reason(exc)}"
-        if _lost_connection(exc):
+        message = f"Milvus at {self.uri} failed to {what} collection {self.collection}: {error_reason(exc)}"
+        if lost_connection(exc):
             return BackendUnavailable(f"{message}; is the server running?")
         return BackendIndexError(message)
 
@@ -344,8 +318,8 @@ class MilvusIndex:
         if not self.local:
             return
         self._call("flush", self._client.flush, self.collection, timeout=None)
-        _drain_lite(self.uri, self.collection)
-        folder = _collection_folder(self.uri, self.collection)
+        drain_lite(self.uri, self.collection)
+        folder = collection_folder(self.uri, self.collection)
         db = Path(self.uri)
         self._state["files"] = [{**record_file(path), "file": str(path.relative_to(db))}
                                 for path in sorted(folder.rglob("*")) if path.is_file()]
@@ -428,104 +402,13 @@ class MilvusIndex:
             self._client.close()
         finally:
             if self.local:
-                _release_lite(self.uri)
-
-
-def _collection_folder(uri: str, physical: str) -> Path:
-    """Where Milvus Lite keeps one collection's data and index files."""
-    return Path(uri) / "collections" / physical / "partitions"
+                release_lite(self.uri)
 
 
 def saved_files(store: "FeatureStore", state: dict[str, Any], uri: str) -> list[SavedFile]:
     """The Milvus Lite files ``state`` records (none for a server, or a state saved before records)."""
     db = Path(uri)
-    return [SavedFile(db / str(f.get("file")), f) for f in state.get("files", [])] if _is_local(uri) else []
-
-
-def _release_lite(uri: str) -> None:
-    path = os.path.abspath(uri)
-    with _LITE_LOCK:
-        _LITE_USERS[path] = _LITE_USERS.get(path, 1) - 1
-        last = _LITE_USERS[path] <= 0
-        if last:
-            _LITE_USERS.pop(path, None)
-    if last:
-        try:
-            from milvus_lite.server_manager import server_manager_instance
-        except ImportError:  # pragma: no cover - only Lite URIs get here, and those need milvus-lite
-            return
-        server_manager_instance.release_server(path)
-
-
-def _connect(store: "FeatureStore", uri: str, options: dict[str, Any], *, creating: bool) -> Any:
-    """A ``MilvusClient`` for ``uri``; errors name the database and what to do."""
-    pymilvus = _pymilvus()
-    # Dedicated: pymilvus otherwise shares one connection per URI across clients, and one that failed while
-    # a server was down is handed to the next client too, so an index reopened after the server came back
-    # could not reach it (found by tests/test_index_milvus_server.py).
-    kwargs: dict[str, Any] = {"uri": uri, "timeout": options["timeout"], "dedicated": True}
-    token = os.environ.get(options["token_env"] or "")
-    if token:
-        kwargs["token"] = token
-    if options.get("db_name"):
-        kwargs["db_name"] = options["db_name"]
-    local = _is_local(uri)
-    if local:
-        if not creating and not Path(uri).exists():
-            raise BackendIndexError(f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}")
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        client = pymilvus.MilvusClient(**kwargs)
-    except pymilvus.MilvusException as exc:
-        reason = getattr(exc, "message", str(exc))
-        if local:
-            raise BackendIndexError(
-                f"could not open the Milvus Lite database {uri} ({reason}): it is open in another process (Milvus "
-                "Lite allows one; use a Milvus server with --backend-option uri=http://HOST:19530 to share it), "
-                f"or it is damaged; then {rebuild_hint(store, NAME)}") from None
-        raise BackendUnavailable(_unreachable(uri, reason, options)) from None
-    if local:
-        with _LITE_LOCK:
-            path = os.path.abspath(uri)
-            _LITE_USERS[path] = _LITE_USERS.get(path, 0) + 1
-    return client
-
-
-def _engine_errors() -> tuple[type[BaseException], ...]:
-    """What a Milvus call raises: pymilvus's errors, and gRPC's own where pymilvus lets one through (a
-    request that timed out)."""
-    import grpc
-
-    return (_pymilvus().MilvusException, grpc.RpcError)
-
-
-def _reason(exc: BaseException) -> str:
-    details = getattr(exc, "details", None)
-    if callable(details):  # a grpc.RpcError
-        return str(details())
-    return str(getattr(exc, "message", exc))
-
-
-def _lost_connection(exc: BaseException) -> bool:
-    """Whether the server could not be reached or is not ready (rather than refusing the request)."""
-    import grpc
-    from pymilvus.client.types import Status
-    from pymilvus.exceptions import ConnectError, MilvusUnavailableException
-
-    transient = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    if isinstance(exc, grpc.RpcError):
-        return callable(getattr(exc, "code", None)) and exc.code() in transient
-    code = getattr(exc, "code", None)
-    return (isinstance(exc, (MilvusUnavailableException, ConnectError)) or code == Status.CONNECT_FAILED
-            or code in transient  # pymilvus's "retry timeout" carries the gRPC status
-            or bool(getattr(exc, "retriable", False)))  # e.g. a server still recovering
-
-
-def _unreachable(uri: str, reason: str, options: dict[str, Any]) -> str:
-    if _is_local(uri):
-        return f"could not use the Milvus Lite database {uri} ({reason})"
-    return (f"could not reach Milvus at {uri} ({reason}); is the server running, and is the token in "
-            f"${options['token_env']}?")
+    return [SavedFile(db / str(f.get("file")), f) for f in state.get("files", [])] if is_local(uri) else []
 
 
 class MilvusBackend:
@@ -550,17 +433,17 @@ class MilvusBackend:
         if given.get("index_type"):
             given["index_type"] = given["index_type"].upper()
         uri = given.get("uri")
-        if uri and not (_is_local(uri) or uri.split("://")[0] in ("http", "https", "tcp", "unix")):
+        if uri and not (is_local(uri) or uri.split("://")[0] in ("http", "https", "tcp", "unix")):
             raise UsageError(f"milvus option uri must be http://HOST:PORT (a server) or a path ending in .db "
                              f"(Milvus Lite), got {uri!r}")
-        _pymilvus()
+        load_pymilvus()
         return given
 
     def check_reachable(self, options: dict[str, Any]) -> None:
         """For a server address, connect once now (before hours of encoding); Lite needs nothing."""
         given = with_defaults(MILVUS_OPTIONS, self.check_options(options))
-        if given["uri"] and not _is_local(given["uri"]):
-            _connect(_NoStore(), given["uri"], given, creating=True).close()
+        if given["uri"] and not is_local(given["uri"]):
+            connect(NoStore(), given["uri"], given, creating=True).close()
 
     def _runtime_options(self, given: dict[str, Any]) -> dict[str, Any]:
         resolved = with_defaults(MILVUS_OPTIONS, given)
@@ -571,8 +454,8 @@ class MilvusBackend:
         given = self.check_options(options)
         resolved = with_defaults(MILVUS_OPTIONS, given)
         uri = resolved["uri"] or default_uri(store)
-        client = _connect(store, uri, resolved, creating=True)
-        pymilvus = _pymilvus()
+        client = connect(store, uri, resolved, creating=True)
+        pymilvus = load_pymilvus()
         previous = _previous_state(store)
         alias = resolved["collection"]
         physical = f"{alias}_{secrets.token_hex(4)}"
@@ -646,16 +529,16 @@ class MilvusBackend:
         except BackendIndexError as exc:
             return [str(exc)]
         uri = state.get("uri") or default_uri(store)
-        if _is_local(uri) and not Path(uri).exists():
+        if is_local(uri) and not Path(uri).exists():
             return [f"the Milvus Lite database {uri} is missing; {rebuild_hint(store, NAME)}"]
         problems = saved_files_problems(saved_files(store, state, uri), full, rebuild_hint(store, NAME))
         if problems or not full:
             return problems
         # Read-only, unlike open(): a check must report a damaged collection, not mend it on the way.
         runtime = {**self._runtime_options({}), "timeout": 10.0}  # a check should not hang on a dead server
-        with _quiet_engine_logs():
+        with quiet_engine_logs():
             try:
-                client = _connect(store, uri, runtime, creating=False)
+                client = connect(store, uri, runtime, creating=False)
             except BackendIndexError as exc:  # a missing or locked Lite file (a server out of reach raises)
                 return [str(exc)]
             index = MilvusIndex(store, client, uri, state, runtime)
@@ -668,10 +551,10 @@ class MilvusBackend:
                 found, expected = index.count(), len(store)
                 if found != expected:
                     return [_wrong_count(index, found, expected)]
-            except (*_engine_errors(), BackendIndexError) as exc:
-                if _lost_connection(exc):  # not damage: `clothsim verify` reports it as not checked
-                    raise BackendUnavailable(_unreachable(uri, _reason(exc), runtime)) from None
-                return [f"{index.where} cannot be read ({_reason(exc)}); {rebuild_hint(store, NAME)}"]
+            except (*engine_errors(), BackendIndexError) as exc:
+                if lost_connection(exc):  # not damage: `clothsim verify` reports it as not checked
+                    raise BackendUnavailable(unreachable_message(uri, error_reason(exc), runtime)) from None
+                return [f"{index.where} cannot be read ({error_reason(exc)}); {rebuild_hint(store, NAME)}"]
             finally:
                 index.close()
         return []
@@ -683,7 +566,7 @@ class MilvusBackend:
         check_build_options_match(NAME, store, MILVUS_OPTIONS, given, state.get("build", {}))
         runtime = self._runtime_options(given)
         uri = runtime["uri"] or state.get("uri") or default_uri(store)
-        with _quiet_engine_logs():
+        with quiet_engine_logs():
             return self._open(store, state, runtime, uri)
 
     def _open(self, store: "FeatureStore", state: dict[str, Any], runtime: dict[str, Any], uri: str) -> MilvusIndex:
@@ -695,7 +578,7 @@ class MilvusBackend:
             raise BackendIndexError(problems[0])
         # Checksums before the first answer: now when the files are small, else in the background.
         check = FileCheck(files, rebuild_hint(store, NAME)) if files else None
-        client = _connect(store, uri, runtime, creating=False)
+        client = connect(store, uri, runtime, creating=False)
         index = MilvusIndex(store, client, uri, state, runtime, check=check)
         where = index.where
         try:
@@ -714,11 +597,11 @@ class MilvusBackend:
                 found = index.count()
             if found != expected:
                 raise BackendIndexError(_wrong_count(index, found, expected))
-        except _engine_errors() as exc:
+        except engine_errors() as exc:
             index.close()
-            if _lost_connection(exc):  # a server that is down is not a damaged index: no rebuild
-                raise BackendUnavailable(_unreachable(uri, _reason(exc), runtime)) from None
-            raise BackendIndexError(f"{where} cannot be read ({_reason(exc)}); it is damaged; "
+            if lost_connection(exc):  # a server that is down is not a damaged index: no rebuild
+                raise BackendUnavailable(unreachable_message(uri, error_reason(exc), runtime)) from None
+            raise BackendIndexError(f"{where} cannot be read ({error_reason(exc)}); it is damaged; "
                                     f"{rebuild_hint(store, NAME)}") from None
         except BaseException:
             index.close()
@@ -751,7 +634,7 @@ def _wrong_count(index: MilvusIndex, found: int, expected: int) -> str:
 def _wait_for_index(index: MilvusIndex, physical: str, poll_s: float = 0.5) -> None:
     """Wait until every sealed row is in the vector index, so the first searches are not brute force."""
     if index.local:
-        _drain_lite(index.uri, physical)
+        drain_lite(index.uri, physical)
         return
     started = last_log = time.perf_counter()
     while True:
@@ -769,27 +652,6 @@ def _wait_for_index(index: MilvusIndex, physical: str, poll_s: float = 0.5) -> N
         time.sleep(poll_s)
 
 
-def _drain_lite(uri: str, physical: str) -> None:
-    """Milvus Lite builds segment indexes on a background thread and reports them finished at once;
-    its engine's own drain point (``Collection._wait_for_bg``) is the only way to wait for them."""
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-
-        entry = server_manager_instance._servers.get(os.path.abspath(uri))
-        wait = getattr(entry[1].get_collection(physical), "_wait_for_bg", None) if entry else None
-    except Exception as exc:  # internals of another package: never fail a build over them
-        logger.debug("milvus: cannot wait for Milvus Lite's index build (%s); searches may start slower", exc)
-        return
-    if wait is not None:
-        wait()
-
-
-class _NoStore:
-    """Stands in for a store in messages when only connectivity is checked."""
-
-    root = "<index>"
-
-
 def _previous_state(store: "FeatureStore") -> dict[str, Any] | None:
     try:
         return read_state(store, NAME)
@@ -799,7 +661,7 @@ def _previous_state(store: "FeatureStore") -> dict[str, Any] | None:
 
 def _point_alias(client: Any, alias: str, physical: str, alias_exists: bool) -> None:
     """Make ``alias`` name the new collection, so other tools can query it by one stable name."""
-    pymilvus = _pymilvus()
+    pymilvus = load_pymilvus()
     first, second = (client.alter_alias, client.create_alias) if alias_exists else (client.create_alias,
                                                                                     client.alter_alias)
     try:
@@ -815,5 +677,5 @@ def _point_alias(client: Any, alias: str, physical: str, alias_exists: bool) -> 
 def _drop_quietly(client: Any, collection: str) -> None:
     try:
         client.drop_collection(collection)
-    except _pymilvus().MilvusException as exc:
+    except load_pymilvus().MilvusException as exc:
         logger.warning("milvus: could not drop the old collection %r: %s", collection, getattr(exc, "message", exc))

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from clothsim.defaults import DEFAULT_INDEX_BACKEND
 from clothsim.errors import ClothsimError
-from clothsim.index.base import CheckableBackendPlugin, IndexBackend, IndexBackendPlugin
+from clothsim.index.base import (
+    BackendIndexError,
+    CheckableBackendPlugin,
+    IndexBackend,
+    IndexBackendPlugin,
+    saves_files,
+)
 from clothsim.plugins import INDEX_BACKENDS, PluginRegistry
 
 if TYPE_CHECKING:
@@ -69,8 +75,6 @@ def sync_index(store: "FeatureStore", backend: str = DEFAULT_INDEX_BACKEND, opti
     Raises:
         BackendUnavailable: a server backend cannot be reached (nothing is rebuilt for that).
     """
-    from clothsim.index.ann_common import BackendIndexError
-
     options = dict(options or {})
     recorded = (store.manifest.get("index_backend"), store.manifest.get("index_options", {}))
     if rebuild or recorded != (backend, options):
@@ -125,12 +129,13 @@ class BackendCheck:
 
 def check_backends(store: "FeatureStore", full: bool = True) -> list[BackendCheck]:
     """Check every backend saved over ``store``: the one its manifest records, and any other folder
-    under ``backends/`` (built by ``clothsim evaluate --backend``, say). The exact backend has no files
-    beyond the store, which :meth:`FeatureStore.verify` checks."""
+    under ``backends/`` (built by ``clothsim evaluate --backend``, say). A backend whose plug-in says it
+    saves nothing beyond the store (:class:`~clothsim.index.base.StoreOnlyPlugin`, the exact one) has no
+    folder to check: the store itself is checked by :meth:`FeatureStore.verify`."""
     root = Path(store.root) / "backends"
     names = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
     recorded = store.manifest.get("index_backend")
-    if recorded and recorded != "exact":
+    if recorded and (recorded not in backend_registry or saves_files(backend_registry.get(recorded))):
         names.add(recorded)  # a recorded backend whose folder vanished is a problem, not nothing
     checks = []
     for name in sorted(names):

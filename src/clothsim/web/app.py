@@ -40,8 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from clothsim import __version__
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.images import DEFAULT_MAX_PIXELS
-from clothsim.index.ann_common import BackendUnavailable
-from clothsim.index.base import SearchHit
+from clothsim.index.base import BackendUnavailable, SearchHit
 from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
 from clothsim.web.compute import ThreadPlan
 from clothsim.web.auth import WriteAuthMiddleware
