@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +139,26 @@ def test_serve_refuses_a_damaged_graph_checked_in_the_background(capsys, photos,
     index(capsys, photos, out, "--backend", "faiss-hnsw")
     _scribble(_faiss_file(out))
     monkeypatch.setattr(ann_state, "CHECK_AT_OPEN_BYTES", 0)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server must not start"))
+    answers = []
+
+    def serve_until_the_warm_up_ends(app, **_):
+        """What uvicorn does, in process: run the app's start-up, then take searches while it warms."""
+        from fastapi.testclient import TestClient
+
+        service = app.state.service
+        stopped = threading.Event()
+        service.on_startup_failure = stopped.set  # instead of the SIGTERM the real server sends itself
+        with TestClient(app) as client:
+            while not stopped.is_set() and not service.ready:
+                answers.append(client.post("/api/search", data={"id": "0"}).status_code)
+                time.sleep(0.01)
+            answers.append(client.post("/api/search", data={"id": "0"}).status_code)
+
+    monkeypatch.setattr(uvicorn, "run", serve_until_the_warm_up_ends)
     code, _, err = run(capsys, "serve", "--index", str(out), "--runtime", "torch")
     assert code == 1 and "checksum" in err and str(_faiss_file(out)) in err
+    # Never a search answered from the damaged graph: only "not ready yet" until the server stops.
+    assert answers and set(answers) == {503}
 
 
 @pytest.mark.parametrize("backend", ["faiss-hnsw", "milvus"])
