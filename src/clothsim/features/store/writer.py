@@ -165,9 +165,10 @@ class FeatureStore(StoreReader):
         write_bytes(self.root / MANIFEST, text.encode("utf-8"))
 
     def _collect_garbage(self) -> None:
-        """Remove what earlier crashes left behind (only files the manifest does not reference)."""
+        """Remove the files the manifest no longer references: those a commit replaced, and any an
+        interrupted writer left behind."""
         for path in self._leftovers():
-            logger.info("removing leftover %s", path)
+            logger.debug("removing %s: the manifest no longer references it", path)
             try:
                 remove_path(path)
             except FileNotFoundError:
