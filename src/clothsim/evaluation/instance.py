@@ -33,7 +33,6 @@ from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 logger = logging.getLogger(__name__)
 
 INSTANCE_SPLIT = "instance"
-DEFAULT_INSTANCE_QUERIES = 1000
 MIN_KEPT, JPEG_QUALITY, JITTER = 0.8, 70, 0.1
 _INDEX_FILE = "copies.json"
 
