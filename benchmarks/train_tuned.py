@@ -1,4 +1,4 @@
-"""Measurements for the tuned encoder (issue 14): what runs the frozen lower layers fastest, and which
+"""Measurements for the tuned encoder: what runs the frozen lower layers fastest, and which
 settings win on the validation split.
 
     .venv/bin/python benchmarks/train_tuned.py lower --data ../shared/data/clothing-dataset-small --images 96
