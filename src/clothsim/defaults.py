@@ -105,3 +105,23 @@ DEFAULT_TUNE_SCHEDULE = "constant"
 DEFAULT_TUNE_EMA = 0.0
 #: Image-decoding processes while the lower layers are cached.
 DEFAULT_TUNE_WORKERS = 1
+
+# --- Training a Siamese head (``clothsim train-siamese``, :class:`clothsim.training.trainer.TrainConfig`) ----
+DEFAULT_SIAMESE_ENCODER = "vgg16"
+#: Images per forward pass while the feature maps are cached, and the processes decoding them.
+DEFAULT_SIAMESE_BATCH_SIZE = 16
+DEFAULT_SIAMESE_WORKERS = 1
+DEFAULT_SIAMESE_EMBEDDING_DIM = 128
+DEFAULT_SIAMESE_DROPOUT = 0.2
+DEFAULT_SIAMESE_MARGIN = 1.0
+DEFAULT_SIAMESE_NEGATIVE_RATIO = 1.0
+DEFAULT_SIAMESE_EPOCHS = 100
+DEFAULT_SIAMESE_PAIR_BATCH = 256
+DEFAULT_SIAMESE_LR = 1e-3
+DEFAULT_SIAMESE_WEIGHT_DECAY = 0.0
+DEFAULT_SIAMESE_PATIENCE = 10
+DEFAULT_VAL_FRACTION = 0.1
+#: ``--fine-tune conv5``: VGG16's conv5 block learns too (:func:`clothsim.training.siamese_conv5.siamese_conv5_config`).
+DEFAULT_CONV5_EMBEDDING_DIM = 256
+DEFAULT_CONV5_EPOCHS = 6
+DEFAULT_CONV5_PATIENCE = 2
