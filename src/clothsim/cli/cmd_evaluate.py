@@ -6,7 +6,7 @@ import argparse
 
 from clothsim.cli.options import add_backend_options_flag, add_data_options, add_extraction_options, positive_int
 from clothsim.defaults import DEFAULT_DEVICE, DEFAULT_EVALUATE_ENCODERS, DEFAULT_INSTANCE_QUERIES, DEFAULT_SEED
-from clothsim.specs import split_names
+from clothsim.name_lists import split_names
 
 
 def _count_or_all(text: str) -> int | None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.evaluation import compare_encoders, write_report
     from clothsim.evaluation.backends import split_backend_options
     from clothsim.index.ann_common import parse_option_pairs
-    from clothsim.specs import parse_name_paths
+    from clothsim.name_lists import parse_name_paths
 
     part_weights = parse_name_paths(args.weights)  # before the slow part, so a typo fails fast
     backends = list(args.backend or [])

@@ -6,7 +6,7 @@ import argparse
 
 from clothsim.defaults import DEFAULT_DEVICE
 from clothsim.cli.options import add_data_options, add_extraction_options
-from clothsim.specs import split_names
+from clothsim.name_lists import split_names
 
 
 def _mix(text: str) -> list[float]:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.ensemble import fit_from_catalog
 
-    from clothsim.specs import parse_name_paths
+    from clothsim.name_lists import parse_name_paths
 
     mix = args.mix
     weight_files = parse_name_paths(args.weights)

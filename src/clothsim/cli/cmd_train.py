@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clothsim.data import read_catalog
-    from clothsim.training.tuned_cache import AugmentConfig
+    from clothsim.training.lower_outputs import AugmentConfig
     from clothsim.training.tuned_trainer import CURVES, REPORT_MD, TuneConfig, fit_tuned
 
     # Polite on shared machines unless the user configured torch otherwise.

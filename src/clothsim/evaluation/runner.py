@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS, DEFAULT_INSTANCE_QUERIES
-from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
+from clothsim.data.query_gallery import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
 from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.encoders.base import Encoder
 from clothsim.encoders.factory import create_encoder
@@ -26,7 +26,7 @@ from clothsim.evaluation.instance import (
     make_altered_copies,
 )
 from clothsim.evaluation.requirements import Checked, check_encoders
-from clothsim.evaluation.cache import (
+from clothsim.evaluation.split_stores import (
     encoder_slug,
     extract_split,
     records_of_split,

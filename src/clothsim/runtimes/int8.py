@@ -151,7 +151,7 @@ def quantized_spec(fp32: EncoderSpec, calibration: Calibration) -> EncoderSpec:
         DataError: no calibration photo could be decoded.
         MissingDependencyError: the ``onnx`` package is not installed.
     """
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     if fp32.precision != "fp32":
         raise UsageError(f"{fp32.name} is {fp32.precision} already")

@@ -47,7 +47,7 @@ from clothsim.defaults import (
 )
 from clothsim.errors import DataError, UsageError
 from clothsim.fileio import write_json
-from clothsim.training.tuned_cache import AugmentConfig, CachedSplit, LowerPart, cache_split
+from clothsim.training.lower_outputs import AugmentConfig, CachedSplit, LowerPart, cache_split
 from clothsim.training.model_folder import save_model_file
 from clothsim.training.tuned_encoder import save_tuned
 from clothsim.training.tuned_losses import build_loss
@@ -368,7 +368,7 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
         UsageError: an unknown loss, backbone, pooling or out-of-range option.
     """
     require_categories(records, "clothsim train")
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}
