@@ -68,9 +68,7 @@ def alter(image: Image.Image, rng: random.Random) -> Image.Image:
         out = enhance(out).enhance(1.0 + rng.uniform(-JITTER, JITTER))
     buffer = io.BytesIO()
     out.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    return load_image(buffer.getvalue(), max_pixels=None)
 
 
 def _sample(gallery: Sequence[CatalogRecord], limit: int | None, seed: int) -> list[CatalogRecord]:
