@@ -125,3 +125,11 @@ DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_CONV5_EMBEDDING_DIM = 256
 DEFAULT_CONV5_EPOCHS = 6
 DEFAULT_CONV5_PATIENCE = 2
+
+# --- Reports and ensembles ------------------------------------------------------------------------------------
+#: ``clothsim evaluate``: queries in each encoder's result grid, and points in the t-SNE maps.
+DEFAULT_GRID_QUERIES = 6
+DEFAULT_TSNE_POINTS = 1000
+#: ``clothsim fit-ensemble``: how the parts' vectors are combined, and the spacing of the weight search grid.
+DEFAULT_ENSEMBLE_METHOD = "average"
+DEFAULT_ENSEMBLE_GRID_STEP = 0.1

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from clothsim.cli.options import add_backend_options_flag, add_data_options, add_extraction_options, positive_int
-from clothsim.defaults import DEFAULT_DEVICE, DEFAULT_EVALUATE_ENCODERS, DEFAULT_INSTANCE_QUERIES, DEFAULT_SEED
+from clothsim.defaults import (
+    DEFAULT_DEVICE,
+    DEFAULT_EVALUATE_ENCODERS,
+    DEFAULT_GRID_QUERIES,
+    DEFAULT_INSTANCE_QUERIES,
+    DEFAULT_SEED,
+    DEFAULT_TSNE_POINTS,
+)
 from clothsim.name_lists import split_names
 
 
@@ -47,10 +54,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache", default=None, help="feature store cache (default <out>/stores)")
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_extraction_options(parser)
-    parser.add_argument("--grid-queries", type=positive_int, default=6,
-                        help="queries in each encoder's result grid (default 6)")
-    parser.add_argument("--tsne-points", type=int, default=1000,
-                        help="points in the t-SNE maps, 0 for none (default 1000)")
+    parser.add_argument("--grid-queries", type=positive_int, default=DEFAULT_GRID_QUERIES,
+                        help=f"queries in each encoder's result grid (default {DEFAULT_GRID_QUERIES})")
+    parser.add_argument("--tsne-points", type=int, default=DEFAULT_TSNE_POINTS,
+                        help=f"points in the t-SNE maps, 0 for none (default {DEFAULT_TSNE_POINTS})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of the query and point samples (default {DEFAULT_SEED})")
     parser.add_argument("--instance-queries", type=_count_or_all, default=DEFAULT_INSTANCE_QUERIES, metavar="N",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.defaults import DEFAULT_DEVICE
+from clothsim.defaults import DEFAULT_DEVICE, DEFAULT_ENSEMBLE_GRID_STEP, DEFAULT_ENSEMBLE_METHOD
 from clothsim.cli.options import add_data_options, add_extraction_options
 from clothsim.name_lists import split_names
 
@@ -34,11 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="local weights file of a part (repeatable), e.g. vgg16=vgg16.pth")
     parser.add_argument("--out", required=True, help="folder to save the fitted ensemble in")
     parser.add_argument("--cache", default=None, help="feature store cache (default <out>/stores)")
-    parser.add_argument("--method", choices=["average", "concat"], default="average",
-                        help="weighted average (default) or weighted concatenation")
+    parser.add_argument("--method", choices=["average", "concat"], default=DEFAULT_ENSEMBLE_METHOD,
+                        help=f"weighted average or weighted concatenation (default {DEFAULT_ENSEMBLE_METHOD})")
     parser.add_argument("--mix", type=_mix, default=None, metavar="W1,W2",
                         help="fixed mixing weights of the parts instead of the validation search")
-    parser.add_argument("--grid-step", type=float, default=0.1, help="weight search grid step (default 0.1)")
+    parser.add_argument("--grid-step", type=float, default=DEFAULT_ENSEMBLE_GRID_STEP,
+                        help=f"weight search grid step (default {DEFAULT_ENSEMBLE_GRID_STEP:g})")
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_extraction_options(parser)
     return parser

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS, DEFAULT_INSTANCE_QUERIES
+from clothsim.defaults import (
+    DEFAULT_EVALUATE_ENCODERS,
+    DEFAULT_GRID_QUERIES,
+    DEFAULT_INSTANCE_QUERIES,
+    DEFAULT_K,
+    DEFAULT_TSNE_POINTS,
+)
 from clothsim.data.query_gallery import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
 from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.encoders.base import Encoder
@@ -151,9 +157,9 @@ def compare_encoders(
     part_weights: dict[str, str] | None = None,
     data_name: str = "catalogue",
     device: str = "cpu",
-    grid_queries: int = 6,
-    grid_k: int = 5,
-    tsne_points: int = 1000,
+    grid_queries: int = DEFAULT_GRID_QUERIES,
+    grid_k: int = DEFAULT_K,
+    tsne_points: int = DEFAULT_TSNE_POINTS,
     seed: int = 0,
     backends: Sequence[str] = (),
     backend_options: dict[str, dict[str, Any]] | None = None,
