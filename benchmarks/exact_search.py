@@ -124,7 +124,7 @@ def sgemm_limit(store: FeatureStore, queries: np.ndarray) -> tuple[float, str, f
         results[name] = best
     name = min(results, key=results.get)
     one = float("inf")
-    for _ in range(3):  # the in-RAM single query the issue compares with
+    for _ in range(3):  # the in-RAM single query, the floor to compare with
         started = time.perf_counter()
         gallery @ queries[0]
         one = min(one, time.perf_counter() - started)

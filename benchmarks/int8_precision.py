@@ -28,7 +28,7 @@ from clothsim.encoders.registry import create_encoder
 from clothsim.features import FeatureStore, extract_features
 from clothsim.metrics import evaluate_retrieval
 from clothsim.runtimes.int8 import build_int8_encoder
-from clothsim.specs import parse_name_paths
+from clothsim.name_lists import parse_name_paths
 
 
 def _encode(encoder, records, folder: Path, workers: int) -> tuple[np.ndarray, list[str]]:

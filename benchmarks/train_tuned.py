@@ -1,4 +1,4 @@
-"""Measurements for the tuned encoder (issue 14): what runs the frozen lower layers fastest, and which
+"""Measurements for the tuned encoder: what runs the frozen lower layers fastest, and which
 settings win on the validation split.
 
     .venv/bin/python benchmarks/train_tuned.py lower --data ../shared/data/clothing-dataset-small --images 96
@@ -27,7 +27,7 @@ import torch
 def measure_lower(args: argparse.Namespace) -> None:
     from clothsim import create_encoder
     from clothsim.data import read_catalog
-    from clothsim.training.tuned_cache import AugmentConfig, LowerPart, _ViewDataset
+    from clothsim.training.lower_outputs import AugmentConfig, LowerPart, _ViewDataset
     from clothsim.training.tuned_model import backbone_layers
 
     records = [r for r in read_catalog(args.data) if r.split == "train"][: args.images]
@@ -99,7 +99,7 @@ def test_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from clothsim.data import read_catalog
-    from clothsim.training.tuned_cache import AugmentConfig, LowerPart, cache_split
+    from clothsim.training.lower_outputs import AugmentConfig, LowerPart, cache_split
     from clothsim.training.tuned_encoder import load_tuned_encoder
     from clothsim.training.tuned_trainer import TuneConfig, _test_report, assign_splits
 

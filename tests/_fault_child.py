@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import _tiny_encoders  # noqa: E402,F401  - registers test-thumb8 / test-thumb4
 import pandas  # noqa: E402,F401  - pyarrow imports it on first use; once here instead of in every child
 import pyarrow.parquet  # noqa: E402,F401

@@ -15,6 +15,7 @@ from PIL import Image
 
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder, Preprocessing, l2_normalize
+from helpers import CLOTHING, VGG16_WEIGHTS, solid_image
 
 # The user cache (exported ONNX models, converted datasets) goes to a folder of this test session, so
 # tests neither read a developer's cache nor leave files in it; subprocesses inherit the variable.
@@ -34,10 +35,6 @@ def _remove_session_cache():
     if _SESSION_CACHE is not None:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CLOTHSIM_SHARED", REPO.parent / "shared"))
-CLOTHING = SHARED / "data" / "clothing-dataset-small"
-VGG16_WEIGHTS = SHARED / "weights" / "vgg16_features_imagenet.pth"
 
 
 @pytest.fixture(scope="session")
@@ -73,22 +70,6 @@ class TinyColourEncoder(Encoder):
 @pytest.fixture()
 def tiny_encoder() -> TinyColourEncoder:
     return TinyColourEncoder()
-
-
-def solid_image(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), stripe: int = 0) -> Image.Image:
-    img = Image.new("RGB", size, colour)
-    if stripe:
-        for x in range(0, size[0], 4):
-            for y in range(size[1]):
-                img.putpixel((x, y), (stripe, stripe, stripe))
-    return img
-
-
-def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24), stripe: int = 0) -> bytes:
-    """:func:`solid_image` as the bytes of a PNG file (an upload)."""
-    buf = io.BytesIO()
-    solid_image(colour, size, stripe).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ def test_public_names_resolve():
     for name in clothsim.__all__:
         assert getattr(clothsim, name) is not None
     assert clothsim.SimilarityIndex.__module__ == "clothsim.similarity_index"
-    assert issubclass(clothsim.Catalog, clothsim.SimilarityIndex)  # the deprecated name still works
 
 
 def test_unknown_name_is_an_attribute_error():

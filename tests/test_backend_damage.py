@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("faiss", reason="the faiss extra (faiss-cpu) is not installed")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _tiny_encoders  # noqa: E402,F401  - registers test-thumb8
 
 from clothsim.cli.main import main  # noqa: E402

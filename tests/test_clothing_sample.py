@@ -16,7 +16,7 @@ from clothsim.demo import CLOTHING_SAMPLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
-SIZE_LIMIT_BYTES = 8 * 1024 * 1024  # the limit issue 12 set for the package's sample
+SIZE_LIMIT_BYTES = 8 * 1024 * 1024  # the most the package's sample may weigh
 
 
 def load_script():

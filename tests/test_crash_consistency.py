@@ -24,9 +24,9 @@ from PIL import Image
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server and SIGKILL semantics")
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
 # The fork server imports the child module once (torch and clothsim included), so each faulty run is a
-# fork, not a fresh interpreter. Python 3.11's fork server ignores the parent's sys.path, hence PYTHONPATH.
+# fork, not a fresh interpreter. Python 3.11's fork server ignores the parent's sys.path (where pytest put
+# tests/), hence PYTHONPATH.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["_fault_child"])

@@ -79,17 +79,17 @@ def test_records_keep_order_and_other_fields() -> None:
 def test_deterministic_and_independent_of_order_and_other_categories() -> None:
     records = catalogue({"a": 30, "b": 30})
 
-    def test_paths(result_records: list[CatalogRecord]) -> set[str]:
+    def paths_in_test_split(result_records: list[CatalogRecord]) -> set[str]:
         return {r.path for r in result_records if r.split == "test"}
 
-    base = test_paths(balanced_split(records, seed=5).records)
-    assert base == test_paths(balanced_split(records, seed=5).records)
+    base = paths_in_test_split(balanced_split(records, seed=5).records)
+    assert base == paths_in_test_split(balanced_split(records, seed=5).records)
     shuffled = list(records)
     random.Random(0).shuffle(shuffled)
-    assert test_paths(balanced_split(shuffled, seed=5).records) == base
-    with_more = test_paths(balanced_split(records + catalogue({"c": 9}), seed=5).records)
+    assert paths_in_test_split(balanced_split(shuffled, seed=5).records) == base
+    with_more = paths_in_test_split(balanced_split(records + catalogue({"c": 9}), seed=5).records)
     assert {p for p in with_more if "/c/" not in p} == base
-    assert test_paths(balanced_split(records, seed=6).records) != base
+    assert paths_in_test_split(balanced_split(records, seed=6).records) != base
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])

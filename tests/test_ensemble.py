@@ -23,7 +23,7 @@ from clothsim.ensemble import (
     weight_grid,
 )
 from clothsim.errors import StaleStoreError, UnknownEncoderError
-from clothsim.evaluation.cache import extract_split, split_store_dir
+from clothsim.evaluation.split_stores import extract_split, split_store_dir
 from clothsim.features import FeatureStore, extract_features
 
 

@@ -13,7 +13,7 @@ import pytest
 from clothsim.cli.main import main
 from clothsim.data.records import CatalogRecord
 from clothsim.evaluation import choose_protocol, compare_encoders, write_report
-from clothsim.evaluation.cache import encoder_slug
+from clothsim.evaluation.split_stores import encoder_slug
 from clothsim.features import FeatureStore
 from clothsim.metrics import evaluate_retrieval
 

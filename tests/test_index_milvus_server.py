@@ -24,6 +24,7 @@ pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not
 import _ann_data as data  # noqa: E402
 from _ann_data import ids_of  # noqa: E402
 from _serve import index_catalog, ready_client, served_app  # noqa: E402
+from helpers import until  # noqa: E402
 
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
@@ -32,6 +33,8 @@ from clothsim.index.registry import check_backends  # noqa: E402
 
 DIM = 32
 RECALL_FLOOR = 0.95  # as for Milvus Lite files (tests/test_index_milvus.py)
+#: Longest wait for a client to reconnect to a restarted server.
+RECOVERY_S = 30.0
 
 
 class MilvusServer:
@@ -170,14 +173,16 @@ def test_the_index_survives_a_server_restart_and_a_dead_server_is_named(tmp_path
 
     server.start()  # the same data folder and port; it comes back with the collection released
     caplog.set_level("WARNING")
-    after = None
-    for _ in range(3):  # the client's connection recovers on its own schedule: a request may still fail
+
+    def answer():
         try:
-            after = index.search(q, 5)
-            break
+            return index.search(q, 5)
         except BackendUnavailable:
-            time.sleep(1)
-    assert after is not None, "the open index did not answer after the server came back"
+            return None
+
+    # The client's connection recovers on its own schedule: a request may still fail for a while.
+    after = until(answer, RECOVERY_S)
+    assert after is not None, f"the open index did not answer within {RECOVERY_S} s after the server came back"
     assert "was released (the server restarted?); loading it again" in caplog.text
     assert ids_of(after) == ids_of(before)
     again = open_index(FeatureStore.open(root))
@@ -204,11 +209,10 @@ def test_serve_answers_503_while_the_server_is_down_and_recovers(colour_catalog,
             assert "cannot be reached" in down.json()["detail"]
             assert server.uri not in down.json()["detail"]  # the server's address is for the log only
             server.start()
-            for _ in range(3):  # as above: the connection may need one more request to recover
-                back = client.post("/api/search", data=ask)
-                if back.status_code == 200:
-                    break
-                time.sleep(1)
+            # As above: the connection may need a few more requests to recover.
+            back = until(lambda: (answer := client.post("/api/search", data=ask)).status_code == 200 and answer,
+                         RECOVERY_S)
+            assert back, f"no search answered within {RECOVERY_S} s after the server came back"
             assert back.status_code == 200 and back.json()["results"] == first.json()["results"]
     finally:
         app.state.service.index.backend.close()

@@ -99,8 +99,12 @@ def test_the_default_encoder_finds_the_originals_of_real_photos(tmp_path):
 
 
 def test_the_cli_default_is_the_librarys():
-    from clothsim.cli import cmd_evaluate
-    from clothsim.evaluation import instance
+    import inspect
 
-    # cmd_evaluate keeps its own copy so `clothsim --help` imports no evaluation code; they must agree.
-    assert cmd_evaluate.DEFAULT_INSTANCE_QUERIES == instance.DEFAULT_INSTANCE_QUERIES
+    from clothsim.cli import cmd_evaluate
+    from clothsim.defaults import DEFAULT_INSTANCE_QUERIES
+    from clothsim.evaluation.runner import compare_encoders
+
+    # Both read clothsim.defaults, which imports nothing, so `clothsim --help` imports no evaluation code.
+    assert cmd_evaluate.DEFAULT_INSTANCE_QUERIES == DEFAULT_INSTANCE_QUERIES
+    assert inspect.signature(compare_encoders).parameters["instance_queries"].default == DEFAULT_INSTANCE_QUERIES

@@ -7,7 +7,6 @@ photos, with the shipped ONNX model.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -187,54 +186,6 @@ def test_each_encoder_and_runtime_module_imports_alone(package):
         done = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True,
                               timeout=120, env=dict(os.environ, PYTHONPATH=str(SRC)))
         assert done.returncode == 0, f"{name}: {done.stderr[-1500:]}"
-
-
-def _module_imports(path: Path, name: str) -> set[str]:
-    """The clothsim modules ``path`` imports when it is loaded (top level, not under TYPE_CHECKING and
-    not inside functions)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        for sub in ast.walk(node) if isinstance(node, (ast.Import, ast.ImportFrom, ast.If, ast.Try)) else ():
-            if isinstance(sub, ast.Import):
-                found.update(a.name for a in sub.names if a.name.startswith("clothsim"))
-            elif isinstance(sub, ast.ImportFrom):
-                base = sub.module or ""
-                if sub.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - sub.level + 1] + ([base] if base else []))
-                if base.startswith("clothsim"):
-                    found.add(base)
-                    found.update(f"{base}.{a.name}" for a in sub.names)
-    return found
-
-
-def test_no_import_circle_between_modules():
-    modules = {m: p for m, p in zip(_all_modules(), sorted((SRC / "clothsim").rglob("*.py")))}
-    graph = {m: {d for d in _module_imports(p, m) if d in modules and d != m} for m, p in modules.items()}
-    # A package's __init__ is loaded before its modules, so "a.b imports a" is no circle worth reporting.
-    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
-    state: dict[str, int] = {}
-    stack: list[str] = []
-    circles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                circles.append(stack[stack.index(dep):] + [dep])
-            elif dep not in state:
-                visit(dep)
-        stack.pop()
-        state[node] = 2
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module)
-    assert not circles, "\n".join(" -> ".join(c) for c in circles)
 
 
 def test_a_damaged_model_file_in_an_index_is_reported_refused_and_put_back(catalogue, tmp_path):

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _tiny_encoders  # noqa: E402,F401  - registers test-thumb8
 
 from clothsim.cli.main import main  # noqa: E402

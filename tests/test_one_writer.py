@@ -20,7 +20,6 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server and SIGSTOP semantics")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_crash_consistency import CTX, _cli, _csv, _image, _index, snapshot  # noqa: E402
 
 from clothsim.data.records import CatalogRecord  # noqa: E402

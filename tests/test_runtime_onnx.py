@@ -19,7 +19,7 @@ from clothsim.data import read_folder_catalog
 from clothsim.encoders.registry import create_encoder
 from clothsim.errors import UsageError
 from clothsim.similarity_index import SimilarityIndex
-from conftest import VGG16_WEIGHTS
+from helpers import VGG16_WEIGHTS
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample"
 

@@ -93,15 +93,6 @@ def test_unknown_backend_fails_before_encoding(colour_catalog, tiny_encoder, tmp
     assert not (tmp_path / "x").exists()
 
 
-def test_catalog_is_a_deprecated_alias(colour_catalog, tiny_encoder, tmp_path):
-    from clothsim.catalog import Catalog
-
-    with pytest.warns(DeprecationWarning, match="SimilarityIndex"):
-        old, _ = Catalog.build(colour_catalog, tmp_path / "old", encoder=tiny_encoder, num_workers=0,
-                               progress=False)
-    assert isinstance(old, SimilarityIndex) and len(old) == 24
-
-
 def test_a_ray_cluster_that_is_not_there_is_refused_before_any_work(tmp_path):
     """engine_options={"ray_address": "auto"} with no cluster: a usage error naming clothsim's option,
     raised before int8 calibration or any encoding, and no index folder left behind."""

@@ -1,6 +1,6 @@
 """Integrity: every kind of damage is refused with an error naming the file and the repair, or repaired.
 
-The corruption matrix of the robustness issue, through the real commands (``clothsim search``,
+The corruption matrix, through the real commands (``clothsim search``,
 ``verify``, ``index``, ``serve``) and the Python API: bytes overwritten, NaN rows, shuffled rows, cut
 files, empty files, damaged metadata and tombstones, manifests that are not manifests; plus stores of
 format 1 (read as they are, converted by the first write) and of a newer format (refused).
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _tiny_encoders  # noqa: E402,F401  - registers test-thumb8
 
 from clothsim.cli.main import main  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import DataError, UsageError
-from clothsim.training.tuned_cache import AugmentConfig, hash_seed
+from clothsim.training.lower_outputs import AugmentConfig, hash_seed
 from clothsim.training.tuned_losses import LOSSES, build_loss
 from clothsim.training.tuned_model import GeM, check_cut
 from clothsim.training.tuned_sampler import MPerClassBatches
@@ -129,6 +129,6 @@ def test_view_seeds_are_stable_and_distinct():
     assert len({hash_seed(0, "a.jpg", v) for v in range(5)} | {hash_seed(1, "a.jpg", 1)}) == 6
     with pytest.raises(UsageError):
         from clothsim.encoders.base import Preprocessing
-        from clothsim.training.tuned_cache import build_view_transform
+        from clothsim.training.lower_outputs import build_view_transform
 
         build_view_transform(Preprocessing(), AugmentConfig(min_scale=0.0))

@@ -18,7 +18,7 @@ import torch
 from clothsim.data import read_catalog
 from clothsim.demo import CLOTHING_SAMPLE_DIR
 from clothsim.errors import DataError, UsageError
-from clothsim.training import tuned_cache
+from clothsim.training import lower_outputs
 from clothsim.training.tuned_trainer import TuneConfig, fit_tuned
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     test_paths = {r.path for r in records if r.split == "test"}
     read: list[str] = []
     test_reads_at_epoch: list[int] = []
-    real_load = tuned_cache.load_image
+    real_load = lower_outputs.load_image
 
     def recording_load(path, *args, **kwargs):
         read.append(str(path))
@@ -44,7 +44,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned")
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tuned_cache, "load_image", recording_load)  # num_workers=0: decoding in this process
+        mp.setattr(lower_outputs, "load_image", recording_load)  # num_workers=0: decoding in this process
         result = fit_tuned(records, root / "model", CONFIG, runtime="torch", cache_dir=root / "cache",
                            num_workers=0, on_epoch=on_epoch)
     return {"result": result, "records": records, "read": read, "test_paths": test_paths,
@@ -225,7 +225,7 @@ def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(run, t
                  if r.split == "validation"}
     assert len(val_paths) == 20
     read: list[str] = []
-    real_load = tuned_cache.load_image
+    real_load = lower_outputs.load_image
 
     def recording_load(path, *args, **kwargs):
         read.append(str(path))
@@ -233,7 +233,7 @@ def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(run, t
 
     config = replace(CONFIG, epochs=3, members=2, loss="multi-similarity,contrastive", refit=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tuned_cache, "load_image", recording_load)
+        mp.setattr(lower_outputs, "load_image", recording_load)
         result = fit_tuned(records, tmp_path / "refit", config, runtime="torch", cache_dir=run["root"] / "cache",
                            num_workers=0, evaluate_test=False)
     assert [r["member"] for r in result.refit] == [0, 1]

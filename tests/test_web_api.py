@@ -29,7 +29,7 @@ from clothsim.cli.main import main
 from clothsim.web.app import MULTIPART_OVERHEAD_BYTES, create_app
 from clothsim.web.limits import BodySizeLimitMiddleware
 from clothsim.web.service import SearchService
-from conftest import png_bytes
+from helpers import png_bytes
 
 MAX_UPLOAD = 50_000
 MAX_PIXELS = 250_000

@@ -25,7 +25,7 @@ from clothsim.images import load_image  # noqa: E402
 from clothsim.similarity_index import SimilarityIndex  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.batching import EncodeBatcher  # noqa: E402
-from conftest import png_bytes  # noqa: E402
+from helpers import png_bytes  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample"
 PHOTOS = 12

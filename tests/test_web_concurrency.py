@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 from _live_server import live_server  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.compute import blas_threads, plan_threads  # noqa: E402
-from conftest import png_bytes  # noqa: E402
+from helpers import png_bytes  # noqa: E402
 
 CLIENTS = 32
 

@@ -29,7 +29,7 @@ from clothsim.web.limits import BodyTimeoutMiddleware  # noqa: E402
 from clothsim.web.server import MAX_HEADER_BYTES, uvicorn_options  # noqa: E402
 from clothsim.web.service import (DECODE_BYTES_PER_PIXEL, HEADROOM_BYTES, MemoryBudget,  # noqa: E402
                                   QueryRejected, resident_bytes)
-from conftest import png_bytes  # noqa: E402
+from helpers import png_bytes  # noqa: E402
 
 RED = (200, 30, 30)
 

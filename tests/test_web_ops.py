@@ -31,7 +31,7 @@ from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.auth import ApiKey  # noqa: E402
 from clothsim.web.metrics import ACCESS_LOGGER  # noqa: E402
 from clothsim.web.writes import WriteSettings  # noqa: E402
-from conftest import png_bytes  # noqa: E402
+from helpers import png_bytes  # noqa: E402
 
 KEY = "operations-test-key-0123456789"
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample"

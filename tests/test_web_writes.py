@@ -28,7 +28,7 @@ from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.auth import ApiKey  # noqa: E402
 from clothsim.web.writes import WriteSettings  # noqa: E402
-from conftest import png_bytes, solid_image  # noqa: E402
+from helpers import png_bytes, solid_image  # noqa: E402
 
 KEY = "a-shop-back-office-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

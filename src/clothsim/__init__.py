@@ -19,7 +19,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "SimilarityIndex": "clothsim.similarity_index",
-    "Catalog": "clothsim.catalog",  # deprecated name of SimilarityIndex
     "CatalogRecord": "clothsim.data.records",
     "read_catalog": "clothsim.data",
     "balanced_split": "clothsim.data",

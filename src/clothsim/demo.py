@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clothsim.data.protocol import choose_protocol, pick_grid_queries
+from clothsim.data.query_gallery import choose_protocol, pick_grid_queries
 from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_RUNTIME
 from clothsim.encoders.factory import create_encoder
@@ -63,7 +63,7 @@ class DemoResult:
 
 
 def split_for_demo(records: Sequence[CatalogRecord], seed: int = 0) -> tuple[list[CatalogRecord], list[CatalogRecord]]:
-    """``(gallery, queries)`` by :func:`clothsim.data.protocol.choose_protocol`.
+    """``(gallery, queries)`` by :func:`clothsim.data.query_gallery.choose_protocol`.
 
     Without a query/gallery pair of splits the records are split per category, 80/20 with ``seed``
     (the demo needs held-out queries; the report falls back to leave-one-out instead).
@@ -133,7 +133,7 @@ def run_demo(
             :func:`clothsim.create_encoder`.
         k: Results per query in the grid.
         grid_queries: Rows in the grid, spread over categories by
-            :func:`clothsim.data.protocol.pick_grid_queries`.
+            :func:`clothsim.data.query_gallery.pick_grid_queries`.
         batch_size, num_workers, progress: As for :func:`clothsim.features.extract_features`.
         seed: Seed of the fallback split and of the grid's queries.
 

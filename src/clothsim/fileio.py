@@ -113,8 +113,8 @@ class FileDigest:
 
 
 #: The checksum of files a reader checks whole before serving them (index backends' files): xxHash's XXH3
-#: (128 bits) runs at memory speed (measured 15.8 GB/s against SHA-256's 1.6 GB/s on this project's
-#: 2-core machine), so checking a 5 GB graph costs a fraction of a second. It detects damage, not an
+#: (128 bits) runs at memory speed, about ten times SHA-256 (docs/benchmarks.md), so checking a 5 GB graph
+#: costs a fraction of a second. It detects damage, not an
 #: attacker who can also rewrite the record beside the file, which no checksum kept there could.
 FAST_CHECKSUM = "xxh3_128"
 

@@ -17,12 +17,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clothsim.defaults import DEFAULT_MAX_PIXELS
 from clothsim.errors import ClothsimError
 
 logger = logging.getLogger(__name__)
 
-#: Refuse images above this many pixels (decompression bombs); Pillow's own default is ~89 MP.
-DEFAULT_MAX_PIXELS = 64_000_000
 
 # What Pillow raises for files that are not images, are cut short or lie about their size.
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)

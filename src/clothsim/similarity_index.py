@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from clothsim.defaults import DEFAULT_TEXT_WEIGHT
 from clothsim.data.records import CatalogRecord
 from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
 from clothsim.encoders.base import Encoder, collate, l2_normalize
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 ImageLike = str | Path | bytes | Image.Image
 
-#: How much a text counts against a photo in a query of both (see :meth:`SimilarityIndex.query_vector`).
-DEFAULT_TEXT_WEIGHT = 0.5
 #: Photos decoded and encoded together by :meth:`SimilarityIndex.embed` and :meth:`SimilarityIndex.add`.
 BATCH_SIZE = 32
 #: :meth:`SimilarityIndex.add` commits after every this many photos, so memory stays bounded however
@@ -102,8 +101,8 @@ class SimilarityIndex:
             weights, device, runtime, threads: As for :func:`clothsim.create_encoder`.
             precision: ``"fp32"``, or ``"int8"``: the network quantized by ONNX Runtime, calibrated on
                 ``calibration_images`` photos of ``records`` (seeded) with ``calibration_method``
-                (``minmax``, ``percentile``, ``entropy``); offered for the encoders whose int8 P@5 was
-                measured within 0.01 of float32.
+                (``minmax``, ``percentile``, ``entropy``); offered for the encoders whose int8 P@5 stays
+                within 0.01 of float32 (docs/design-notes.md).
             backend: Index backend plug-in (see ``clothsim.index.list_backends()``); recorded in the
                 folder, so :meth:`open` uses it again.
             backend_options: Options of the backend, recorded with it.
@@ -193,11 +192,6 @@ class SimilarityIndex:
 
     def __len__(self) -> int:
         return len(self.backend)
-
-    @property
-    def index(self) -> IndexBackend:
-        """The backend; the old name of :attr:`backend`."""
-        return self.backend
 
     def categories(self) -> dict[str, int]:
         """Live item count per category."""

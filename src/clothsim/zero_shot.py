@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from clothsim.defaults import DEFAULT_LABEL_PROMPT
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import DataError, UsageError
 
@@ -30,12 +31,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "a photo of a {}"
 CATEGORY = "category"
 #: Vectors scored together when labelling (bounded memory whatever the catalogue's size).
 LABEL_BLOCK = 8192
 
-__all__ = ["CATEGORY", "DEFAULT_PROMPT", "LabelList", "LabelReport", "carry_labels", "label_accuracy",
+__all__ = ["CATEGORY", "DEFAULT_LABEL_PROMPT", "LabelList", "LabelReport", "carry_labels", "label_accuracy",
            "label_index", "read_label_list"]
 
 
@@ -75,7 +75,7 @@ class LabelList:
 
     labels: tuple[str, ...]
     field: str = CATEGORY
-    prompt: str = DEFAULT_PROMPT
+    prompt: str = DEFAULT_LABEL_PROMPT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from clothsim.defaults import DEFAULT_SEED
 from clothsim.cli.options import add_data_options
 
 
@@ -21,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--min-count", type=int, default=0, help="drop categories with fewer images")
     parser.add_argument("--split", type=float, default=None, metavar="TEST_FRACTION",
                         help="re-split every category into train/test with this test fraction (e.g. 0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the split (default {DEFAULT_SEED})")
     parser.add_argument("--plot", metavar="PNG", help="save the category distribution chart")
     parser.add_argument("--write-csv", metavar="CSV", help="save the (filtered, split) catalogue as CSV")
     return parser

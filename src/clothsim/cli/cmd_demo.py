@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from clothsim.defaults import DEFAULT_HOST, DEFAULT_K, DEFAULT_PORT
 from clothsim.cli.options import add_encoder_options, add_extraction_options, positive_int
 
 #: How each timed step is named in the output.
@@ -36,12 +37,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None,
                         help="catalogue to use instead of the bundled photos, or 'fashion-mnist'")
     parser.add_argument("--out", default="clothsim-demo", help="output folder (default clothsim-demo/)")
-    parser.add_argument("-k", type=positive_int, default=5, help="results per query in the grid")
+    parser.add_argument("-k", type=positive_int, default=DEFAULT_K,
+                        help=f"results per query in the grid (default {DEFAULT_K})")
     parser.add_argument("--serve", action="store_true",
                         help="afterwards, serve the search page and REST API on the demo's index")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="with --serve: address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=port_number, default=8000, help="with --serve: port (default 8000)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"with --serve: address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                        help=f"with --serve: port (default {DEFAULT_PORT})")
     add_encoder_options(parser)
     add_extraction_options(parser)
     return parser

@@ -7,6 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
+from clothsim.defaults import (
+    DEFAULT_CALIBRATION_SAMPLE,
+    DEFAULT_DUPLICATE_NEIGHBOURS,
+    DEFAULT_DUPLICATE_THRESHOLD,
+    DEFAULT_SEED,
+)
 from clothsim.cli.options import positive_int
 
 
@@ -35,15 +41,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
     parser.add_argument("--threshold", type=_threshold, default=None,
                         help="least cosine of two near-duplicates (default: the one calibrated on the index, "
-                             "else 0.90)")
-    parser.add_argument("--neighbours", type=positive_int, default=10,
-                        help="nearest items looked at per item (default 10)")
+                             f"else {DEFAULT_DUPLICATE_THRESHOLD:.2f})")
+    parser.add_argument("--neighbours", type=positive_int, default=DEFAULT_DUPLICATE_NEIGHBOURS,
+                        help=f"nearest items looked at per item (default {DEFAULT_DUPLICATE_NEIGHBOURS})")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure precision and recall per threshold on altered copies of the index's "
                              "photos, and record the recommended threshold with the index")
-    parser.add_argument("--sample", type=positive_int, default=200,
-                        help="with --calibrate: photos of the index to alter (default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="with --calibrate: seed of the sample (default 0)")
+    parser.add_argument("--sample", type=positive_int, default=DEFAULT_CALIBRATION_SAMPLE,
+                        help=f"with --calibrate: photos of the index to alter (default {DEFAULT_CALIBRATION_SAMPLE})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"with --calibrate: seed of the sample (default {DEFAULT_SEED})")
     parser.add_argument("--out", metavar="DIR", help="also write groups.csv and an HTML contact sheet here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-save", action="store_true", help="do not keep the groups in the index")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 
 from clothsim.cli.options import add_backend_options_flag, add_data_options, add_extraction_options, positive_int
-from clothsim.defaults import DEFAULT_EVALUATE_ENCODERS
-from clothsim.specs import split_names
-
-DEFAULT_INSTANCE_QUERIES = 1000  # clothsim.evaluation.instance's default; not imported: --help stays light
+from clothsim.defaults import (
+    DEFAULT_DEVICE,
+    DEFAULT_EVALUATE_ENCODERS,
+    DEFAULT_GRID_QUERIES,
+    DEFAULT_INSTANCE_QUERIES,
+    DEFAULT_SEED,
+    DEFAULT_TSNE_POINTS,
+)
+from clothsim.name_lists import split_names
 
 
 def _count_or_all(text: str) -> int | None:
@@ -47,13 +52,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="local weights file for an encoder (repeatable), e.g. vgg16=vgg16.pth")
     parser.add_argument("--out", required=True, help="report folder to write")
     parser.add_argument("--cache", default=None, help="feature store cache (default <out>/stores)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_extraction_options(parser)
-    parser.add_argument("--grid-queries", type=positive_int, default=6,
-                        help="queries in each encoder's result grid (default 6)")
-    parser.add_argument("--tsne-points", type=int, default=1000,
-                        help="points in the t-SNE maps, 0 for none (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the query and point samples (default 0)")
+    parser.add_argument("--grid-queries", type=positive_int, default=DEFAULT_GRID_QUERIES,
+                        help=f"queries in each encoder's result grid (default {DEFAULT_GRID_QUERIES})")
+    parser.add_argument("--tsne-points", type=int, default=DEFAULT_TSNE_POINTS,
+                        help=f"points in the t-SNE maps, 0 for none (default {DEFAULT_TSNE_POINTS})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the query and point samples (default {DEFAULT_SEED})")
     parser.add_argument("--instance-queries", type=_count_or_all, default=DEFAULT_INSTANCE_QUERIES, metavar="N",
                         help="instance guard: N gallery photos (seeded), altered (crop, colour jitter, JPEG 70), "
                              "must find their original; reports instance R@1. 'all' for every gallery photo, "
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.evaluation import compare_encoders, write_report
     from clothsim.evaluation.backends import split_backend_options
     from clothsim.index.base import parse_option_pairs
-    from clothsim.specs import parse_name_paths
+    from clothsim.name_lists import parse_name_paths
 
     part_weights = parse_name_paths(args.weights)  # before the slow part, so a typo fails fast
     backends = list(args.backend or [])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from clothsim.defaults import DEFAULT_DEVICE, DEFAULT_ENSEMBLE_GRID_STEP, DEFAULT_ENSEMBLE_METHOD
 from clothsim.cli.options import add_data_options, add_extraction_options
-from clothsim.specs import split_names
+from clothsim.name_lists import split_names
 
 
 def _mix(text: str) -> list[float]:
@@ -34,15 +34,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="local weights file of a part (repeatable), e.g. vgg16=vgg16.pth")
     parser.add_argument("--out", required=True, help="folder to save the fitted ensemble in")
     parser.add_argument("--cache", default=None, help="feature store cache (default <out>/stores)")
-    parser.add_argument("--method", choices=["average", "concat"], default="average",
-                        help="weighted average (default) or weighted concatenation")
+    parser.add_argument("--method", choices=["average", "concat"], default=DEFAULT_ENSEMBLE_METHOD,
+                        help=f"weighted average or weighted concatenation (default {DEFAULT_ENSEMBLE_METHOD})")
     parser.add_argument("--mix", type=_mix, default=None, metavar="W1,W2",
                         help="fixed mixing weights of the parts instead of the validation search")
-    # The old spelling, kept for scripts: it read like --weights (files) but meant the mix.
-    parser.add_argument("--part-weights", dest="part_weights_deprecated", type=_mix, default=None,
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--grid-step", type=float, default=0.1, help="weight search grid step (default 0.1)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--grid-step", type=float, default=DEFAULT_ENSEMBLE_GRID_STEP,
+                        help=f"weight search grid step (default {DEFAULT_ENSEMBLE_GRID_STEP:g})")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_extraction_options(parser)
     return parser
 
@@ -53,12 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from clothsim.data import read_catalog
     from clothsim.ensemble import fit_from_catalog
 
-    from clothsim.specs import parse_name_paths
+    from clothsim.name_lists import parse_name_paths
 
     mix = args.mix
-    if args.part_weights_deprecated is not None:
-        print("clothsim fit-ensemble: --part-weights is deprecated; use --mix", file=sys.stderr)
-        mix = mix or args.part_weights_deprecated
     weight_files = parse_name_paths(args.weights)
     records = read_catalog(args.data, format=args.format)
     cache = args.cache or str(Path(args.out) / "stores")

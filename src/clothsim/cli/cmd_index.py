@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from clothsim.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_LABEL_PROMPT
 from clothsim.cli.options import (
     add_backend_option,
     add_data_options,
@@ -51,12 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--label-as", metavar="FIELD", default="category",
                        help="store the label as the category of items without one (default) or as this "
                             "attribute, e.g. colour (stored as colour=red)")
-    group.add_argument("--label-prompt", metavar="TEMPLATE", default="a photo of a {}",
-                       help="the text each label is encoded as; {} is the label (default 'a photo of a {}')")
-    # The default is clothsim.features.extract.DEFAULT_CHECKPOINT_EVERY (not imported: it pulls in torch).
-    parser.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
+    group.add_argument("--label-prompt", metavar="TEMPLATE", default=DEFAULT_LABEL_PROMPT,
+                       help=f"the text each label is encoded as; {{}} is the label (default {DEFAULT_LABEL_PROMPT!r})")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
                         help="commit the work every N images, so an interruption loses at most that many "
-                             "(default 1000, about a minute on 2 CPU cores)")
+                             f"(default {DEFAULT_CHECKPOINT_EVERY}, about a minute on 2 CPU cores)")
     return parser
 
 

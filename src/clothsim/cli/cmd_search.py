@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from clothsim.defaults import DEFAULT_DEVICE, DEFAULT_K, DEFAULT_TEXT_WEIGHT
 from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
 
 
@@ -24,10 +25,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="*", help="query image file(s); none with --text alone")
     parser.add_argument("--text", default=None, metavar="TEXT",
                         help="search by this text (with photos: each photo mixed with it)")
-    parser.add_argument("--text-weight", type=_weight, default=0.5, metavar="W",
-                        help="with photos and --text: how much the text counts, 0..1 (default 0.5)")
+    parser.add_argument("--text-weight", type=_weight, default=DEFAULT_TEXT_WEIGHT, metavar="W",
+                        help=f"with photos and --text: how much the text counts, 0..1 (default {DEFAULT_TEXT_WEIGHT})")
     parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
-    parser.add_argument("-k", type=positive_int, default=5, help="results per query (default 5)")
+    parser.add_argument("-k", type=positive_int, default=DEFAULT_K, help=f"results per query (default {DEFAULT_K})")
     parser.add_argument("--category", action="append", default=None,
                         help="only results of this category (repeatable)")
     parser.add_argument("--collapse", action="store_true",
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--grid", metavar="PNG", help="also draw the query beside its results")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="weights file, if it moved since the index was built")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_runtime_option(parser)
     add_backend_options_flag(parser, "a search-time option of the index's backend (repeatable), e.g. "
                                      "efSearch=256, nprobe=64 (build options are fixed at `clothsim index`)")

@@ -13,6 +13,24 @@ import tempfile
 from pathlib import Path
 
 from clothsim.cli.options import add_backend_options_flag, add_runtime_option, positive_int
+from clothsim.defaults import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_DEVICE,
+    DEFAULT_FOLLOW_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_K,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MEMORY_BUDGET_MB,
+    DEFAULT_PORT,
+    DEFAULT_SERVE_WORKERS,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+)
 from clothsim.errors import ClothsimError, UsageError
 from clothsim.web.auth import DEFAULT_KEY_ENV, MIN_KEY_CHARS  # the standard library only: no web extra needed
 
@@ -32,38 +50,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                "  curl -F image=@photo.jpg -F k=5 http://127.0.0.1:8000/api/search",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, help="index folder made by `clothsim index`")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="weights file, if it moved since the index was built")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_runtime_option(parser)
     add_backend_options_flag(parser, "a search-time option of the index's backend (repeatable), e.g. "
                                      "efSearch=256, nprobe=64 (build options are fixed at `clothsim index`)")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0,
-                        help="largest accepted upload in MiB (default 20)")
-    parser.add_argument("--max-pixels", type=positive_int, default=None,
-                        help="largest accepted image in pixels (default 64,000,000)")
-    parser.add_argument("--max-k", type=positive_int, default=50, help="largest k a query may ask for (default 50)")
-    parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
-                        help="most memory the server may hold, in MiB (default 2048, shared by the workers); uploads "
-                             "wait for room to decode and get 503 with Retry-After when there is none")
-    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
-                        help="seconds a client may take to send its request headers (default 10)")
-    parser.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
-                        help="seconds a client may take to send a request body (default 60; 15 s without a byte "
-                             "also drops it)")
-    parser.add_argument("--max-connections", type=positive_int, default=64,
-                        help="open connections beyond which requests get 503 (default 64, shared by the workers)")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="server processes (default 1); each opens the index (its memory-mapped vectors are "
-                             "shared) and gets its share of the cores, connections and memory budget")
-    parser.add_argument("--max-batch", type=positive_int, default=32,
-                        help="most uploads encoded together in one batch (default 32)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+    parser.add_argument("--max-upload-mb", type=float, default=float(DEFAULT_MAX_UPLOAD_MB),
+                        help=f"largest accepted upload in MiB (default {DEFAULT_MAX_UPLOAD_MB})")
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest accepted image in pixels (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-k", type=positive_int, default=DEFAULT_MAX_K,
+                        help=f"largest k a query may ask for (default {DEFAULT_MAX_K})")
+    parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_MEMORY_BUDGET_MB,
+                        help=f"most memory the server may hold, in MiB (default {DEFAULT_MEMORY_BUDGET_MB:g}, shared "
+                             "by the workers); uploads wait for room to decode and get 503 with Retry-After when "
+                             "there is none")
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="S",
+                        help=f"seconds a client may take to send its request headers (default {DEFAULT_HEADER_TIMEOUT_S:g})")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                        help=f"seconds a client may take to send a request body (default {DEFAULT_BODY_TIMEOUT_S:g}; "
+                             f"{DEFAULT_BODY_IDLE_TIMEOUT_S:g} s without a byte also drops it)")
+    parser.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                        help=f"open connections beyond which requests get 503 (default {DEFAULT_MAX_CONNECTIONS}, "
+                             "shared by the workers)")
+    parser.add_argument("--workers", type=positive_int, default=DEFAULT_SERVE_WORKERS,
+                        help=f"server processes (default {DEFAULT_SERVE_WORKERS}); each opens the index (its "
+                             "memory-mapped vectors are shared) and gets its share of the cores, connections and "
+                             "memory budget")
+    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
+                        help=f"most uploads encoded together in one batch (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_S * 1000.0, metavar="MS",
                         help="how long a batch waits for uploads still being decoded once its first is ready "
-                             "(default 5; a lone upload never waits)")
+                             f"(default {DEFAULT_BATCH_WAIT_S * 1000.0:g}; a lone upload never waits)")
     writes = parser.add_argument_group("writes over REST (off unless --writes)")
     writes.add_argument("--writes", action="store_true",
                         help="accept POST /api/items and DELETE /api/items/{id} from clients that send the API key "
@@ -81,11 +103,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true",
                         help="write one JSON line per request to stderr (time, client, method, path, route, status, "
                              "duration_ms, response_bytes, pid)")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
-                        help="on SIGTERM or Ctrl-C, how long requests in flight may take to finish (default 30)")
-    parser.add_argument("--follow-seconds", type=float, default=1.0, metavar="S",
+    parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, metavar="S",
+                        help="on SIGTERM or Ctrl-C, how long requests in flight may take to finish "
+                             f"(default {DEFAULT_SHUTDOWN_TIMEOUT_S:g})")
+    parser.add_argument("--follow-seconds", type=float, default=DEFAULT_FOLLOW_S, metavar="S",
                         help="how often to look for a new state of the index committed by `clothsim index` or "
-                             "another worker (default 1; 0: serve the start-up state until restarted)")
+                             f"another worker (default {DEFAULT_FOLLOW_S:g}; 0: serve the start-up state until restarted)")
     return parser
 
 
@@ -108,16 +131,15 @@ def run(args: argparse.Namespace) -> int:
         from clothsim.web.server import uvicorn_options
     except ImportError as exc:
         raise ClothsimError(f"the web server needs FastAPI and uvicorn ({exc}): {INSTALL_HINT}") from exc
-    from clothsim.images import DEFAULT_MAX_PIXELS
     from clothsim.index.base import parse_option_pairs
     from clothsim.similarity_index import SimilarityIndex
 
     writes = _write_settings(args)
     backend_options = parse_option_pairs(args.backend_option)
     app_options = dict(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_k=args.max_k,
+                       max_pixels=args.max_pixels, max_k=args.max_k,
                        memory_budget_mb=args.memory_budget_mb / args.workers, body_timeout_s=args.body_timeout,
-                       body_idle_timeout_s=min(15.0, args.body_timeout), max_batch=args.max_batch,
+                       body_idle_timeout_s=min(DEFAULT_BODY_IDLE_TIMEOUT_S, args.body_timeout), max_batch=args.max_batch,
                        batch_wait_s=args.batch_wait_ms / 1000.0, follow_s=args.follow_seconds)
     server_options = uvicorn_options(header_timeout_s=args.header_timeout, max_connections=args.max_connections,
                                      shutdown_timeout_s=args.shutdown_timeout, workers=args.workers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from clothsim.defaults import DEFAULT_DEVICE
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder made by `clothsim train-siamese`")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="base CNN weights file, if it moved since training")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=DEFAULT_DEVICE)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

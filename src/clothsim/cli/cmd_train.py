@@ -5,6 +5,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clothsim.defaults import (
+    DEFAULT_DEVICE,
+    DEFAULT_GEM_P,
+    DEFAULT_K,
+    DEFAULT_RUNTIME,
+    DEFAULT_SEED,
+    DEFAULT_TUNE_BACKBONE,
+    DEFAULT_TUNE_BACKBONE_LR_SCALE,
+    DEFAULT_TUNE_BATCH_SIZE,
+    DEFAULT_TUNE_EMA,
+    DEFAULT_TUNE_EMBEDDING_DIM,
+    DEFAULT_TUNE_EPOCHS,
+    DEFAULT_TUNE_HIDDEN_DIM,
+    DEFAULT_TUNE_JITTER,
+    DEFAULT_TUNE_LABELS,
+    DEFAULT_TUNE_LOSS,
+    DEFAULT_TUNE_LR,
+    DEFAULT_TUNE_M,
+    DEFAULT_TUNE_MEMBERS,
+    DEFAULT_TUNE_MIN_SCALE,
+    DEFAULT_TUNE_PATIENCE,
+    DEFAULT_TUNE_POOLING,
+    DEFAULT_TUNE_SCHEDULE,
+    DEFAULT_TUNE_TRAIN_LAYERS,
+    DEFAULT_TUNE_VIEWS,
+    DEFAULT_TUNE_WEIGHT_DECAY,
+    DEFAULT_TUNE_WORKERS,
+)
 from clothsim.cli.options import add_data_options, positive_int
 
 LOSS_CHOICES = ("multi-similarity", "contrastive", "proxy-anchor", "normalized-softmax")
@@ -26,62 +54,74 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="catalogue: folder per category, CSV, or DeepFashion root")
     parser.add_argument("--out", required=True, help="model folder to write")
     add_data_options(parser)
-    parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="pretrained encoder to fine-tune: efficientnet_lite0 (default), vgg16, or a timm CNN "
+    parser.add_argument("--backbone", default=DEFAULT_TUNE_BACKBONE,
+                        help=f"pretrained encoder to fine-tune: {DEFAULT_TUNE_BACKBONE} (default), vgg16, or a timm CNN "
                              "(timm:resnet50.a1_in1k, ...)")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="backbone weights file (default: the official pretrained weights)")
-    parser.add_argument("--device", default="cpu", help="torch device of the training, e.g. cuda (default cpu)")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"],
+    parser.add_argument("--device", default=DEFAULT_DEVICE,
+                        help=f"torch device of the training, e.g. cuda (default {DEFAULT_DEVICE})")
+    parser.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=["auto", "onnx", "torch"],
                         help="what runs the frozen lower layers while caching (default auto: ONNX Runtime)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="cached lower-layer outputs (default $CLOTHSIM_CACHE/tuned)")
-    parser.add_argument("--workers", type=int, default=1, help="image-decoding processes (default 1)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_TUNE_WORKERS,
+                        help=f"image-decoding processes (default {DEFAULT_TUNE_WORKERS})")
     parser.add_argument("--no-test", action="store_true",
                         help="do not read the test split at all (no report.md); for choosing settings")
     group = parser.add_argument_group("model")
-    group.add_argument("--train-layers", type=int, default=1,
-                       help="top backbone layers that learn (0: head only; default 1)")
+    group.add_argument("--train-layers", type=int, default=DEFAULT_TUNE_TRAIN_LAYERS,
+                       help=f"top backbone layers that learn (0: head only; default {DEFAULT_TUNE_TRAIN_LAYERS})")
     group.add_argument("--cached-layers", type=int, default=None,
                        help="top layers run at every step (>= --train-layers; the rest are cached)")
-    group.add_argument("--pooling", choices=["gem", "avg", "max"], default="gem",
-                       help="pooling (default gem; max: the Siamese study's global max pooling)")
-    group.add_argument("--gem-p", type=float, default=3.0, help="initial GeM exponent (default 3)")
+    group.add_argument("--pooling", choices=["gem", "avg", "max"], default=DEFAULT_TUNE_POOLING,
+                       help=f"pooling (default {DEFAULT_TUNE_POOLING}; max: the Siamese study's global max pooling)")
+    group.add_argument("--gem-p", type=float, default=DEFAULT_GEM_P, help=f"initial GeM exponent (default {DEFAULT_GEM_P:g})")
     group.add_argument("--fixed-p", action="store_true", help="keep the GeM exponent fixed")
-    group.add_argument("--hidden-dim", type=int, default=0, help="head hidden layer width (default 0: linear)")
-    group.add_argument("--dim", type=positive_int, default=256, help="embedding size (default 256)")
+    group.add_argument("--hidden-dim", type=int, default=DEFAULT_TUNE_HIDDEN_DIM,
+                       help=f"head hidden layer width (default {DEFAULT_TUNE_HIDDEN_DIM}; 0: linear)")
+    group.add_argument("--dim", type=positive_int, default=DEFAULT_TUNE_EMBEDDING_DIM,
+                       help=f"embedding size (default {DEFAULT_TUNE_EMBEDDING_DIM})")
     group.add_argument("--flip", action="store_true", help="average each image with its mirror image at test time")
     group = parser.add_argument_group("training")
-    group.add_argument("--loss", type=_losses, default="multi-similarity",
-                       help=f"metric-learning loss, one of {', '.join(LOSS_CHOICES)} (default multi-similarity); "
+    group.add_argument("--loss", type=_losses, default=DEFAULT_TUNE_LOSS,
+                       help=f"metric-learning loss, one of {', '.join(LOSS_CHOICES)} (default {DEFAULT_TUNE_LOSS}); "
                             "several comma-separated for --members, one per member in turn")
-    group.add_argument("--members", type=positive_int, default=1,
+    group.add_argument("--members", type=positive_int, default=DEFAULT_TUNE_MEMBERS,
                        help="networks trained apart (own seed and loss) and saved as one encoder whose cosine is "
-                            "their mean (default 1); training takes about this many times as long")
-    group.add_argument("--labels", choices=["category", "item"], default="category",
-                       help="what counts as the same (default category; item: item ids, e.g. In-shop)")
-    group.add_argument("--views", type=positive_int, default=3, help="cached views per train image (default 3)")
-    group.add_argument("--min-scale", type=float, default=0.5, help="random resized crop: smallest area share")
-    group.add_argument("--jitter", type=float, default=0.2, help="colour jitter strength (default 0.2)")
-    group.add_argument("--epochs", type=positive_int, default=30, help="most epochs (default 30)")
-    group.add_argument("--patience", type=int, default=5,
-                       help="stop after this many epochs without a better validation P@k (0: off; default 5)")
-    group.add_argument("--batch-size", type=positive_int, default=64, help="rows per step (default 64)")
-    group.add_argument("--m", type=positive_int, default=8, help="images per class in a batch (default 8)")
-    group.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default 1e-3)")
-    group.add_argument("--backbone-lr-scale", type=float, default=0.1,
-                       help="backbone layers learn at lr times this (default 0.1)")
-    group.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                            f"their mean (default {DEFAULT_TUNE_MEMBERS}); training takes about this many times as long")
+    group.add_argument("--labels", choices=["category", "item"], default=DEFAULT_TUNE_LABELS,
+                       help=f"what counts as the same (default {DEFAULT_TUNE_LABELS}; item: item ids, e.g. In-shop)")
+    group.add_argument("--views", type=positive_int, default=DEFAULT_TUNE_VIEWS,
+                       help=f"cached views per train image (default {DEFAULT_TUNE_VIEWS})")
+    group.add_argument("--min-scale", type=float, default=DEFAULT_TUNE_MIN_SCALE,
+                       help=f"random resized crop: smallest area share (default {DEFAULT_TUNE_MIN_SCALE:g})")
+    group.add_argument("--jitter", type=float, default=DEFAULT_TUNE_JITTER,
+                       help=f"colour jitter strength (default {DEFAULT_TUNE_JITTER:g})")
+    group.add_argument("--epochs", type=positive_int, default=DEFAULT_TUNE_EPOCHS, help=f"most epochs (default {DEFAULT_TUNE_EPOCHS})")
+    group.add_argument("--patience", type=int, default=DEFAULT_TUNE_PATIENCE,
+                       help="stop after this many epochs without a better validation P@k "
+                            f"(0: off; default {DEFAULT_TUNE_PATIENCE})")
+    group.add_argument("--batch-size", type=positive_int, default=DEFAULT_TUNE_BATCH_SIZE,
+                       help=f"rows per step (default {DEFAULT_TUNE_BATCH_SIZE})")
+    group.add_argument("--m", type=positive_int, default=DEFAULT_TUNE_M, help=f"images per class in a batch (default {DEFAULT_TUNE_M})")
+    group.add_argument("--lr", type=float, default=DEFAULT_TUNE_LR,
+                       help=f"AdamW learning rate of the head (default {DEFAULT_TUNE_LR:g})")
+    group.add_argument("--backbone-lr-scale", type=float, default=DEFAULT_TUNE_BACKBONE_LR_SCALE,
+                       help=f"backbone layers learn at lr times this (default {DEFAULT_TUNE_BACKBONE_LR_SCALE:g})")
+    group.add_argument("--schedule", choices=["constant", "cosine"], default=DEFAULT_TUNE_SCHEDULE,
                        help="learning rate: constant (default) or cosine decay to zero over --epochs")
-    group.add_argument("--ema", type=float, default=0.0,
+    group.add_argument("--ema", type=float, default=DEFAULT_TUNE_EMA,
                        help="decay of a moving average of the weights, validated and saved (e.g. 0.99; 0: off)")
-    group.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    group.add_argument("--weight-decay", type=float, default=DEFAULT_TUNE_WEIGHT_DECAY,
+                       help=f"AdamW weight decay (default {DEFAULT_TUNE_WEIGHT_DECAY:g})")
     group.add_argument("--refit", action="store_true",
                        help="once validation has chosen each network's epochs, train it again on train and "
                             "validation together for that many epochs, and save that (more photos to learn "
                             "from; its validation P@k is the selection run's)")
-    group.add_argument("-k", type=positive_int, default=5, help="the validation P@k that picks the epoch (default 5)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("-k", type=positive_int, default=DEFAULT_K,
+                       help=f"the validation P@k that picks the epoch (default {DEFAULT_K})")
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     return parser
 
 
@@ -98,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clothsim.data import read_catalog
-    from clothsim.training.tuned_cache import AugmentConfig
+    from clothsim.training.lower_outputs import AugmentConfig
     from clothsim.training.tuned_trainer import CURVES, REPORT_MD, TuneConfig, fit_tuned
 
     # Polite on shared machines unless the user configured torch otherwise.

@@ -6,6 +6,26 @@ import argparse
 import json
 from pathlib import Path
 
+from clothsim.defaults import (
+    DEFAULT_CONV5_EMBEDDING_DIM,
+    DEFAULT_CONV5_EPOCHS,
+    DEFAULT_CONV5_PATIENCE,
+    DEFAULT_DEVICE,
+    DEFAULT_SEED,
+    DEFAULT_SIAMESE_BATCH_SIZE,
+    DEFAULT_SIAMESE_DROPOUT,
+    DEFAULT_SIAMESE_EMBEDDING_DIM,
+    DEFAULT_SIAMESE_ENCODER,
+    DEFAULT_SIAMESE_EPOCHS,
+    DEFAULT_SIAMESE_LR,
+    DEFAULT_SIAMESE_MARGIN,
+    DEFAULT_SIAMESE_NEGATIVE_RATIO,
+    DEFAULT_SIAMESE_PAIR_BATCH,
+    DEFAULT_SIAMESE_PATIENCE,
+    DEFAULT_SIAMESE_WEIGHT_DECAY,
+    DEFAULT_SIAMESE_WORKERS,
+    DEFAULT_VAL_FRACTION,
+)
 from clothsim.cli.options import add_data_options, add_runtime_option, positive_int
 
 
@@ -26,43 +46,53 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="catalogue: folder per category, CSV, or DeepFashion root")
     parser.add_argument("--out", required=True, help="model folder to write")
     add_data_options(parser)
-    parser.add_argument("--encoder", default="vgg16", help="base CNN with feature maps (default vgg16)")
+    parser.add_argument("--encoder", default=DEFAULT_SIAMESE_ENCODER,
+                        help=f"base CNN with feature maps (default {DEFAULT_SIAMESE_ENCODER})")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="base CNN weights file (default: the official pretrained weights)")
-    parser.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE,
+                        help=f"torch device for feature extraction (default {DEFAULT_DEVICE})")
     add_runtime_option(parser)
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="where feature maps are cached (default $CLOTHSIM_CACHE/feature_maps)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--workers", type=int, default=1, help="image-decoding processes (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_SIAMESE_BATCH_SIZE,
+                        help=f"images per forward pass (default {DEFAULT_SIAMESE_BATCH_SIZE})")
+    parser.add_argument("--workers", type=int, default=DEFAULT_SIAMESE_WORKERS,
+                        help=f"image-decoding processes (default {DEFAULT_SIAMESE_WORKERS})")
     parser.add_argument("--fine-tune", choices=["head", "conv5"], default="head",
                         help="head: a head over cached conv5 maps (fast; default). conv5: VGG16's conv5 block "
                              "learns inside the weight-sharing branches too (pool4 cached once); writes a model "
                              "used as tuned:OUT, with a test report")
     group = parser.add_argument_group("model and training")
     group.add_argument("--embedding-dim", type=positive_int, default=None,
-                       help="embedding size (default 128; 256 with --fine-tune conv5)")
-    group.add_argument("--dropout", type=float, default=0.2, help="dropout before the dense layer (default 0.2)")
+                       help=f"embedding size (default {DEFAULT_SIAMESE_EMBEDDING_DIM}; {DEFAULT_CONV5_EMBEDDING_DIM} with "
+                            "--fine-tune conv5)")
+    group.add_argument("--dropout", type=float, default=DEFAULT_SIAMESE_DROPOUT,
+                       help=f"dropout before the dense layer (default {DEFAULT_SIAMESE_DROPOUT:g})")
     group.add_argument("--norm", choices=["none", "batchnorm", "layernorm"], default="none",
                        help="normalisation after the dense layer (default none)")
     group.add_argument("--activation", choices=["none", "relu", "tanh"], default="none",
                        help="activation after the dense layer (default none)")
-    group.add_argument("--margin", type=float, default=1.0,
-                       help="contrastive margin; embeddings are unit vectors, distances lie in [0, 2] (default 1.0)")
-    group.add_argument("--negative-ratio", type=float, default=1.0,
-                       help="dissimilar pairs per similar pair (default 1.0)")
+    group.add_argument("--margin", type=float, default=DEFAULT_SIAMESE_MARGIN,
+                       help="contrastive margin; embeddings are unit vectors, distances lie in [0, 2] "
+                            f"(default {DEFAULT_SIAMESE_MARGIN:.1f})")
+    group.add_argument("--negative-ratio", type=float, default=DEFAULT_SIAMESE_NEGATIVE_RATIO,
+                       help=f"dissimilar pairs per similar pair (default {DEFAULT_SIAMESE_NEGATIVE_RATIO:.1f})")
     group.add_argument("--pairs", choices=["category", "category+attributes"], default="category",
                        help="what makes a similar pair (default: same category)")
-    group.add_argument("--epochs", type=positive_int, default=None, help="most epochs (default 100; 6 with conv5)")
-    group.add_argument("--pair-batch", type=positive_int, default=256, help="pairs per step (default 256)")
-    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    group.add_argument("--epochs", type=positive_int, default=None, help=f"most epochs (default {DEFAULT_SIAMESE_EPOCHS}; {DEFAULT_CONV5_EPOCHS} with conv5)")
+    group.add_argument("--pair-batch", type=positive_int, default=DEFAULT_SIAMESE_PAIR_BATCH,
+                       help=f"pairs per step (default {DEFAULT_SIAMESE_PAIR_BATCH})")
+    group.add_argument("--lr", type=float, default=DEFAULT_SIAMESE_LR, help=f"Adam learning rate (default {DEFAULT_SIAMESE_LR:g})")
+    group.add_argument("--weight-decay", type=float, default=DEFAULT_SIAMESE_WEIGHT_DECAY,
+                       help=f"Adam weight decay (default {DEFAULT_SIAMESE_WEIGHT_DECAY:g})")
     group.add_argument("--patience", type=int, default=None,
-                       help="early stopping: epochs without a lower validation loss (0: off; default 10), with "
-                            "conv5 without a better validation P@5 (default 2)")
-    group.add_argument("--val-fraction", type=float, default=0.1,
-                       help="share of train held out when the data has no validation split (default 0.1)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                       help="early stopping: epochs without a lower validation loss "
+                            f"(0: off; default {DEFAULT_SIAMESE_PATIENCE}), with conv5 without a better validation "
+                            f"P@5 (default {DEFAULT_CONV5_PATIENCE})")
+    group.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                       help=f"share of train held out when the data has no validation split (default {DEFAULT_VAL_FRACTION:g})")
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     return parser
 
 
@@ -78,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
     if args.fine_tune == "conv5":
         return _run_conv5(args)
     config = TrainConfig(
-        embedding_dim=args.embedding_dim or 128, dropout=args.dropout, norm=args.norm, activation=args.activation,
-        margin=args.margin, negative_ratio=args.negative_ratio, pair_rule=args.pairs, epochs=args.epochs or 100,
+        embedding_dim=args.embedding_dim or DEFAULT_SIAMESE_EMBEDDING_DIM, dropout=args.dropout, norm=args.norm, activation=args.activation,
+        margin=args.margin, negative_ratio=args.negative_ratio, pair_rule=args.pairs, epochs=args.epochs or DEFAULT_SIAMESE_EPOCHS,
         batch_size=args.pair_batch, learning_rate=args.lr, weight_decay=args.weight_decay,
-        patience=10 if args.patience is None else args.patience, val_fraction=args.val_fraction, seed=args.seed,
+        patience=DEFAULT_SIAMESE_PATIENCE if args.patience is None else args.patience, val_fraction=args.val_fraction, seed=args.seed,
     )
     records = read_catalog(args.data, format=args.format)
     result, cache = fit_siamese_on_catalog(
@@ -111,8 +141,9 @@ def _run_conv5(args: argparse.Namespace) -> int:
 
     if args.encoder != "vgg16":
         raise UsageError(f"--fine-tune conv5 fine-tunes VGG16's conv5 block; --encoder {args.encoder} has none")
-    config = siamese_conv5_config(embedding_dim=args.embedding_dim or 256, epochs=args.epochs or 6,
-                                  patience=2 if args.patience is None else args.patience, lr=args.lr,
+    config = siamese_conv5_config(embedding_dim=args.embedding_dim or DEFAULT_CONV5_EMBEDDING_DIM,
+                                  epochs=args.epochs or DEFAULT_CONV5_EPOCHS,
+                                  patience=DEFAULT_CONV5_PATIENCE if args.patience is None else args.patience, lr=args.lr,
                                   seed=args.seed)
     records = read_catalog(args.data, format=args.format)
     result = fit_tuned(records, args.out, config, weights=args.weights, device=args.device, runtime=args.runtime,

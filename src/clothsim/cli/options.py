@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from clothsim.defaults import DEFAULT_ENCODER, DEFAULT_ENGINE, DEFAULT_INDEX_BACKEND, DEFAULT_RUNTIME
+from clothsim.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_DECODE_WORKERS,
+    DEFAULT_DEVICE,
+    DEFAULT_ENCODER,
+    DEFAULT_ENGINE,
+    DEFAULT_INDEX_BACKEND,
+    DEFAULT_RUNTIME,
+)
 from clothsim.plugins import ENGINES, INDEX_BACKENDS, READERS, RUNTIMES, declared_names
 
 
@@ -18,7 +28,7 @@ def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = D
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="local state-dict file instead of the official pretrained weights; "
                              "'random' for random initialisation")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     add_runtime_option(parser)
 
 
@@ -34,10 +44,12 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="int8: the network quantized by ONNX Runtime, calibrated on photos of this "
                              "catalogue (faster; offered for the encoders where it keeps P@5, see the README)")
-    parser.add_argument("--calibration-images", type=positive_int, default=64, metavar="N",
-                        help="photos of the catalogue (a seeded sample) that calibrate int8 (default 64)")
-    parser.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
-                        help="how int8 ranges are chosen from the calibration photos (default minmax)")
+    parser.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                        help="photos of the catalogue (a seeded sample) that calibrate int8 "
+                             f"(default {DEFAULT_CALIBRATION_IMAGES})")
+    parser.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"],
+                        default=DEFAULT_CALIBRATION_METHOD,
+                        help=f"how int8 ranges are chosen from the calibration photos (default {DEFAULT_CALIBRATION_METHOD})")
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
@@ -53,9 +65,10 @@ def add_backend_options_flag(parser: argparse.ArgumentParser, help: str) -> None
 
 
 def add_extraction_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images in parallel with inference (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--workers", type=int, default=DEFAULT_DECODE_WORKERS,
+                        help=f"processes decoding images in parallel with inference (default {DEFAULT_DECODE_WORKERS})")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

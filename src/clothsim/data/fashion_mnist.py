@@ -264,7 +264,7 @@ class FashionMnistReader:
         return _is_name(source, "fashion-mnist")
 
     def read(self, source: str, **options: object) -> list[CatalogRecord]:
-        from clothsim.cache import default_cache_dir
+        from clothsim.user_dirs import default_cache_dir
 
         out_dir = options.pop("out_dir", None) or default_cache_dir() / "fashion-mnist"
         return materialize_fashion_mnist(out_dir, **options)  # type: ignore[arg-type]
@@ -280,7 +280,7 @@ class DemoSampleReader:
         return _is_name(source, "demo")
 
     def read(self, source: str, **options: object) -> list[CatalogRecord]:
-        from clothsim.cache import default_cache_dir
+        from clothsim.user_dirs import default_cache_dir
 
         out_dir = options.pop("out_dir", None) or default_cache_dir() / "demo-sample"
         if options:

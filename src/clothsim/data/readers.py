@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clothsim.data.records import CatalogRecord
-from clothsim.cache import default_cache_dir
+from clothsim.user_dirs import default_cache_dir
 from clothsim.data.registry import reader_registry
 from clothsim.errors import DataError, UsageError
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from clothsim.images import load_image
+
 #: The most any kind changes a photo: a resize to 50%, JPEG quality 50, a crop keeping 80% of the area,
 #: brightness and contrast within 10%.
 RESIZE_SCALE = 0.5
@@ -33,9 +35,7 @@ def recompressed(image: Image.Image, rng: random.Random) -> Image.Image:
     """Saved again as JPEG at a quality between 50 and 90."""
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=rng.randint(LOWEST_JPEG_QUALITY, 90))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    return load_image(buffer.getvalue(), max_pixels=None)
 
 
 def cropped(image: Image.Image, rng: random.Random) -> Image.Image:

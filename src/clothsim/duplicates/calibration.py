@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from clothsim.defaults import DEFAULT_CALIBRATION_SAMPLE
 from clothsim.duplicates.alterations import KINDS, altered_copies
 from clothsim.encoders.base import collate
 from clothsim.errors import DataError, UsageError
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TARGET_PRECISION = 0.98
-DEFAULT_SAMPLE = 200
 #: Items looked at per copy: false alarms beyond them would not be paired by a duplicate search either.
 CALIBRATION_NEIGHBOURS = 20
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.70, 1.0, 0.01))
@@ -72,7 +72,7 @@ class Calibration:
                 "recall_by_kind": {k: round(v, 4) for k, v in chosen.recall_by_kind.items()}}
 
 
-def calibrate(index: "SimilarityIndex", sample: int = DEFAULT_SAMPLE, seed: int = 0,
+def calibrate(index: "SimilarityIndex", sample: int = DEFAULT_CALIBRATION_SAMPLE, seed: int = 0,
               progress: bool = True) -> Calibration:
     """Measure precision and recall per threshold on altered copies of ``sample`` of the index's photos.
 

@@ -3,7 +3,7 @@ own backend, then groups that never chain unrelated items; saved in the index fo
 collapse copies.
 
 The threshold is the one ``clothsim duplicates --calibrate`` recorded in the index, else
-:data:`DEFAULT_THRESHOLD` (said in the log). The groups are kept in the index folder
+:data:`clothsim.defaults.DEFAULT_DUPLICATE_THRESHOLD` (said in the log). The groups are kept in the index folder
 (``duplicates/groups-<hash>.npy``, recorded with its SHA-256 in the manifest), written only once the
 whole run is done: a run that is stopped leaves the previous groups as they were.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothsim.defaults import DEFAULT_DUPLICATE_NEIGHBOURS, DEFAULT_DUPLICATE_THRESHOLD
 from clothsim.duplicates.copies import exact_copy_groups
 from clothsim.duplicates.grouping import MAX_GROUP, DuplicateGroup, group_pairs
 from clothsim.duplicates.neighbours import candidate_pairs, finish
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The threshold before any calibration: where, for the default encoder on real clothing photos, copies
-#: made by resizing, re-compression, cropping, mirroring and retouching are found at high precision
-#: (docs/duplicates.md has the measurement). Other encoders need their own: calibrate.
-DEFAULT_THRESHOLD = 0.90
-DEFAULT_NEIGHBOURS = 10
 GROUPS_DIR = "duplicates"
 MANIFEST_KEY = "duplicates"
 
@@ -94,11 +90,11 @@ def recorded_threshold(store: "FeatureStore") -> tuple[float, str]:
     record = store.manifest.get(MANIFEST_KEY) or {}
     if record.get("threshold") is not None:
         return float(record["threshold"]), "calibrated on this index"
-    return DEFAULT_THRESHOLD, "the default (run `clothsim duplicates --calibrate` to choose one from data)"
+    return DEFAULT_DUPLICATE_THRESHOLD, "the default (run `clothsim duplicates --calibrate` to choose one from data)"
 
 
 def find_duplicates(index: "SimilarityIndex", threshold: float | None = None,
-                    neighbours: int = DEFAULT_NEIGHBOURS, *, progress: bool = True,
+                    neighbours: int = DEFAULT_DUPLICATE_NEIGHBOURS, *, progress: bool = True,
                     max_group: int = MAX_GROUP, save: bool = True) -> DuplicateReport:
     """Group the near-duplicates of every live item of ``index``.
 

@@ -29,7 +29,7 @@ __all__ = ["HUB_ADDRESS", "hub_file", "manual_path"]
 
 def manual_path(repo_id: str, filename: str) -> Path:
     """Where a hub file placed by hand is looked for: ``$CLOTHSIM_CACHE/hub/<repo>/<file>``."""
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     return default_cache_dir() / "hub" / repo_id / filename
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from clothsim.defaults import DEFAULT_GEM_P
 from clothsim.encoders.base import Encoder, l2_normalize
 from clothsim.errors import UsageError
 
-DEFAULT_GEM_P = 3.0  # the value measured in the tuned-encoder issue (GeM p=3: 0.642 against 0.624 P@5)
 
 
 def gem_pool(fmap: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:

@@ -20,7 +20,7 @@ from clothsim.encoders.base import Encoder
 from clothsim.encoders.factory import build_network
 from clothsim.ensemble.model import EnsembleModel
 from clothsim.errors import StaleStoreError, UnknownEncoderError, UsageError
-from clothsim.specs import parse_name_paths
+from clothsim.name_lists import parse_name_paths
 from clothsim.features.store import fingerprint_mismatch
 
 logger = logging.getLogger(__name__)

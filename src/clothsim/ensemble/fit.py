@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from clothsim.defaults import DEFAULT_ENSEMBLE_GRID_STEP, DEFAULT_ENSEMBLE_METHOD
 from clothsim.data.records import CatalogRecord
 from clothsim.ensemble.combine import (
     METHODS,
@@ -45,8 +46,8 @@ def search_weights(
     train_labels: Any,
     validation: Sequence[np.ndarray],
     validation_labels: Any,
-    method: str = "average",
-    grid_step: float = 0.1,
+    method: str = DEFAULT_ENSEMBLE_METHOD,
+    grid_step: float = DEFAULT_ENSEMBLE_GRID_STEP,
     k: int = 5,
 ) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
     """Grid-search the part weights that maximise precision@k of validation queries against train.
@@ -81,8 +82,8 @@ def fit_ensemble(
     part_vectors: Sequence[np.ndarray],
     *,
     weights: Sequence[float] | None = None,
-    method: str = "average",
-    grid_step: float = 0.1,
+    method: str = DEFAULT_ENSEMBLE_METHOD,
+    grid_step: float = DEFAULT_ENSEMBLE_GRID_STEP,
     search_k: int = 5,
 ) -> EnsembleModel:
     """Fit an ensemble from the parts' features of training (and validation) images.

@@ -1,6 +1,6 @@
 """Ensembles from cached part stores: fit one on a catalogue, and fill its store without re-encoding.
 
-Both work from the parts' feature stores in a cache laid out by :mod:`clothsim.evaluation.cache`, so
+Both work from the parts' feature stores in a cache laid out by :mod:`clothsim.evaluation.split_stores`, so
 each image goes through each CNN once however many ensembles and reports use it.
 """
 
@@ -21,7 +21,7 @@ from clothsim.ensemble.encoder import EnsembleEncoder
 from clothsim.ensemble.fit import FIT_SPLITS, aligned_vectors, fit_ensemble
 from clothsim.ensemble.model import EnsembleModel, PartSpec
 from clothsim.encoders.factory import weights_source
-from clothsim.evaluation.cache import extract_split, split_store_dir
+from clothsim.evaluation.split_stores import extract_split, split_store_dir
 from clothsim.features.extract import catalog_hash
 from clothsim.features.store import FeatureStore, fingerprint_mismatch
 from clothsim.errors import DataError, UsageError

@@ -33,7 +33,6 @@ from clothsim.images import UNUSABLE_IMAGE_ERRORS, load_image
 logger = logging.getLogger(__name__)
 
 INSTANCE_SPLIT = "instance"
-DEFAULT_INSTANCE_QUERIES = 1000
 MIN_KEPT, JPEG_QUALITY, JITTER = 0.8, 70, 0.1
 _INDEX_FILE = "copies.json"
 
@@ -69,9 +68,7 @@ def alter(image: Image.Image, rng: random.Random) -> Image.Image:
         out = enhance(out).enhance(1.0 + rng.uniform(-JITTER, JITTER))
     buffer = io.BytesIO()
     out.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    return load_image(buffer.getvalue(), max_pixels=None)
 
 
 def _sample(gallery: Sequence[CatalogRecord], limit: int | None, seed: int) -> list[CatalogRecord]:

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
+from clothsim.defaults import (
+    DEFAULT_EVALUATE_ENCODERS,
+    DEFAULT_GRID_QUERIES,
+    DEFAULT_INSTANCE_QUERIES,
+    DEFAULT_K,
+    DEFAULT_TSNE_POINTS,
+)
+from clothsim.data.query_gallery import PROTOCOLS, choose_protocol, pick_grid_queries  # noqa: F401 (re-exported)
 from clothsim.data.records import CatalogRecord, require_categories
 from clothsim.encoders.base import Encoder
 from clothsim.encoders.factory import create_encoder
@@ -18,15 +25,14 @@ from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUna
 from clothsim.evaluation import plots
 from clothsim.evaluation.backends import RECALL_K, check_backends, evaluate_backend
 from clothsim.evaluation.instance import (
-    DEFAULT_INSTANCE_QUERIES,
     INSTANCE_SPLIT,
     InstanceResult,
     copies_folder,
     instance_recall,
     make_altered_copies,
 )
-from clothsim.evaluation.requirements import check_encoders
-from clothsim.evaluation.cache import (
+from clothsim.evaluation.requirements import Checked, check_encoders
+from clothsim.evaluation.split_stores import (
     encoder_slug,
     extract_split,
     records_of_split,
@@ -44,7 +50,7 @@ from clothsim.metrics import confusion_top1, evaluate_retrieval, rank
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENCODERS = ("vgg16", "resnet50", "inception_v3", "efficientnet_lite0")
+DEFAULT_ENCODERS = DEFAULT_EVALUATE_ENCODERS  # the public name in clothsim.evaluation
 KS = (1, 5, 10)
 HEATMAP_K = 5
 
@@ -151,9 +157,9 @@ def compare_encoders(
     part_weights: dict[str, str] | None = None,
     data_name: str = "catalogue",
     device: str = "cpu",
-    grid_queries: int = 6,
-    grid_k: int = 5,
-    tsne_points: int = 1000,
+    grid_queries: int = DEFAULT_GRID_QUERIES,
+    grid_k: int = DEFAULT_K,
+    tsne_points: int = DEFAULT_TSNE_POINTS,
     seed: int = 0,
     backends: Sequence[str] = (),
     backend_options: dict[str, dict[str, Any]] | None = None,
@@ -200,65 +206,34 @@ def compare_encoders(
         UsageError: No encoders, repeated names, an unknown encoder or backend, a bad backend option.
         DataError: An ensemble to fit on a catalogue without a train split.
     """
-    require_categories(records, "clothsim evaluate")
-    if not records:
-        raise EmptyCatalogError("the catalogue has no images to evaluate")
-    if not encoders:
-        raise UsageError("give at least one encoder to compare")
-    if len(set(encoders)) != len(encoders):
-        raise UsageError(f"encoders are repeated: {list(encoders)}")
+    _check_inputs(records, encoders)
     out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
     cache = Path(cache) if cache is not None else out_dir / "stores"
     part_weights = dict(part_weights or {})
     backends = list(backends)
     backend_options = {name: dict((backend_options or {}).get(name, {})) for name in backends}
     check_backends(backends, backend_options)  # all of it before the first image is encoded
     checked = check_encoders(records, encoders, part_weights, device)
-    images_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     query_split, gallery_split = choose_protocol(records)
     loo = query_split is None
     splits: list[str | None] = [None] if loo else [query_split, gallery_split]
-    queries = records_of_split(records, query_split)
-    gallery = records_of_split(records, gallery_split)
-    protocol = (f"leave-one-out over all {len(records)} images" if loo else
-                f"{query_split} split ({len(queries)} images) against {gallery_split} split ({len(gallery)} images)")
-    comparison = Comparison(data_name, protocol, loo, query_split, gallery_split,
-                            settings={"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed,
-                                      "grid_queries": grid_queries, "grid_k": grid_k, "tsne_points": tsne_points,
-                                      "cache": str(cache), "backends": backends,
-                                      "backend_options": backend_options,
-                                      "instance_queries": instance_queries})
-
-    from clothsim.data.plots import plot_category_distribution
-
-    comparison.figures["category_distribution"] = relative(
-        plot_category_distribution(records, images_dir / "category_distribution.png"), out_dir)
+    queries, gallery = records_of_split(records, query_split), records_of_split(records, gallery_split)
+    protocol = _describe_protocol(len(records), query_split, len(queries), gallery_split, len(gallery))
+    settings = {"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed, "grid_queries": grid_queries,
+                "grid_k": grid_k, "tsne_points": tsne_points, "cache": str(cache), "backends": backends,
+                "backend_options": backend_options, "instance_queries": instance_queries}
+    comparison = Comparison(data_name, protocol, loo, query_split, gallery_split, settings=settings)
+    _draw_categories(comparison, records, out_dir)
     grid_paths = _pick_grid_queries(queries, grid_queries, seed)
-    pool = sorted({r.path for r in records_of_split(records, None) if loo or r.split in splits})
-    tsne_paths = set(random.Random(seed).sample(pool, min(tsne_points, len(pool)))) if tsne_points > 0 else set()
+    tsne_paths = _tsne_sample(records, loo, splits, tsne_points, seed)
     maps: list[tuple[str, np.ndarray, list[str]]] = []
     all_categories = sorted({r.category for r in queries} | {r.category for r in gallery})
-    copies: list[CatalogRecord] = []
-    if instance_queries is None or instance_queries > 0:
-        use_bbox = bool(extract_options.get("use_bbox", True))
-        copies = make_altered_copies(gallery, copies_folder(cache, gallery, instance_queries, seed, use_bbox),
-                                     limit=instance_queries, seed=seed, use_bbox=use_bbox)
+    copies = _altered_copies(gallery, cache, instance_queries, seed, bool(extract_options.get("use_bbox", True)))
 
     for name in encoders:
-        if name in checked.skipped:
-            logger.warning("skipping %s: %s", name, checked.skipped[name])
-            comparison.skipped.append(SkippedEncoder(name, checked.skipped[name]))
-            continue
-        try:
-            if name.startswith("ensemble:"):
-                prepared = _prepare_ensemble(name, records, splits, cache, part_weights, device, extract_options)
-            else:
-                prepared = _prepare_plain(name, records, splits, cache, part_weights, device, extract_options,
-                                          encoder=checked.encoders.pop(name, None))
-        except WeightsUnavailableError as exc:
-            logger.warning("skipping %s: %s", name, exc)
-            comparison.skipped.append(SkippedEncoder(name, str(exc)))
+        prepared = _prepare(name, checked, comparison, records, splits, cache, part_weights, device, extract_options)
+        if prepared is None:
             continue
         result, tsne, gallery_rows = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
                                                    tsne_paths, out_dir, comparison)
@@ -271,17 +246,88 @@ def compare_encoders(
             maps.append(tsne)
 
     if comparison.results:
-        labels = [r.label for r in comparison.results]
-        comparison.figures["precision"] = relative(plots.plot_precision_bars(
-            labels, [r.report.precision for r in comparison.results], images_dir / "precision.png",
-            chance=comparison.results[0].report.chance_precision), out_dir)
-        heat = np.array([[r.report.per_category_precision.get(c, {}).get(HEATMAP_K, np.nan) for c in all_categories]
-                         for r in comparison.results])
-        comparison.figures["category_heatmap"] = relative(plots.plot_category_heatmap(
-            labels, all_categories, heat, images_dir / "category_heatmap.png", k=HEATMAP_K), out_dir)
-        if maps:
-            comparison.figures["tsne"] = relative(plots.plot_embedding_maps(maps, images_dir / "tsne.png"), out_dir)
+        _draw_summary(comparison, all_categories, maps, out_dir)
     return comparison
+
+
+def _draw_categories(comparison: Comparison, records: Sequence[CatalogRecord], out_dir: Path) -> None:
+    """The chart of the catalogue's category sizes."""
+    from clothsim.data.plots import plot_category_distribution
+
+    comparison.figures["category_distribution"] = relative(
+        plot_category_distribution(records, out_dir / "images" / "category_distribution.png"), out_dir)
+
+
+def _describe_protocol(n_records: int, query_split: str | None, n_queries: int, gallery_split: str | None,
+                       n_gallery: int) -> str:
+    """How the report names the protocol."""
+    if query_split is None:
+        return f"leave-one-out over all {n_records} images"
+    return f"{query_split} split ({n_queries} images) against {gallery_split} split ({n_gallery} images)"
+
+
+def _tsne_sample(records: Sequence[CatalogRecord], loo: bool, splits: list[str | None], tsne_points: int,
+                 seed: int) -> set[str]:
+    """The seeded sample of photos drawn in the t-SNE maps."""
+    if tsne_points <= 0:
+        return set()
+    pool = sorted({r.path for r in records_of_split(records, None) if loo or r.split in splits})
+    return set(random.Random(seed).sample(pool, min(tsne_points, len(pool))))
+
+
+def _check_inputs(records: Sequence[CatalogRecord], encoders: Sequence[str]) -> None:
+    """Refuse a catalogue without categories or images, and an empty or repeating list of encoders."""
+    require_categories(records, "clothsim evaluate")
+    if not records:
+        raise EmptyCatalogError("the catalogue has no images to evaluate")
+    if not encoders:
+        raise UsageError("give at least one encoder to compare")
+    if len(set(encoders)) != len(encoders):
+        raise UsageError(f"encoders are repeated: {list(encoders)}")
+
+
+def _altered_copies(gallery: list[CatalogRecord], cache: Path, instance_queries: int | None, seed: int,
+                    use_bbox: bool) -> list[CatalogRecord]:
+    """The altered copies of gallery photos the instance guard queries (none when it is left out)."""
+    if instance_queries is not None and instance_queries <= 0:
+        return []
+    return make_altered_copies(gallery, copies_folder(cache, gallery, instance_queries, seed, use_bbox),
+                               limit=instance_queries, seed=seed, use_bbox=use_bbox)
+
+
+def _prepare(name: str, checked: Checked, comparison: Comparison, records, splits, cache: Path,
+             part_weights: dict[str, str], device: str, extract_options: dict[str, Any]) -> _Prepared | None:
+    """The stores of one encoder (fitting it first when it is an ensemble to fit); ``None`` when it is
+    skipped, which ``comparison`` records with the reason."""
+    if name in checked.skipped:
+        logger.warning("skipping %s: %s", name, checked.skipped[name])
+        comparison.skipped.append(SkippedEncoder(name, checked.skipped[name]))
+        return None
+    try:
+        if name.startswith("ensemble:"):
+            return _prepare_ensemble(name, records, splits, cache, part_weights, device, extract_options)
+        return _prepare_plain(name, records, splits, cache, part_weights, device, extract_options,
+                              encoder=checked.encoders.pop(name, None))
+    except WeightsUnavailableError as exc:
+        logger.warning("skipping %s: %s", name, exc)
+        comparison.skipped.append(SkippedEncoder(name, str(exc)))
+        return None
+
+
+def _draw_summary(comparison: Comparison, all_categories: list[str], maps: list[tuple[str, np.ndarray, list[str]]],
+                  out_dir: Path) -> None:
+    """The charts across encoders: precision bars, the per-category heatmap and the t-SNE maps."""
+    images_dir = out_dir / "images"
+    labels = [r.label for r in comparison.results]
+    comparison.figures["precision"] = relative(plots.plot_precision_bars(
+        labels, [r.report.precision for r in comparison.results], images_dir / "precision.png",
+        chance=comparison.results[0].report.chance_precision), out_dir)
+    heat = np.array([[r.report.per_category_precision.get(c, {}).get(HEATMAP_K, np.nan) for c in all_categories]
+                     for r in comparison.results])
+    comparison.figures["category_heatmap"] = relative(plots.plot_category_heatmap(
+        labels, all_categories, heat, images_dir / "category_heatmap.png", k=HEATMAP_K), out_dir)
+    if maps:
+        comparison.figures["tsne"] = relative(plots.plot_embedding_maps(maps, images_dir / "tsne.png"), out_dir)
 
 
 def _evaluate_backend(backend: str, options: dict[str, Any], prepared: _Prepared, loo: bool, splits):

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from clothsim.data.records import CatalogRecord
+from clothsim.defaults import DEFAULT_CHECKPOINT_EVERY
 from clothsim.encoders.base import Encoder
 from clothsim.engines import EncodedShard, ExtractionEngine
 from clothsim.errors import EmptyCatalogError, StaleStoreError, UsageError
@@ -51,7 +52,6 @@ from clothsim.images import special_file_kind
 logger = logging.getLogger(__name__)
 
 #: Images per checkpoint by default: about 50 s of work for the default encoder on 2 CPU cores.
-DEFAULT_CHECKPOINT_EVERY = 1000
 REBUILD_SUFFIX = ".rebuild"
 REPLACED_SUFFIX = ".replaced"
 
@@ -339,7 +339,6 @@ def extract_features(
     num_workers: int = 2,
     dtype: str = "float32",
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-    shard_size: int | None = None,
     use_bbox: bool = True,
     overwrite: bool = False,
     rebuild: bool = False,
@@ -361,7 +360,6 @@ def extract_features(
         num_workers: Threads decoding images beside the encoder (0 decodes between batches).
         dtype: ``"float32"`` or ``"float16"`` on disk.
         checkpoint_every: Images encoded between two commits (what an interruption can lose at most).
-        shard_size: Old name of ``checkpoint_every``.
         use_bbox: Crop to each record's bounding box where it has one.
         overwrite: Rebuild (beside, then swap) a store made with another encoder setup, dtype or crop
             setting, or whose manifest is damaged, instead of refusing; a store that can be synced is
@@ -382,7 +380,6 @@ def extract_features(
     """
     if not records:
         raise EmptyCatalogError("the catalogue has no images to encode")
-    checkpoint_every = shard_size if shard_size is not None else checkpoint_every
     if batch_size < 1 or checkpoint_every < 1:
         raise UsageError("batch_size and checkpoint_every must be at least 1")
     store_dir = Path(store_dir)

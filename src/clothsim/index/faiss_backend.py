@@ -86,11 +86,8 @@ _COMMON = {
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 HNSW_OPTIONS: dict[str, OptionSpec] = {
-    # Measured on clustered 1280-d data (benchmarks/index_scale.py's mixture), 2 cores: at 100k, M=32 builds
-    # as fast as M=16 and reaches recall@10 1.00 at efSearch 128 (M=16: 0.97). At 1M, efConstruction 80
-    # left recall@10 at 0.934 (0.941 at efSearch 256): the graph, not the search, was short; 200 gives
-    # 0.982 at efSearch 128 (benchmarks/index_scale.py, README). Build: 537 s at 1M (80 took 476 s, but on
-    # a loaded machine); at 200k on an idle one 80 s against 39 s.
+    # M=32 builds as fast as M=16 and finds more of the true neighbours; at 1M a shallower efConstruction
+    # leaves the graph, not the search, short of recall. The figures are in docs/benchmarks.md.
     "M": OptionSpec(int, 32, True, "graph neighbours per node"),
     "efConstruction": OptionSpec(int, 200, True, "search depth while building"),
     "efSearch": OptionSpec(int, 128, False, "search depth per query; also a per-query argument"),
@@ -122,7 +119,7 @@ def _faiss():
 
 
 # Below this many queries a search runs on one OpenMP thread: FAISS parallelises over queries, and for one
-# query the threads only wait on each other (measured: 0.4 ms on one thread, 1.3-1.9 ms on two).
+# query the threads only wait on each other (one thread is several times faster; docs/benchmarks.md).
 SMALL_BATCH = 8
 
 
@@ -143,8 +140,8 @@ def _threads_for(n_queries: int) -> Iterator[None]:
 
 
 def _pq_m_default(dim: int) -> int:
-    """About 8 dimensions per sub-vector (1280-d: 160 bytes per vector, 32x smaller than float32):
-    measured recall@10 0.994 with the default re-ranking, against 0.886 at 20 dimensions (m=64)."""
+    """About 8 dimensions per sub-vector (1280-d: 160 bytes per vector, 32x smaller than float32): coarser
+    sub-vectors lose recall that the re-ranking does not win back (docs/benchmarks.md)."""
     limit = max(1, dim // 8, min(dim // 4, 64))  # small dimensions: no fewer than 4 per sub-vector
     return max(m for m in range(1, limit + 1) if dim % m == 0)
 

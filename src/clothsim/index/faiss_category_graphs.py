@@ -1,11 +1,10 @@
 """One small HNSW graph per category beside ``faiss-hnsw``'s global graph, for category-filtered queries.
 
 A filter that keeps 1 item in 50 makes the global graph walk about fifty times as many nodes to find k
-allowed ones (measured at 1M x 1280: 27-29 ms against 4.8 ms unfiltered, ``benchmarks/index_scale.py``),
-and an exact scan over the matching rows is no faster. A graph built over the category's items alone
-answers the same query in a graph fifty times smaller. Its vectors are kept as 8-bit scalar-quantized
-codes (a quarter of float32), which only shortlist: the candidates are re-scored with the store's exact
-vectors, so the scores are the same as every other path's.
+allowed ones, and an exact scan over the matching rows is no faster. A graph built over the category's
+items alone answers the same query in a graph fifty times smaller. Its vectors are kept as 8-bit
+scalar-quantized codes (a quarter of float32), which only shortlist: the candidates are re-scored with
+the store's exact vectors, so the scores are the same as every other path's.
 
 Files (beside the global graph, in ``<index>/backends/faiss-hnsw/``): ``part-GGGGGG-NNNN.faiss``, one per
 category, listed in ``state.json`` under ``partitions`` with their size and SHA-256. A save rewrites
@@ -13,24 +12,9 @@ only the graphs that changed. A graph is read into memory the first time a query
 memory-mapped: a query walks pages all over a graph, and on a cold page cache each is a disk read).
 
 A filtered query usually lies away from the category's items (a shirt's photo filtered to shoes), so the
-walk needs more depth than an unfiltered one: measured on 20,000 items of one category of 1280-d
-clustered vectors, recall@10 was 0.92 at efSearch 128 and 0.98 at 256, with 8-bit or float32 vectors
-alike; hence ``category_efSearch`` (default 256).
-
-Measured instead of graphs, and not adopted: 8-bit IVF lists per category (128 lists, the lists probed
-chosen per query from the spread of its centroid scores). On the 1M benchmark's 20,000-item categories
-they answered a random-category query in 0.84 ms against the graphs' 1.20 ms and an own-category one
-in 0.41 against 0.74 (recall@10 0.956 / 0.992 against 0.954 / 0.995; 200 of the benchmark's queries,
-exact re-scoring included, one-off script). But a far query scans a tenth to a fifth of a partition's
-codes: 2.0 ms over 100,000 items (five categories pooled, 512 lists, recall 0.986). That cost grows
-with the category, a graph walk's far more slowly (not measured at that size here: on pooled categories
-a graph is not a fair comparison), and the probing rule is one more threshold to tune per encoder.
-
-Also measured and not adopted: starting a far query's walk from entry points picked by the query among
-64 k-means centres of the category (the item nearest each centre, FAISS ``search_level_0``) instead of
-the graph's own descent through its upper levels. On the same 200 random-category queries, at efSearch
-128 that gave recall@10 0.845 from the best entry and 0.827 from the best four, against the descent's
-0.889 (0.954 at 256, 1.13 ms): the descent already lands as near as centres do (one-off script).
+walk needs more depth than an unfiltered one; hence ``category_efSearch`` (default 256). The figures, and
+the alternatives weighed and not adopted (IVF lists per category, entry points from k-means centres), are
+in ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

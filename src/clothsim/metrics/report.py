@@ -91,6 +91,53 @@ def _encode(query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.nd
     return codes[: len(query_labels)], codes[len(query_labels) :], categories.tolist()
 
 
+def _item_vectors(query_item_ids: Any, gallery_item_ids: Any, n_queries: int, n_gallery: int,
+                  leave_one_out: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The query and gallery item ids as checked label vectors (the queries' own with ``leave_one_out``)."""
+    if leave_one_out and gallery_item_ids is None:
+        gallery_item_ids = query_item_ids
+    if query_item_ids is None or gallery_item_ids is None:
+        raise ValueError("give both query_item_ids and gallery_item_ids, or neither")
+    query_items = as_label_vector("query_item_ids", query_item_ids)
+    gallery_items = as_label_vector("gallery_item_ids", gallery_item_ids)
+    if len(query_items) != n_queries or len(gallery_items) != n_gallery:
+        raise ValueError(
+            f"item ids must match the labels: {len(query_items)} query ids for {n_queries} queries, "
+            f"{len(gallery_items)} gallery ids for {n_gallery} gallery items"
+        )
+    check_comparable("query_item_ids", query_items, "gallery_item_ids", gallery_items)
+    return query_items, gallery_items
+
+
+def _per_category(query_codes: np.ndarray, categories: list[Any], per_query: dict[int, np.ndarray]
+                  ) -> tuple[dict[Any, dict[int, float]], dict[Any, int]]:
+    """Precision@k per query category, and how many queries each category has."""
+    per_category: dict[Any, dict[int, float]] = {}
+    category_counts: dict[Any, int] = {}
+    for code in np.unique(query_codes):
+        mask = query_codes == code
+        category = categories[int(code)]
+        per_category[category] = {k: float(values[mask].mean()) for k, values in per_query.items()}
+        category_counts[category] = int(mask.sum())
+    return per_category, category_counts
+
+
+def _recall_at_k(query_items: np.ndarray, gallery_items: np.ndarray, rows: np.ndarray, recall_ks: Sequence[int],
+                 leave_one_out: bool) -> dict[int, float]:
+    """In-shop Recall@K: the share of queries with an image of their own item among the first K."""
+    retrieved_items = gallery_items[rows]
+    missing = ~np.isin(query_items, gallery_items)
+    if leave_one_out:
+        # The query's own row does not count: its item must appear at another row.
+        item_codes, item_counts = np.unique(gallery_items, return_counts=True)
+        missing = item_counts[np.searchsorted(item_codes, query_items)] < 2
+    if missing.any():
+        logger.warning(
+            "%d queries have no image of their item in the gallery; they count as misses", int(missing.sum())
+        )
+    return {k: float(hits_at_k(query_items, retrieved_items, k).mean()) for k in recall_ks}
+
+
 def evaluate_retrieval(
     query_vectors: np.ndarray,
     query_labels: Any,
@@ -148,18 +195,8 @@ def evaluate_retrieval(
 
     with_items = query_item_ids is not None or gallery_item_ids is not None
     if with_items:
-        if leave_one_out and gallery_item_ids is None:
-            gallery_item_ids = query_item_ids
-        if query_item_ids is None or gallery_item_ids is None:
-            raise ValueError("give both query_item_ids and gallery_item_ids, or neither")
-        query_items = as_label_vector("query_item_ids", query_item_ids)
-        gallery_items = as_label_vector("gallery_item_ids", gallery_item_ids)
-        if len(query_items) != n_queries or len(gallery_items) != n_gallery:
-            raise ValueError(
-                f"item ids must match the labels: {len(query_items)} query ids for {n_queries} queries, "
-                f"{len(gallery_items)} gallery ids for {n_gallery} gallery items"
-            )
-        check_comparable("query_item_ids", query_items, "gallery_item_ids", gallery_items)
+        query_items, gallery_items = _item_vectors(query_item_ids, gallery_item_ids, n_queries, n_gallery,
+                                                   leave_one_out)
         recall_ks = _check_ks("recall_ks", recall_ks)
 
     k_max = max(ks + (map_k,) + (recall_ks if with_items else ()))
@@ -180,27 +217,10 @@ def evaluate_retrieval(
     precision = {k: float(values.mean()) for k, values in per_query.items()}
     map_at_k = float(average_precision_at_k(query_codes, retrieved_codes, map_k, n_relevant).mean())
 
-    per_category: dict[Any, dict[int, float]] = {}
-    category_counts: dict[Any, int] = {}
-    for code in np.unique(query_codes):
-        mask = query_codes == code
-        category = categories[int(code)]
-        per_category[category] = {k: float(values[mask].mean()) for k, values in per_query.items()}
-        category_counts[category] = int(mask.sum())
-
+    per_category, category_counts = _per_category(query_codes, categories, per_query)
     recall_at_k = None
     if with_items:
-        retrieved_items = gallery_items[rows]
-        missing = ~np.isin(query_items, gallery_items)
-        if leave_one_out:
-            # The query's own row does not count: its item must appear at another row.
-            item_codes, item_counts = np.unique(gallery_items, return_counts=True)
-            missing = item_counts[np.searchsorted(item_codes, query_items)] < 2
-        if missing.any():
-            logger.warning(
-                "%d queries have no image of their item in the gallery; they count as misses", int(missing.sum())
-            )
-        recall_at_k = {k: float(hits_at_k(query_items, retrieved_items, k).mean()) for k in recall_ks}
+        recall_at_k = _recall_at_k(query_items, gallery_items, rows, recall_ks, leave_one_out)
 
     return RetrievalReport(
         precision=precision,

@@ -7,7 +7,7 @@ index later runs exactly the model that built it, with ONNX Runtime and no torch
 ``onnx`` package (the ``torch`` extra), and a float32 model file to start from.
 
 Settings: QDQ format, per-channel int8 weights in 7-bit range, uint8 activations, MinMax calibration, no
-layer kept in float; the alternatives weighed, with their figures, are in ``docs/benchmarks.md``.
+layer kept in float; why, and the alternatives weighed, are in ``docs/design-notes.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clothsim.defaults import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD
 from clothsim.encoders.spec import EncoderSpec
 from clothsim.errors import DataError, UsageError
 from clothsim.fileio import atomic_path, file_sha256, write_json
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-DEFAULT_CALIBRATION_IMAGES = 64
 #: Changes whenever :func:`quantize` quantizes differently, so a cached quantization is not reused.
 QUANTIZATION_FORMAT = 2
 
@@ -54,7 +54,7 @@ class Calibration:
 
     records: Sequence["CatalogRecord"]
     images: int = DEFAULT_CALIBRATION_IMAGES
-    method: str = "minmax"
+    method: str = DEFAULT_CALIBRATION_METHOD
     seed: int = 0
     use_bbox: bool = True
 
@@ -72,7 +72,7 @@ def check_int8_offered(encoder_name: str, validated: bool, offered: Sequence[str
     if not validated:
         raise UsageError(
             f"--precision int8 is not offered for {encoder_name}: its int8 vectors lost more than 0.01 P@5 "
-            f"against float32 when measured (docs/benchmarks.md); int8 is offered for: {', '.join(offered) or 'none'}")
+            f"against float32 (docs/design-notes.md); int8 is offered for: {', '.join(offered) or 'none'}")
 
 
 def calibration_batches(spec: EncoderSpec, calibration: Calibration, batch_size: int = 8) -> list[np.ndarray]:
@@ -130,9 +130,8 @@ def quantize(fp32_model: Path, out_path: Path, batches: Sequence[np.ndarray], me
     with tempfile.TemporaryDirectory(prefix="clothsim-int8-") as work, atomic_path(out_path) as tmp:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_model), str(prepared))  # shape inference and folding, as advised
-        # reduce_range (7-bit weights): x86 CPUs without VNNI multiply u8 x s8 through 16-bit sums that
-        # saturate on full-range weights, which cost efficientnet_lite0 0.91 mean cosine to float32 on an
-        # AVX2 machine against 0.97 with it (docs/benchmarks.md); an index may be searched on any CPU.
+        # reduce_range (7-bit weights): CPUs without VNNI saturate on full-range weights, and an index may
+        # be searched on any CPU (docs/design-notes.md, int8 quantization settings).
         quantize_static(str(prepared), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method])
@@ -152,7 +151,7 @@ def quantized_spec(fp32: EncoderSpec, calibration: Calibration) -> EncoderSpec:
         DataError: no calibration photo could be decoded.
         MissingDependencyError: the ``onnx`` package is not installed.
     """
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     if fp32.precision != "fp32":
         raise UsageError(f"{fp32.name} is {fp32.precision} already")

@@ -67,7 +67,7 @@ def export_key(encoder: Encoder, part: str = "vectors") -> str:
 
 def cache_path(encoder: Encoder, part: str = "vectors") -> Path:
     """Where the export of ``encoder`` is cached (``$CLOTHSIM_CACHE/onnx/<name>-<key>.onnx``)."""
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", encoder.name).strip("_.")[-40:] or "encoder"
     suffix = "" if part == "vectors" else f"-{part}"

@@ -84,7 +84,7 @@ def _optimized_copy(sha256: str) -> Path:
 
     import onnxruntime as ort
 
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     flags = ""
     try:

@@ -15,7 +15,7 @@ from clothsim.encoders.factory import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError
 from clothsim.training.checkpoint import HISTORY, save_model
 from clothsim.training.model_folder import save_model_file
-from clothsim.training.feature_cache import FeatureMapCache, build_feature_map_cache
+from clothsim.training.feature_maps import FeatureMapCache, build_feature_map_cache
 from clothsim.training.plots import save_training_curves
 from clothsim.training.trainer import TrainConfig, TrainResult, train_siamese
 
@@ -36,7 +36,7 @@ class SplitRows:
 
 def default_feature_cache_root() -> Path:
     """``<clothsim cache>/feature_maps`` (``$CLOTHSIM_CACHE`` overrides the cache folder)."""
-    from clothsim.cache import default_cache_dir
+    from clothsim.user_dirs import default_cache_dir
 
     return default_cache_dir() / "feature_maps"
 

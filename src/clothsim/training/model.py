@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clothsim.defaults import DEFAULT_SIAMESE_DROPOUT, DEFAULT_SIAMESE_EMBEDDING_DIM
 from clothsim.training.distance import euclidean_distance
 from clothsim.errors import UsageError
 
@@ -38,8 +39,8 @@ class BranchConfig:
     """
 
     in_channels: int = 512
-    embedding_dim: int = 128
-    dropout: float = 0.2
+    embedding_dim: int = DEFAULT_SIAMESE_EMBEDDING_DIM
+    dropout: float = DEFAULT_SIAMESE_DROPOUT
     norm: str = "none"
     activation: str = "none"
 

@@ -31,6 +31,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clothsim.defaults import (
+    DEFAULT_SEED,
+    DEFAULT_SIAMESE_DROPOUT,
+    DEFAULT_SIAMESE_EMBEDDING_DIM,
+    DEFAULT_SIAMESE_EPOCHS,
+    DEFAULT_SIAMESE_LR,
+    DEFAULT_SIAMESE_MARGIN,
+    DEFAULT_SIAMESE_NEGATIVE_RATIO,
+    DEFAULT_SIAMESE_PAIR_BATCH,
+    DEFAULT_SIAMESE_PATIENCE,
+    DEFAULT_SIAMESE_WEIGHT_DECAY,
+    DEFAULT_VAL_FRACTION,
+)
 from clothsim.training.distance import similarity_from_distance
 from clothsim.training.losses import ContrastiveLoss
 from clothsim.training.model import BranchConfig, SiameseNetwork
@@ -65,20 +78,20 @@ class TrainConfig:
         seed: Seeds pairs, initialisation, dropout and the validation carve.
     """
 
-    embedding_dim: int = 128
-    dropout: float = 0.2
+    embedding_dim: int = DEFAULT_SIAMESE_EMBEDDING_DIM
+    dropout: float = DEFAULT_SIAMESE_DROPOUT
     norm: str = "none"
     activation: str = "none"
-    margin: float = 1.0
-    negative_ratio: float = 1.0
+    margin: float = DEFAULT_SIAMESE_MARGIN
+    negative_ratio: float = DEFAULT_SIAMESE_NEGATIVE_RATIO
     pair_rule: str = "category"
-    epochs: int = 100
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 10
-    val_fraction: float = 0.1
-    seed: int = 0
+    epochs: int = DEFAULT_SIAMESE_EPOCHS
+    batch_size: int = DEFAULT_SIAMESE_PAIR_BATCH
+    learning_rate: float = DEFAULT_SIAMESE_LR
+    weight_decay: float = DEFAULT_SIAMESE_WEIGHT_DECAY
+    patience: int = DEFAULT_SIAMESE_PATIENCE
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

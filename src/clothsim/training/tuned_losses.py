@@ -10,10 +10,11 @@ from typing import Any
 
 from torch import nn
 
+from clothsim.defaults import DEFAULT_TUNE_LOSS
 from clothsim.errors import UsageError
 
 LOSSES = ("multi-similarity", "contrastive", "proxy-anchor", "normalized-softmax")
-DEFAULT_LOSS = "multi-similarity"
+DEFAULT_LOSS = DEFAULT_TUNE_LOSS
 INSTALL_HINT = "pip install pytorch-metric-learning"
 
 

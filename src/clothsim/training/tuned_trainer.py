@@ -22,12 +22,35 @@ import numpy as np
 import torch
 
 from clothsim.data.records import CatalogRecord, require_categories
+from clothsim.defaults import (
+    DEFAULT_GEM_P,
+    DEFAULT_K,
+    DEFAULT_SEED,
+    DEFAULT_TUNE_BACKBONE,
+    DEFAULT_TUNE_BACKBONE_LR_SCALE,
+    DEFAULT_TUNE_BATCH_SIZE,
+    DEFAULT_TUNE_EMA,
+    DEFAULT_TUNE_EMBEDDING_DIM,
+    DEFAULT_TUNE_EPOCHS,
+    DEFAULT_TUNE_HIDDEN_DIM,
+    DEFAULT_TUNE_LABELS,
+    DEFAULT_TUNE_LOSS,
+    DEFAULT_TUNE_LR,
+    DEFAULT_TUNE_M,
+    DEFAULT_TUNE_MEMBERS,
+    DEFAULT_TUNE_PATIENCE,
+    DEFAULT_TUNE_POOLING,
+    DEFAULT_TUNE_SCHEDULE,
+    DEFAULT_TUNE_TRAIN_LAYERS,
+    DEFAULT_TUNE_VIEWS,
+    DEFAULT_TUNE_WEIGHT_DECAY,
+)
 from clothsim.errors import DataError, UsageError
 from clothsim.fileio import write_json
-from clothsim.training.tuned_cache import AugmentConfig, CachedSplit, LowerPart, cache_split
+from clothsim.training.lower_outputs import AugmentConfig, CachedSplit, LowerPart, cache_split
 from clothsim.training.model_folder import save_model_file
 from clothsim.training.tuned_encoder import save_tuned
-from clothsim.training.tuned_losses import DEFAULT_LOSS, build_loss
+from clothsim.training.tuned_losses import build_loss
 from clothsim.training.tuned_model import NetworkConfig, TunedMembers, TunedNetwork, backbone_layers, check_cut
 from clothsim.training.tuned_sampler import MPerClassBatches
 
@@ -76,34 +99,34 @@ class TuneConfig:
         seed: Seed of splits, views, batches and initialisation.
     """
 
-    backbone: str = "efficientnet_lite0"
-    train_layers: int = 1
+    backbone: str = DEFAULT_TUNE_BACKBONE
+    train_layers: int = DEFAULT_TUNE_TRAIN_LAYERS
     cached_layers: int | None = None
-    pooling: str = "gem"
-    gem_p: float = 3.0
+    pooling: str = DEFAULT_TUNE_POOLING
+    gem_p: float = DEFAULT_GEM_P
     learn_p: bool = True
-    hidden_dim: int = 0
-    embedding_dim: int = 256
+    hidden_dim: int = DEFAULT_TUNE_HIDDEN_DIM
+    embedding_dim: int = DEFAULT_TUNE_EMBEDDING_DIM
     flip: bool = False
-    loss: str = DEFAULT_LOSS
-    members: int = 1
-    labels: str = "category"
-    views: int = 3
+    loss: str = DEFAULT_TUNE_LOSS
+    members: int = DEFAULT_TUNE_MEMBERS
+    labels: str = DEFAULT_TUNE_LABELS
+    views: int = DEFAULT_TUNE_VIEWS
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 30
-    patience: int = 5
-    batch_size: int = 64
-    m: int = 8
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 1e-4
-    schedule: str = "constant"
-    ema: float = 0.0
+    epochs: int = DEFAULT_TUNE_EPOCHS
+    patience: int = DEFAULT_TUNE_PATIENCE
+    batch_size: int = DEFAULT_TUNE_BATCH_SIZE
+    m: int = DEFAULT_TUNE_M
+    lr: float = DEFAULT_TUNE_LR
+    backbone_lr_scale: float = DEFAULT_TUNE_BACKBONE_LR_SCALE
+    weight_decay: float = DEFAULT_TUNE_WEIGHT_DECAY
+    schedule: str = DEFAULT_TUNE_SCHEDULE
+    ema: float = DEFAULT_TUNE_EMA
     refit: bool = False
-    k: int = 5
+    k: int = DEFAULT_K
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    seed: int = 0
+    seed: int = DEFAULT_SEED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +233,116 @@ def _precision(queries: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g
     return evaluate_retrieval(queries, q_labels, gallery, g_labels, ks=ks)
 
 
+def _check_options(config: TuneConfig, runtime: str) -> None:
+    """Refuse out-of-range options before anything is read."""
+    if runtime not in ("auto", "onnx", "torch"):
+        raise UsageError(f"runtime must be auto, onnx or torch, got {runtime!r}")
+    if config.epochs < 1 or config.views < 1 or config.k < 1 or config.members < 1:
+        raise UsageError("epochs, views, k and members must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if not 0.0 <= config.ema < 1.0:
+        raise UsageError(f"ema must lie in [0, 1), got {config.ema}")
+
+
+def _training_splits(records: Sequence[CatalogRecord], config: TuneConfig
+                     ) -> tuple[list[CatalogRecord], list[CatalogRecord], list[CatalogRecord], list[str]]:
+    """The records with their splits, the train and validation splits, and the train categories."""
+    records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed)
+    train = [r for r in records if r.split == "train"]
+    val = [r for r in records if r.split == "validation"]
+    if not train or not val:
+        raise DataError(f"training needs a train and a validation split; got {len(train)} train and "
+                        f"{len(val)} validation images")
+    categories = sorted({r.category for r in train})
+    if len(categories) < 2:
+        raise DataError(f"training needs at least two categories; the train split has only {categories}")
+    for member in range(config.members):  # an unknown loss fails before any caching
+        build_loss(member_loss(config, member), 2, config.embedding_dim)
+    return records, train, val, categories
+
+
+def _member_meta(members: list[dict[str, Any]], refit: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model folder's entries about several members and a refit (none for a single plain run)."""
+    meta: dict[str, Any] = {}
+    if len(members) > 1:
+        meta["member_runs"] = members  # "members" (their count) is written by save_tuned
+    if refit:
+        meta["refit"] = refit
+        meta["val_p_measured_on"] = "the selection run (the saved network also learnt from validation)"
+    return meta
+
+
+def _lower_part(config: TuneConfig, weights: str | Path | None, runtime: str
+                ) -> tuple[Any, list[torch.nn.Module], int, int, LowerPart]:
+    """The backbone, its layers, their output channels, where they are cut and the frozen part below the cut."""
+    from clothsim.encoders.factory import create_encoder
+
+    backbone = create_encoder(config.backbone, weights=weights, device="cpu", runtime="torch")
+    layers, channels = backbone_layers(backbone)
+    cut = len(layers) - max(config.cached_layers or 0, config.train_layers, 1)
+    check_cut(len(layers), cut, config.train_layers)
+    part = LowerPart(backbone, torch.nn.Sequential(*layers[:cut]), cut)
+    if runtime != "torch" and not part.use_onnx() and runtime == "onnx":
+        raise UsageError("the onnx runtime could not run the lower part (see the log); use --runtime torch")
+    return backbone, layers, channels, cut, part
+
+
+def _member_network(member: int, upper_layers: list[torch.nn.Module], pretrained_upper: torch.nn.Module,
+                    channels: int, net_config: NetworkConfig, config: TuneConfig, dev: torch.device) -> TunedNetwork:
+    """The starting network of one member: member 0 trains the backbone's own upper layers, the others copies."""
+    if member:  # member 0 keeps the single-network run's initialisation
+        torch.manual_seed(config.seed + member)
+    upper = upper_layers if member == 0 else copy.deepcopy(pretrained_upper).requires_grad_(True)
+    return TunedNetwork(list(upper), channels, net_config).to(dev)
+
+
+def _write_report(out: Path, report: dict[str, Any] | None, k: int) -> None:
+    """The final test report, as JSON and Markdown, in the model folder."""
+    if report is not None:
+        write_json(out / REPORT_JSON, report)
+        (out / REPORT_MD).write_text(_report_markdown(report, k), encoding="utf-8")
+
+
+def _prepare_split(train_cache: CachedSplit, val_cache: CachedSplit, pretrained_upper: torch.nn.Module,
+                   config: TuneConfig, dev: torch.device) -> tuple["_Split", float, list[int]]:
+    """What every member trains and validates on, the pretrained default's validation P@k, and the ks reported."""
+    y_train = _labels(train_cache.records, config.labels)
+    y_val = _labels(val_cache.records, config.labels)
+    code, target = _class_codes(y_train)
+    # Validation labels that do not occur in train cannot be scored against it (In-shop items).
+    val_known = np.isin(y_val, y_train)
+    if not val_known.any():
+        raise DataError("no validation image has a label that occurs in the train split")
+    train_plain = np.asarray(train_cache.maps[:, 0])
+    val_plain = np.asarray(val_cache.maps[:, 0])
+    ks = sorted({1, config.k, 10})
+
+    def val_scores(network: torch.nn.Module) -> tuple[float, np.ndarray]:
+        """Validation P@k, and the embedded validation queries (the validation loss reuses them)."""
+        queries = _embed_maps(network, val_plain, dev)[val_known]
+        report = _precision(queries, y_val[val_known], _embed_maps(network, train_plain, dev), y_train, ks)
+        return float(report.precision[config.k]), queries
+
+    pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
+                            _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
+    pretrained_p = float(pre_report.precision[config.k])
+    split = _Split(train_cache.maps, target, y_train, y_val, val_known, code, len(code), val_scores)
+    return split, pretrained_p, ks
+
+
+def _together(trained: list["_Member"], split: "_Split", k: int) -> tuple["TunedNetwork | TunedMembers", float]:
+    """The chosen network (the members together when there are several) and its validation P@k."""
+    final: TunedNetwork | TunedMembers = (trained[0].network if len(trained) == 1
+                                          else TunedMembers([result.network for result in trained]))
+    final.eval()
+    best = trained[0].best if len(trained) == 1 else split.val_scores(final)[0]
+    if len(trained) > 1:
+        logger.info("%d members: validation P@%d %.3f together (%s alone)", len(trained), k, best,
+                    ", ".join(f"{result.best:.3f}" for result in trained))
+    return final, best
+
+
 def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: TuneConfig = TuneConfig(),
               *, weights: str | Path | None = None, device: str = "cpu", runtime: str = "auto",
               cache_dir: str | Path | None = None, num_workers: int = 1, evaluate_test: bool = True,
@@ -235,39 +368,15 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
         UsageError: an unknown loss, backbone, pooling or out-of-range option.
     """
     require_categories(records, "clothsim train")
-    from clothsim.cache import default_cache_dir
-    from clothsim.encoders.factory import create_encoder
+    from clothsim.user_dirs import default_cache_dir
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    if runtime not in ("auto", "onnx", "torch"):
-        raise UsageError(f"runtime must be auto, onnx or torch, got {runtime!r}")
-    if config.epochs < 1 or config.views < 1 or config.k < 1 or config.members < 1:
-        raise UsageError("epochs, views, k and members must be at least 1")
-    if config.schedule not in SCHEDULES:
-        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
-    if not 0.0 <= config.ema < 1.0:
-        raise UsageError(f"ema must lie in [0, 1), got {config.ema}")
-    records = assign_splits(records, config.val_fraction, config.test_fraction, config.seed)
-    train = [r for r in records if r.split == "train"]
-    val = [r for r in records if r.split == "validation"]
-    if not train or not val:
-        raise DataError(f"training needs a train and a validation split; got {len(train)} train and "
-                        f"{len(val)} validation images")
-    categories = sorted({r.category for r in train})
-    if len(categories) < 2:
-        raise DataError(f"training needs at least two categories; the train split has only {categories}")
-    for member in range(config.members):  # an unknown loss fails before any caching
-        build_loss(member_loss(config, member), 2, config.embedding_dim)
+    _check_options(config, runtime)
+    records, train, val, categories = _training_splits(records, config)
 
     torch.manual_seed(config.seed)
-    backbone = create_encoder(config.backbone, weights=weights, device="cpu", runtime="torch")
-    layers, channels = backbone_layers(backbone)
-    cut = len(layers) - max(config.cached_layers or 0, config.train_layers, 1)
-    check_cut(len(layers), cut, config.train_layers)
-    part = LowerPart(backbone, torch.nn.Sequential(*layers[:cut]), cut)
-    if runtime != "torch" and not part.use_onnx() and runtime == "onnx":
-        raise UsageError("the onnx runtime could not run the lower part (see the log); use --runtime torch")
+    backbone, layers, channels, cut, part = _lower_part(config, weights, runtime)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "tuned"
 
     def cache(rows: list[CatalogRecord], views: int, what: str) -> CachedSplit:
@@ -283,50 +392,21 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     logger.info("lower part (%s, %d layers, output %s) cached in %.1f s", part.runtime_used, cut,
                 part.map_shape, seconds["cache"])
 
-    y_train = _labels(train_cache.records, config.labels)
-    y_val = _labels(val_cache.records, config.labels)
-    code, target = _class_codes(y_train)
     net_config = NetworkConfig(backbone=config.backbone, cut=cut, train_layers=config.train_layers,
                                pooling=config.pooling, gem_p=config.gem_p, learn_p=config.learn_p,
                                hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim, flip=config.flip)
     dev = torch.device(device)
     # The untouched upper layers give the pretrained default's vectors, for the before/after figures.
     pretrained_upper = copy.deepcopy(torch.nn.Sequential(*layers[cut:])).to(dev).eval().requires_grad_(False)
-    # Validation labels that do not occur in train cannot be scored against it (In-shop items).
-    val_known = np.isin(y_val, y_train)
-    if not val_known.any():
-        raise DataError("no validation image has a label that occurs in the train split")
-    train_plain = np.asarray(train_cache.maps[:, 0])
-    val_plain = np.asarray(val_cache.maps[:, 0])
-    ks = sorted({1, config.k, 10})
-
-    def val_scores(network: torch.nn.Module) -> tuple[float, np.ndarray]:
-        """Validation P@k, and the embedded validation queries (the validation loss reuses them)."""
-        queries = _embed_maps(network, val_plain, dev)[val_known]
-        report = _precision(queries, y_val[val_known], _embed_maps(network, train_plain, dev), y_train, ks)
-        return float(report.precision[config.k]), queries
-
-    pre_report = _precision(_pretrained_vectors(pretrained_upper, val_plain, dev)[val_known], y_val[val_known],
-                            _pretrained_vectors(pretrained_upper, train_plain, dev), y_train, ks)
-    pretrained_p = float(pre_report.precision[config.k])
-    split = _Split(train_cache.maps, target, y_train, y_val, val_known, code, len(code), val_scores)
+    split, pretrained_p, ks = _prepare_split(train_cache, val_cache, pretrained_upper, config, dev)
+    y_train = split.y_train
     t0 = time.perf_counter()
-    trained = []
-    for member in range(config.members):
-        if member:  # member 0 keeps the single-network run's initialisation
-            torch.manual_seed(config.seed + member)
-        upper = layers[cut:] if member == 0 else copy.deepcopy(pretrained_upper).requires_grad_(True)
-        network = TunedNetwork(list(upper), channels, net_config).to(dev)
-        trained.append(_train_member(network, split, config, member, pretrained_p, dev, on_epoch))
+    trained = [_train_member(_member_network(member, layers[cut:], pretrained_upper, channels, net_config, config,
+                                             dev), split, config, member, pretrained_p, dev, on_epoch)
+               for member in range(config.members)]
     seconds["train"] = time.perf_counter() - t0
     history = [row for result in trained for row in result.history]
-    final: TunedNetwork | TunedMembers = (trained[0].network if len(trained) == 1
-                                          else TunedMembers([result.network for result in trained]))
-    final.eval()
-    best = trained[0].best if len(trained) == 1 else val_scores(final)[0]
-    if len(trained) > 1:
-        logger.info("%d members: validation P@%d %.3f together (%s alone)", len(trained), config.k, best,
-                    ", ".join(f"{result.best:.3f}" for result in trained))
+    final, best = _together(trained, split, config.k)
     refit: list[dict[str, Any]] = []
     if config.refit:
         t0 = time.perf_counter()
@@ -336,19 +416,15 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
     network = final
 
     out = Path(out_dir)
+    members = [{"loss": member_loss(config, i), "best_epoch": result.best_epoch, f"val_p@{config.k}": result.best}
+               for i, result in enumerate(trained)]
     meta = {"kind": "tuned", "backbone": config.backbone,
             "backbone_weights": str(Path(weights).resolve()) if weights not in (None, "random") else weights,
             "backbone_fingerprint": backbone.fingerprint(), "train_config": config.to_dict(),
             "categories": categories, "best_epoch": trained[0].best_epoch, f"best_val_p@{config.k}": best,
             "n_train": len(train_cache.records), "n_validation": len(val_cache.records),
-            "lower_runtime": part.runtime_used, "seconds": dict(seconds)}
-    members = [{"loss": member_loss(config, i), "best_epoch": result.best_epoch, f"val_p@{config.k}": result.best}
-                for i, result in enumerate(trained)]
-    if len(members) > 1:
-        meta["member_runs"] = members  # "members" (their count) is written by save_tuned
-    if refit:
-        meta["refit"] = refit
-        meta["val_p_measured_on"] = "the selection run (the saved network also learnt from validation)"
+            "lower_runtime": part.runtime_used, "seconds": dict(seconds),
+            **_member_meta(members, refit)}
     save_tuned(out, network, meta, history)
     save_model_file(out, f"tuned:{out.resolve()}")
     _plot_curves(history, config.k, out / CURVES)
@@ -361,9 +437,7 @@ def fit_tuned(records: Sequence[CatalogRecord], out_dir: str | Path, config: Tun
         report, test_failures = _test_report(records, train_cache, network, pretrained_upper, dev, config, cache, ks)
         failures += test_failures
         seconds["test"] = time.perf_counter() - t0
-        if report is not None:
-            write_json(out / REPORT_JSON, report)
-            (out / REPORT_MD).write_text(_report_markdown(report, config.k), encoding="utf-8")
+        _write_report(out, report, config.k)
     seconds["total"] = time.perf_counter() - started
     return TuneResult(out, history, trained[0].best_epoch, report, seconds, failures, part.runtime_used,
                       val_precision=best, members=members, refit=refit)

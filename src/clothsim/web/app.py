@@ -21,98 +21,56 @@ budget for decoding is taken or the index's database server (Milvus) cannot be r
 most a short prefix of what the client sent.
 """
 
-# No `from __future__ import annotations` here: FastAPI evaluates the route annotations at start-up,
-# and `Form(le=max_k)` refers to a variable local to create_app.
-import io
 import logging
-import mimetypes
-import os
-import time
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import FastAPI
 
 from clothsim import __version__
 from clothsim.similarity_index import SimilarityIndex
-from clothsim.images import DEFAULT_MAX_PIXELS
-from clothsim.index.base import BackendUnavailable, SearchHit
-from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+from clothsim.defaults import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_DECODE_SLOTS,
+    DEFAULT_FOLLOW_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_K,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_QUEUE_TIMEOUT_S,
+)
 from clothsim.web.compute import ThreadPlan
 from clothsim.web.auth import WriteAuthMiddleware
 from clothsim.web.limits import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from clothsim.web.metrics import RequestObserver, ServerMetrics
-from clothsim.web.schemas import (
-    AddedItem,
-    CategoriesResponse,
-    CategoryCount,
-    DeletedItem,
-    ErrorBody,
-    Health,
-    Hit,
-    QueryInfo,
-    Readiness,
-    SearchResponse,
-)
-from clothsim.web.service import ECHO_CHARS, MAX_TEXT_CHARS, QueryRejected, SearchService
-from clothsim.web.snapshot import DEFAULT_POLL_S
-from clothsim.web.writes import (
-    WriteRefused,
-    WriteSettings,
-    fetch_url,
-    image_format,
-    item_fields,
-    keep_photo,
-    read_path,
-)
+from clothsim.web.routes import add_error_handlers, add_search_route, add_service_routes, add_write_routes
+from clothsim.web.service import SearchService
+from clothsim.web.writes import WriteSettings
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_K = 50
 # Room for multipart boundaries, part headers and the small text fields around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-
-_STATUS = {"too_large": 413, "not_image": 415, "unknown_item": 404, "bad_request": 422, "busy": 503}
-_WRITE_STATUS = {**_STATUS, "forbidden_source": 422}
-DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
-DEFAULT_BODY_TIMEOUT_S = 60.0
-FILENAME_CHARS = 100
-_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 415, 503)}
-
-
-def _image_url(request: Request, item_id: int) -> str:
-    # A path, not an absolute URL: correct behind a proxy and under a root_path alike.
-    return request.url_for("item_image", item_id=str(item_id)).path
-
-
-def _hit(request: Request, hit: SearchHit) -> Hit:
-    return Hit(rank=hit.rank, id=hit.id, score=round(float(hit.score), 6), category=hit.record.category,
-               name=Path(hit.record.path).name, split=hit.record.split, item_id=hit.record.item_id,
-               image_url=_image_url(request, hit.id))
 
 
 def create_app(
     index: SimilarityIndex,
     *,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_k: int = DEFAULT_MAX_K,
-    decode_slots: int = 4,
+    decode_slots: int = DEFAULT_DECODE_SLOTS,
     memory_budget_mb: float | None = None,
-    queue_timeout_s: float = 10.0,
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     verify_index: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
-    batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
     backend_options: dict[str, Any] | None = None,
-    follow_s: float = DEFAULT_POLL_S,
+    follow_s: float = DEFAULT_FOLLOW_S,
     warm_in_background: bool = False,
     writes: WriteSettings | None = None,
     access_log: bool = False,
@@ -189,195 +147,9 @@ def create_app(
     # Added last, so it runs first: every answer is counted and timed, refusals by the others included.
     app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, routes=app.router.routes)
 
-    @app.exception_handler(QueryRejected)
-    async def _rejected(request: Request, exc: QueryRejected) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse({"detail": exc.message}, status_code=_STATUS.get(exc.kind, 400), headers=headers)
-
-    @app.exception_handler(WriteRefused)
-    async def _write_refused(request: Request, exc: WriteRefused) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse({"detail": exc.message}, status_code=_WRITE_STATUS.get(exc.kind, 400), headers=headers)
-
-    @app.exception_handler(BackendUnavailable)
-    async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        # The index's database server is down or restarting: the same request may succeed shortly. Its
-        # address stays in the log, not in an answer to the public.
-        logger.warning("search failed, the index's server is unavailable: %s", exc)
-        return JSONResponse({"detail": "the index's database server cannot be reached; try again shortly"},
-                            status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own report, with each offending input cut to a short prefix (never echoed whole).
-        errors = []
-        for error in exc.errors():
-            error = {key: value for key, value in error.items() if key not in ("ctx", "url")}
-            if "input" in error:
-                value = error["input"]
-                error["input"] = value if isinstance(value, (int, float, bool)) or value is None \
-                    else str(value)[:ECHO_CHARS]
-            error["msg"] = str(error.get("msg", ""))[:200]
-            errors.append(error)
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    @app.get("/health", response_model=Health, tags=["service"], summary="Liveness, index size, limits")
-    def health() -> Health:
-        """Liveness (the process answers), whether it is ready, index size and the limits it applies."""
-        return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service),
-                      categories=len(service.categories()),
-                      encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
-                      max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
-
-    @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}},
-             summary="Readiness: the index is open and warmed")
-    def ready() -> JSONResponse:
-        """Readiness: 200 once the index is open and warmed (searches are answered at full speed), 503
-        before. A load balancer sends searches only to a ready server."""
-        if not service.ready:
-            reason = "the index failed to load" if service.startup_error is not None else "warming up"
-            return JSONResponse(Readiness(ready=False, detail=reason).model_dump(), status_code=503,
-                                headers={"Retry-After": "2"})
-        snapshot = service.follower.current
-        return JSONResponse(Readiness(ready=True, detail="ready", items=len(snapshot),
-                                      generation=snapshot.generation).model_dump())
-
-    @app.get("/metrics", tags=["service"], response_class=Response, summary="Metrics in the Prometheus format",
-             responses={200: {"content": {"text/plain": {}}}})
-    def prometheus_metrics() -> Response:
-        """Counters, histograms and gauges in the Prometheus text format (see :mod:`clothsim.web.metrics`)."""
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
-    @app.get("/api/categories", response_model=CategoriesResponse, tags=["catalogue"],
-             summary="Categories and their item counts")
-    def categories() -> CategoriesResponse:
-        """The categories in the index, with their item counts (the values ``category`` accepts)."""
-        counts = service.categories()
-        return CategoriesResponse(categories=[CategoryCount(name=n, count=c) for n, c in counts.items()],
-                                  total=len(service))
-
-    @app.get("/api/items/{item_id}/image", name="item_image", tags=["catalogue"], summary="An item's image",
-             response_class=FileResponse, responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}})
-    def item_image(item_id: int) -> FileResponse:
-        """The image file of an indexed item. Only files recorded in the index are ever served."""
-        path = service.item_path(item_id)
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=60"})
-
-    @app.post("/api/search", response_model=SearchResponse, tags=["search"], responses=_ERRORS,
-              summary="The most similar items to a photo or an item")
-    def search(
-        request: Request,
-        image: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP, ...)")] = None,
-        item_id: Annotated[int | None, Form(alias="id", description="or: the id of a catalogue item")] = None,
-        k: Annotated[int, Form(ge=1, le=max_k, description="how many results")] = 5,
-        category: Annotated[str | None, Form(description="only this category; empty for all")] = None,
-        text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description="or: a text (indexes whose encoder "
-                                         "has a text tower); with image, the two are mixed")] = None,
-        text_weight: Annotated[float, Form(ge=0, le=1, description="with image and text: the text's share")] = 0.5,
-    ) -> SearchResponse:
-        """The ``k`` catalogue items most similar to an uploaded photo, a catalogue item, a text, or a photo
-        and a text together.
-
-        Send ``image``, ``id`` or ``text``; ``text`` may come with ``image``.
-        """
-        started = time.perf_counter()
-        category = category or None
-        text = text if text and text.strip() else None
-        if text is not None and item_id is not None:
-            raise QueryRejected("bad_request", "the form field 'text' goes alone or with 'image', not with 'id'")
-        if text is not None and image is None:
-            hits = service.search_text(text, k, category)
-            return SearchResponse(query=QueryInfo(kind="text", text=text), k=k, category=category,
-                                  results=[_hit(request, h) for h in hits],
-                                  took_ms=round((time.perf_counter() - started) * 1000.0, 2))
-        if (image is None) == (item_id is None):
-            which = "both" if image is not None else "neither"
-            raise QueryRejected("bad_request", f"send exactly one of the form fields 'image' (a file) and "
-                                               f"'id' (a catalogue item); got {which}")
-        service.check_query(k, category)
-        if image is not None:
-            size = image.size
-            if size is None:
-                size = image.file.seek(0, 2)
-                image.file.seek(0)
-            result = service.search_upload(image.file, size, k, category, text=text, text_weight=text_weight)
-            hits = result.hits
-            name = image.filename
-            if name is not None and len(name) > FILENAME_CHARS:
-                name = name[:FILENAME_CHARS] + "..."
-            query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
-                              width=result.width, height=result.height, text=text)
-        else:
-            hits, record = service.search_item(item_id, k, category)
-            query = QueryInfo(kind="item", id=item_id, category=record.category,
-                              image_url=_image_url(request, item_id))
-        return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
-                              took_ms=round((time.perf_counter() - started) * 1000.0, 2))
-
+    add_error_handlers(app)
+    add_service_routes(app, service, metrics)
+    add_search_route(app, service, max_k)
     if writes is not None:
-        _add_write_routes(app, service, writes)
+        add_write_routes(app, service, writes)
     return app
-
-
-def _add_write_routes(app: FastAPI, service: SearchService, writes: WriteSettings) -> None:
-    """``POST /api/items`` and ``DELETE /api/items/{id}`` (the key is checked by :class:`WriteAuthMiddleware`)."""
-    refused = {code: {"model": ErrorBody} for code in (401, 403, 404, 413, 415, 422, 503)}
-
-    @app.post("/api/items", status_code=201, response_model=AddedItem, tags=["catalogue writes"], responses=refused,
-              summary="Add an item")
-    def add_item(
-        request: Request,
-        image: Annotated[UploadFile | None, File(description="the item's photo")] = None,
-        path: Annotated[str | None, Form(description="or: an absolute path under a --write-path-root folder")] = None,
-        url: Annotated[str | None, Form(description="or: a URL under a --write-url-prefix")] = None,
-        category: Annotated[str | None, Form(description="its category (required when the index has them)")] = None,
-        split: Annotated[str | None, Form(description="train, validation, test, query or gallery")] = None,
-        item_id: Annotated[str | None, Form(description="the garment's identity in the shop")] = None,
-        attributes: Annotated[str | None, Form(description="comma-separated attribute names")] = None,
-    ) -> AddedItem:
-        """Add an item to the catalogue: its photo (uploaded, or read from a path or URL the server may
-        read) is encoded and committed; it is returned by searches as soon as this answers. Needs
-        ``Authorization: Bearer <key>``."""
-        started = time.perf_counter()
-        sources = [name for name, value in (("image", image), ("path", path), ("url", url)) if value]
-        if len(sources) != 1:
-            raise WriteRefused("bad_request", "send exactly one of the form fields 'image' (a file), 'path' and "
-                                              f"'url'; got {', '.join(sources) or 'none'}")
-        service.require_ready()
-        fields = item_fields(category, split, item_id, attributes, needs_category=bool(service.categories()))
-        limit = service.max_upload_bytes
-        if image is not None:
-            data = image.file.read(limit + 1)
-            if len(data) > limit:
-                raise WriteRefused("too_large", f"image: the file is over the limit of {limit} bytes")
-            kept_path = None
-        elif path:
-            data, kept_path = read_path(path, writes.path_roots, limit)
-        else:
-            data, kept_path = fetch_url(url, writes.url_prefixes, limit, writes.fetch_timeout_s), None
-        vector, _, _ = service.embed_upload(io.BytesIO(data), len(data))  # checks it is an image first
-        if kept_path is None:
-            kept_path = keep_photo(writes.upload_dir, data, image_format(data))
-        record = fields.record(kept_path)
-        new_id = service.writer.add(vector, record)
-        return AddedItem(id=new_id, category=record.category, split=record.split, item_id=record.item_id,
-                         attributes=list(record.attributes), name=kept_path.name,
-                         image_url=_image_url(request, new_id),
-                         took_ms=round((time.perf_counter() - started) * 1000.0, 2))
-
-    @app.delete("/api/items/{item_id}", response_model=DeletedItem, tags=["catalogue writes"], responses=refused,
-                summary="Delete an item")
-    def delete_item(item_id: int) -> DeletedItem:
-        """Delete an item: once this answers, no search returns it. Needs ``Authorization: Bearer <key>``."""
-        started = time.perf_counter()
-        service.require_ready()
-        service.writer.delete(item_id)
-        return DeletedItem(id=item_id, deleted=True, took_ms=round((time.perf_counter() - started) * 1000.0, 2))

@@ -27,12 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from clothsim.defaults import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH
+
 logger = logging.getLogger(__name__)
 
-#: Photos encoded together at most (what ONNX Runtime was measured to gain from; docs/benchmarks.md).
-DEFAULT_MAX_BATCH = 32
-#: How long a batch waits for announced photos after its first one arrived.
-DEFAULT_MAX_WAIT_S = 0.005
 
 BatchObserver = Callable[[int, float], None]
 
@@ -75,7 +73,7 @@ class EncodeBatcher:
     """
 
     def __init__(self, encode_batch: Callable[[Sequence[Any]], np.ndarray], *, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_wait_s: float = DEFAULT_MAX_WAIT_S, observe: BatchObserver | None = None) -> None:
+                 max_wait_s: float = DEFAULT_BATCH_WAIT_S, observe: BatchObserver | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:

@@ -23,13 +23,12 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from clothsim.defaults import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT_S
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_MAX_CONNECTIONS = 64
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
-DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 # The blank line that ends a request head; h11 accepts bare LF line endings too.
 _HEAD_END = re.compile(rb"\n\r?\n")
 

@@ -47,17 +47,24 @@ from clothsim.errors import ClothsimError, UsageError
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
+from clothsim.defaults import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_DECODE_SLOTS,
+    DEFAULT_FOLLOW_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_QUEUE_TIMEOUT_S,
+)
 from clothsim.encoders.base import collate
 from clothsim.similarity_index import SimilarityIndex, mix_query
-from clothsim.web.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, EncodeBatcher
+from clothsim.web.batching import EncodeBatcher
 from clothsim.web.compute import ComputeThreads, ThreadPlan, own_encoder_threads, plan_threads
-from clothsim.web.snapshot import DEFAULT_POLL_S, IndexFollower, Snapshot, warm_snapshot
+from clothsim.web.snapshot import IndexFollower, Snapshot, warm_snapshot
 from clothsim.web.writes import CatalogueWriter, WriteSettings
 
 logger = logging.getLogger(__name__)
 
-#: Bytes a full-size decode holds per pixel at its peak (measured 8.2 for a 64-megapixel JPEG: the RGB
-#: image, its upright copy and Pillow's working memory), with a margin.
+#: Bytes a full-size decode holds per pixel at its peak (the RGB image, its upright copy and Pillow's
+#: working memory), with a margin; the figure is in docs/benchmarks.md.
 DECODE_BYTES_PER_PIXEL = 10
 #: Memory kept out of the request budget for everything else a request allocates (JSON, threads, photos
 #: transformed and waiting for their batch: 0.6 MiB each at 224x224, one per open connection at most).
@@ -84,8 +91,8 @@ def return_freed_memory_to_the_os() -> bool:
 
     By default glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after
     which a decoded photo's blocks come from per-thread heap arenas and stay resident once freed: a budget
-    that admits one 64-megapixel decode at a time then still grows by one image per request thread
-    (measured: 4.9 GiB resident under a 2 GiB budget). A fixed threshold also turns the adjustment off.
+    that admits one 64-megapixel decode at a time then still grows by one image per request thread (the
+    figure is in docs/benchmarks.md). A fixed threshold also turns the adjustment off.
     Returns whether the setting took (glibc only; elsewhere nothing changes).
     """
     try:
@@ -251,16 +258,16 @@ class SearchService:
         max_upload_bytes: int,
         max_pixels: int,
         max_k: int,
-        decode_slots: int = 4,
+        decode_slots: int = DEFAULT_DECODE_SLOTS,
         memory_budget_bytes: int | None = None,
-        queue_timeout_s: float = 10.0,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         verify_index: bool = True,
         threads: ThreadPlan | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
-        batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
         observer: ServiceObserver | None = None,
         backend_options: dict[str, Any] | None = None,
-        follow_s: float = DEFAULT_POLL_S,
+        follow_s: float = DEFAULT_FOLLOW_S,
         warm_in_background: bool = False,
         writes: WriteSettings | None = None,
     ) -> None:

@@ -37,12 +37,11 @@ import numpy as np
 from clothsim.errors import ClothsimError
 from clothsim.features.store import MANIFEST, FeatureStore
 from clothsim.index.base import WarmableBackend
+from clothsim.defaults import DEFAULT_FOLLOW_S
 from clothsim.similarity_index import SimilarityIndex
 
 logger = logging.getLogger(__name__)
 
-#: How often a server looks at its index folder's manifest (a ``stat``), in seconds.
-DEFAULT_POLL_S = 1.0
 #: Tries to open a folder whose state keeps changing while it is opened, before the current state serves on.
 OPEN_ATTEMPTS = 20
 #: Longest wait for a writer of this process to publish what it commits.
@@ -139,7 +138,7 @@ class IndexFollower:
     """
 
     def __init__(self, index: SimilarityIndex, *, backend_options: dict[str, Any] | None = None,
-                 poll_s: float = DEFAULT_POLL_S, on_swap: Callable[[Snapshot], None] | None = None) -> None:
+                 poll_s: float = DEFAULT_FOLLOW_S, on_swap: Callable[[Snapshot], None] | None = None) -> None:
         if poll_s < 0:
             raise ValueError(f"poll_s must not be negative, got {poll_s}")
         self.root = Path(index.store.root)

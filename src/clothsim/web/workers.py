@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clothsim.defaults import DEFAULT_HEADER_TIMEOUT_S
+
 logger = logging.getLogger(__name__)
 
 #: The environment variable carrying a worker's options from ``clothsim serve``.
@@ -49,7 +51,7 @@ class WorkerConfig:
     threads: int | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
     app_options: dict[str, Any] = field(default_factory=dict)
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     writes: dict[str, Any] | None = None
     access_log: bool = False
     log_level: int = logging.WARNING

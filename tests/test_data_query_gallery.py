@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clothsim.data.protocol import PROTOCOLS, choose_protocol, pick_grid_queries
+from clothsim.data.query_gallery import PROTOCOLS, choose_protocol, pick_grid_queries
 from clothsim.data.records import CatalogRecord
 
 
@@ -115,7 +115,7 @@ def test_report_grid_queries_are_unchanged_by_the_move(n, seed):
 
 
 def test_protocol_module_is_light():
-    code = ("import sys, clothsim.data.protocol; "
+    code = ("import sys, clothsim.data.query_gallery; "
             "print(','.join(m for m in ('torch', 'matplotlib', 'clothsim.evaluation', 'clothsim.demo') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

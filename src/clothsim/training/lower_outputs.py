@@ -5,8 +5,8 @@ The lower layers are frozen, so their output for a given view of an image never 
 decoded once, cut into ``views`` views (view 0 the encoder's own centre crop, the others randomly
 resized crops, flips and mild colour jitter, seeded per image and view) and the lower part's outputs are
 kept as float16 arrays. Training then costs only the upper layers. The lower part runs on ONNX Runtime
-where it is available (the same outputs as torch, measured faster on this project's CPUs; see
-``benchmarks/train_tuned.py``), else on torch.
+where it is available (the same outputs as torch, and faster on a CPU; see ``docs/design-notes.md``), else
+on torch.
 
 A cache folder is named by a hash of the backbone's fingerprint, the cut, the views, the augmentation,
 the seed and the image paths, so nothing stale is ever reused; each split is written atomically.
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clothsim.defaults import DEFAULT_TUNE_JITTER, DEFAULT_TUNE_MIN_SCALE
 from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Encoder, Preprocessing, l2_normalize
 from clothsim.errors import DataError, UsageError
@@ -47,9 +48,9 @@ class AugmentConfig:
         jitter: Brightness/contrast/saturation jitter strength (hue gets a tenth of it).
     """
 
-    min_scale: float = 0.5
+    min_scale: float = DEFAULT_TUNE_MIN_SCALE
     flip: bool = True
-    jitter: float = 0.2
+    jitter: float = DEFAULT_TUNE_JITTER
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""The user cache folder: converted datasets, exported ONNX models, feature maps."""
+"""The user's folders clothsim keeps: the cache folder (converted datasets, exported ONNX models, feature maps)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from clothsim.data.records import CatalogRecord
 from clothsim.encoders.base import Preprocessing
 from clothsim.encoders.torch_cnn import TorchCNNEncoder
 from clothsim.errors import EmptyCatalogError
-from clothsim.training.feature_cache import (
+from clothsim.training.feature_maps import (
     build_feature_map_cache,
     cache_dir_for,
     open_feature_map_cache,

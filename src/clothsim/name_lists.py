@@ -1,4 +1,5 @@
-"""Parsing of the small text specs that users type, shared by the CLI and the Python API."""
+"""Parsing of the name lists users type (``NAME=PATH`` pairs, comma-separated names), shared by the CLI and
+the Python API."""
 
 from __future__ import annotations
 
