@@ -249,6 +249,7 @@ def test_text_in_the_rest_api(clip_index, tmp_path, catalogue):
     from clothsim.web.app import create_app
 
     with TestClient(create_app(SimilarityIndex.open(clip_index))) as client:
+        assert client.get("/health").json()["text_search"] is True  # the page offers its text box
         answer = client.post("/api/search", data={"text": "a red dress", "k": "3"})
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -262,6 +263,7 @@ def test_text_in_the_rest_api(clip_index, tmp_path, catalogue):
     folder = tmp_path / "lite"
     SimilarityIndex.build(__import__("clothsim").read_catalog(str(catalogue / "labelled")), folder, progress=False)
     with TestClient(create_app(SimilarityIndex.open(folder))) as client:
+        assert client.get("/health").json()["text_search"] is False
         refused = client.post("/api/search", data={"text": "a red dress"})
         assert refused.status_code == 422 and "no text tower" in refused.json()["detail"]
 

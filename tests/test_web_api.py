@@ -57,7 +57,7 @@ def test_health_reports_index_and_limits(client):
     body = client.get("/health").json()
     assert body.pop("pid") == os.getpid()
     assert body == {"status": "ok", "ready": True, "items": 24, "categories": 3, "encoder": "tiny-colour", "dim": 192,
-                    "max_k": MAX_K, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
+                    "max_k": MAX_K, "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS, "text_search": False}
 
 
 def test_categories_lists_every_category_with_counts(client):

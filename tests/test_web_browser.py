@@ -275,3 +275,55 @@ def test_with_a_key_the_page_adds_and_deletes_an_item(driver, writes_url, real_s
     driver.find_element(By.CSS_SELECTOR, "#delete-form button").click()
     WebDriverWait(driver, WAIT_S).until(lambda d: f"Deleted item #{new_id}" in status.text,
                                         message="the delete was not shown")
+
+
+@pytest.fixture(scope="module")
+def text_index(browser_parts, tmp_path_factory):
+    """Photos of three categories indexed with a tiny OpenCLIP model (random weights) that has a text tower."""
+    pytest.importorskip("open_clip", reason="the hub extra (open-clip-torch) is not installed")
+    from _hub_models import register_tiny_clip
+    from clothsim.cli.main import main
+
+    sample = Path(__file__).resolve().parents[1] / "src" / "clothsim" / "assets" / "clothing_sample" / "train"
+    photos = tmp_path_factory.mktemp("text_photos")
+    for category in ("dress", "hat", "shoes"):
+        (photos / category).mkdir()
+        for photo in sorted((sample / category).glob("*.jpg"))[:4]:
+            shutil.copy(photo, photos / category / photo.name)
+    folder = tmp_path_factory.mktemp("text_index") / "index"
+    assert main(["-q", "index", str(photos), "--out", str(folder), "--encoder", f"open_clip:{register_tiny_clip()}",
+                 "--weights", "random"]) == 0
+    return folder
+
+
+def test_the_text_box_searches_an_index_with_a_text_tower(driver, text_index):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from clothsim.similarity_index import SimilarityIndex
+    from clothsim.web.app import create_app
+
+    for url in _serve(create_app(SimilarityIndex.open(text_index))):
+        driver.get(url + "/")
+        form = driver.find_element(By.ID, "text-form")
+        WebDriverWait(driver, WAIT_S).until(lambda d: form.is_displayed(), message="the text box is not offered")
+        k_input = driver.find_element(By.ID, "k-input")
+        k_input.clear()
+        k_input.send_keys(str(K))
+        driver.find_element(By.ID, "text-input").send_keys("a red dress")
+        driver.find_element(By.ID, "text-button").click()
+        cards = _wait_for_results(driver, "text:a red dress")
+    # The page shows what the index answers for the same text, in its order.
+    expected = SimilarityIndex.open(text_index).search_text("a red dress", k=K)
+    assert [c["id"] for c in cards] == [hit.id for hit in expected]
+    assert [c["rank"] for c in cards] == [f"#{i}" for i in range(1, K + 1)]
+    assert "a red dress" in driver.find_element(By.ID, "query-caption").text
+
+
+def test_an_image_only_index_offers_no_text_box(driver, server_url):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server_url + "/")
+    WebDriverWait(driver, WAIT_S).until(lambda d: "items" in d.find_element("id", "index-info").text,
+                                        message="the index facts never loaded")
+    assert not driver.find_element("id", "text-form").is_displayed()

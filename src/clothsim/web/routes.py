@@ -116,7 +116,8 @@ def add_service_routes(app: FastAPI, service: SearchService, metrics: ServerMetr
         return Health(status="ok", ready=service.ready, pid=os.getpid(), items=len(service),
                       categories=len(service.categories()),
                       encoder=service.encoder.name, dim=int(service.encoder.dim), max_k=service.max_k,
-                      max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels)
+                      max_upload_bytes=service.max_upload_bytes, max_pixels=service.max_pixels,
+                      text_search=service.text_search)
 
     @app.get("/ready", response_model=Readiness, tags=["service"], responses={503: {"model": Readiness}},
              summary="Readiness: the index is open and warmed")

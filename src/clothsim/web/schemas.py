@@ -63,6 +63,7 @@ class Health(BaseModel):
     max_k: int
     max_upload_bytes: int
     max_pixels: int
+    text_search: bool = Field(description="whether the index's encoder has a text tower (the `text` field)")
 
 
 class Readiness(BaseModel):

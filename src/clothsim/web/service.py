@@ -44,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
+from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
@@ -283,6 +284,9 @@ class SearchService:
         self.queue_timeout_s = float(queue_timeout_s)
         self.memory_budget_bytes = memory_budget_bytes
         self.encoder = index.encoder
+        #: Whether the index's encoder has a text tower, so searches by text are answered (as recorded in
+        #: the index folder: reading it builds nothing).
+        self.text_search = recorded_spec(index.store).has_text_tower
         self.root = Path(index.store.root)
         self.backend_options = dict(backend_options or {})
         self.follow_s = float(follow_s)

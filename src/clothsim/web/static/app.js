@@ -58,6 +58,8 @@
       ]);
       limits = health;
       els.k.max = String(health.max_k);
+      // Text search only where the index's encoder has a text tower; elsewhere the box is not offered.
+      els.textForm.hidden = !health.text_search;
       els.info.textContent =
         `${health.items} items in ${health.categories} categories · encoder ${health.encoder} · ` +
         `uploads up to ${formatBytes(health.max_upload_bytes)}`;
