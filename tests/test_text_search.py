@@ -321,6 +321,34 @@ def test_label_accuracy_against_a_naive_loop():
     assert result["accuracy"] == pytest.approx(right / 50) and result["n"] == 50
 
 
+def test_evaluate_scores_labels_from_a_list_for_encoders_with_a_text_tower(clip_name, catalogue, tmp_path, capsys):
+    import _tiny_encoders  # noqa: F401  - registers test-thumb8, an image-only encoder
+    from clothsim.features.store import FeatureStore
+    from clothsim.zero_shot import label_accuracy
+
+    out = tmp_path / "report"
+    assert main(["-q", "evaluate", "--data", str(catalogue / "labelled"), "--encoders", f"{clip_name},test-thumb8",
+                 "--weights", f"{clip_name}=random", "--out", str(out), "--label-with", "categories",
+                 "--tsne-points", "0", "--instance-queries", "0", "--grid-queries", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    by_name = {r["name"]: r for r in report["results"]}
+    clip_result = next(r for name, r in by_name.items() if name.startswith("open_clip:"))
+    labels = clip_result["labels"]
+    assert labels["labels"] == sorted(CATEGORIES) and labels["n"] == 15 and labels["reason"] is None
+    # The figure is the one a plain loop gives from the stored vectors and the exported text tower.
+    vectors, items = FeatureStore.open(clip_result["stores"]["all"]).load_vectors()  # the query photos
+    index = SimilarityIndex.build(__import__("clothsim").read_catalog(str(catalogue / "labelled")),
+                                  tmp_path / "idx", encoder=create_encoder(clip_name, weights="random"),
+                                  progress=False)[0]
+    text = index.embed_text([f"a photo of a {c}" for c in sorted(CATEGORIES)])
+    expected = label_accuracy(vectors, [it.record.category for it in items], text, sorted(CATEGORIES))
+    assert labels["accuracy"] == pytest.approx(expected["accuracy"])
+    assert by_name["test-thumb8"]["labels"]["accuracy"] is None
+    assert by_name["test-thumb8"]["labels"]["reason"] == "no text tower"
+    markdown = (out / "report.md").read_text()
+    assert "label accuracy" in markdown and "test-thumb8: no label accuracy (no text tower)" in markdown
+
+
 def test_a_causal_text_tower_runs_on_the_query_length_alone():
     """The exported tower of a plain CLIP model takes any length: a query runs on its own tokens, not on
     the whole context, and gives the vector open_clip gives on the padded context."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from clothsim.cli.options import add_backend_options_flag, add_data_options, add_extraction_options, positive_int
 from clothsim.defaults import (
+    DEFAULT_LABEL_PROMPT,
     DEFAULT_DEVICE,
     DEFAULT_EVALUATE_ENCODERS,
     DEFAULT_GRID_QUERIES,
@@ -14,6 +16,9 @@ from clothsim.defaults import (
     DEFAULT_TSNE_POINTS,
 )
 from clothsim.name_lists import split_names
+
+if TYPE_CHECKING:
+    from clothsim.zero_shot import LabelList
 
 
 def _count_or_all(text: str) -> int | None:
@@ -64,6 +69,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="instance guard: N gallery photos (seeded), altered (crop, colour jitter, JPEG 70), "
                              "must find their original; reports instance R@1. 'all' for every gallery photo, "
                              f"0 to leave it out (default {DEFAULT_INSTANCE_QUERIES})")
+    parser.add_argument("--label-with", metavar="LABELS", default=None,
+                        help="also score labels from a list: each encoder with a text tower labels the query "
+                             "photos with the closest of LABELS (a file with one label per line, labels "
+                             "separated by commas, or 'categories' for the catalogue's own) and the share whose "
+                             "label is its category is reported")
+    parser.add_argument("--label-prompt", default=DEFAULT_LABEL_PROMPT,
+                        help=f"how a label becomes a text, {{}} for the label (default {DEFAULT_LABEL_PROMPT!r})")
     from clothsim.plugins import INDEX_BACKENDS, declared_names
 
     parser.add_argument("--backend", action="append", default=None, choices=declared_names(INDEX_BACKENDS),
@@ -85,13 +97,28 @@ def run(args: argparse.Namespace) -> int:
     backends = list(args.backend or [])
     backend_options = split_backend_options(backends, parse_option_pairs(args.backend_option))
     records = read_catalog(args.data, format=args.format)
+    labels = _label_list(args, records)
     comparison = compare_encoders(
         records, args.encoders, args.out, cache=args.cache, part_weights=part_weights,
         data_name=str(args.data), device=args.device, grid_queries=args.grid_queries,
         tsne_points=max(0, args.tsne_points), seed=args.seed, batch_size=args.batch_size,
         num_workers=args.workers, progress=not args.quiet, backends=backends, backend_options=backend_options,
-        instance_queries=args.instance_queries)
+        instance_queries=args.instance_queries, labels=labels)
     paths = write_report(comparison, args.out)
     print(paths["md"].read_text(encoding="utf-8").split("\n\n![")[0])
     print(f"\nreport written to {paths['html']} (also report.md, report.json)")
     return 0 if comparison.results else 1
+
+
+def _label_list(args: argparse.Namespace, records: list) -> "LabelList | None":
+    """``--label-with`` as a label list (the catalogue's category names for ``categories``)."""
+    if args.label_with is None:
+        return None
+    from clothsim.evaluation.labels import CATEGORIES_AS_LABELS
+    from clothsim.zero_shot import LabelList, read_label_list
+
+    if args.label_with == CATEGORIES_AS_LABELS:
+        names = sorted({r.category for r in records if r.category is not None})
+    else:
+        names = read_label_list(args.label_with)
+    return LabelList(tuple(names), prompt=args.label_prompt)

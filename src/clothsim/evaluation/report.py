@@ -26,6 +26,9 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     with_instance = any(r.instance is not None for r in comparison.results)
     if with_instance:
         header.append("instance R@1")
+    with_labels = any(r.labels is not None for r in comparison.results)
+    if with_labels:
+        header.append("label accuracy")
     header.append("images/s")
     rows = []
     for r in comparison.results:
@@ -35,6 +38,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             row += [_number(recall.get(k)) for k in RECALL_COLUMNS]
         if with_instance:
             row.append(_number(r.instance.recall_at_1) if r.instance is not None else "n/a")
+        if with_labels:
+            row.append(_number(r.labels.accuracy) if r.labels is not None else "n/a")
         row.append(_number(r.images_per_second, 1))
         rows.append(row)
     return header, rows
@@ -66,6 +71,19 @@ def _backend_markdown(comparison: Comparison) -> list[str]:
             *["| " + " | ".join(row) + " |" for row in rows], ""]
 
 
+def _labels_markdown(comparison: Comparison) -> list[str]:
+    """What the label accuracy column means, and why an encoder has none."""
+    scored = [r for r in comparison.results if r.labels is not None]
+    if not scored:
+        return []
+    first = scored[0].labels
+    lines = [f"Label accuracy: each query photo labelled with the closest of {len(first.labels)} texts "
+             f"(\"{first.prompt}\" for each of {', '.join(first.labels)}) by the encoder's text tower; the share "
+             "whose label is its category."]
+    lines += [f"- {r.label}: no label accuracy ({r.labels.reason})" for r in scored if r.labels.reason]
+    return lines + [""]
+
+
 def render_markdown(comparison: Comparison) -> str:
     """The report as Markdown: the table, notes, skipped encoders and links to the charts."""
     header, rows = table_rows(comparison)
@@ -83,6 +101,7 @@ def render_markdown(comparison: Comparison) -> str:
         lines += [f"Instance R@1: each of {shown} gallery photos, altered (a crop keeping 80-100% "
                   "of it, slight colour jitter, JPEG quality 70), queried against the gallery; the share that "
                   f"finds its original first (seed {guarded[0].seed}).", ""]
+    lines += _labels_markdown(comparison)
     for s in comparison.skipped:
         lines.append(f"- **{s.name}** skipped: {s.reason}")
     if comparison.skipped:

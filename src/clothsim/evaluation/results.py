@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from clothsim.evaluation.instance import InstanceResult
+from clothsim.evaluation.labels import LabelResult
 from clothsim.metrics import RetrievalReport
 
 
@@ -62,6 +63,7 @@ class EncoderResult:
         details: Encoder-specific facts (an ensemble's weights and parts).
         backends: Index backends measured on this encoder's gallery (empty unless asked for).
         instance: The instance guard's recall@1 (``None`` when it was left out).
+        labels: Labels from a list against the true categories (``None`` unless asked for).
     """
 
     name: str
@@ -77,6 +79,7 @@ class EncoderResult:
     details: dict[str, Any] = field(default_factory=dict)
     backends: list[BackendResult] = field(default_factory=list)
     instance: "InstanceResult | None" = None
+    labels: "LabelResult | None" = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +95,7 @@ class EncoderResult:
             "details": self.details,
             "backends": [b.to_dict() for b in self.backends],
             "instance_guard": self.instance.to_dict() if self.instance is not None else None,
+            "labels": self.labels.to_dict() if self.labels is not None else None,
         }
 
 

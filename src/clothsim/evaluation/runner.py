@@ -24,6 +24,7 @@ from clothsim.encoders.factory import create_encoder
 from clothsim.errors import DataError, EmptyCatalogError, UsageError, WeightsUnavailableError
 from clothsim.evaluation import plots
 from clothsim.evaluation.backends import RECALL_K, check_backends, evaluate_backend
+from clothsim.evaluation.labels import evaluate_labels
 from clothsim.evaluation.instance import (
     INSTANCE_SPLIT,
     InstanceResult,
@@ -47,6 +48,7 @@ from clothsim.evaluation.results import (
 from clothsim.features.store import FeatureStore, StoredItem
 from clothsim.index.base import SearchHit
 from clothsim.metrics import confusion_top1, evaluate_retrieval, rank
+from clothsim.zero_shot import LabelList
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,7 @@ def compare_encoders(
     backends: Sequence[str] = (),
     backend_options: dict[str, dict[str, Any]] | None = None,
     instance_queries: int | None = DEFAULT_INSTANCE_QUERIES,
+    labels: LabelList | None = None,
     **extract_options: Any,
 ) -> Comparison:
     """Evaluate every encoder on the same queries and gallery and draw the comparison charts.
@@ -192,6 +195,7 @@ def compare_encoders(
         instance_queries: Gallery photos (a seeded sample) whose altered copies are queried against the
             gallery for the instance guard's recall@1 (see :mod:`clothsim.evaluation.instance`); ``None``
             for every gallery photo, 0 to leave the guard out.
+        labels: Labels to score: each encoder with a text tower labels the queries (:mod:`.labels`).
         extract_options: For :func:`~clothsim.features.extract_features` (batch_size, num_workers, ...).
 
     Returns:
@@ -209,8 +213,7 @@ def compare_encoders(
     _check_inputs(records, encoders)
     out_dir = Path(out_dir)
     cache = Path(cache) if cache is not None else out_dir / "stores"
-    part_weights = dict(part_weights or {})
-    backends = list(backends)
+    part_weights, backends = dict(part_weights or {}), list(backends)
     backend_options = {name: dict((backend_options or {}).get(name, {})) for name in backends}
     check_backends(backends, backend_options)  # all of it before the first image is encoded
     checked = check_encoders(records, encoders, part_weights, device)
@@ -222,7 +225,8 @@ def compare_encoders(
     protocol = _describe_protocol(len(records), query_split, len(queries), gallery_split, len(gallery))
     settings = {"ks": list(KS), "map_k": 10, "heatmap_k": HEATMAP_K, "seed": seed, "grid_queries": grid_queries,
                 "grid_k": grid_k, "tsne_points": tsne_points, "cache": str(cache), "backends": backends,
-                "backend_options": backend_options, "instance_queries": instance_queries}
+                "backend_options": backend_options, "instance_queries": instance_queries,
+                "labels": list(labels.labels) if labels else None}
     comparison = Comparison(data_name, protocol, loo, query_split, gallery_split, settings=settings)
     _draw_categories(comparison, records, out_dir)
     grid_paths = _pick_grid_queries(queries, grid_queries, seed)
@@ -237,10 +241,8 @@ def compare_encoders(
             continue
         result, tsne, gallery_rows = _evaluate_one(name, prepared, loo, splits, all_categories, grid_paths, grid_k,
                                                    tsne_paths, out_dir, comparison)
-        if copies:
-            result.instance = _evaluate_instance(prepared, copies, cache, gallery_rows, seed, extract_options)
-        for backend in backends:
-            result.backends.append(_evaluate_backend(backend, backend_options[backend], prepared, loo, splits))
+        _add_checks(result, prepared, gallery_rows, copies, labels, backend_options, cache=cache, seed=seed, loo=loo,
+                    splits=splits, extract_options=extract_options)
         comparison.results.append(result)
         if tsne is not None:
             maps.append(tsne)
@@ -248,6 +250,20 @@ def compare_encoders(
     if comparison.results:
         _draw_summary(comparison, all_categories, maps, out_dir)
     return comparison
+
+
+def _add_checks(result: EncoderResult, prepared: _Prepared, gallery_rows: tuple[np.ndarray, Sequence[StoredItem]],
+                copies: Sequence[CatalogRecord], labels: LabelList | None, backend_options: dict[str, dict[str, Any]],
+                *, cache: Path, seed: int, loo: bool, splits: list[str | None],
+                extract_options: dict[str, Any]) -> None:
+    """What is measured beside the retrieval metrics, where asked for: the instance guard, labels from a
+    list, and each index backend (in the order given)."""
+    if copies:
+        result.instance = _evaluate_instance(prepared, copies, cache, gallery_rows, seed, extract_options)
+    if labels is not None:
+        result.labels = evaluate_labels(prepared.encoder, prepared.dirs[splits[0]], labels)
+    for backend, options in backend_options.items():
+        result.backends.append(_evaluate_backend(backend, options, prepared, loo, splits))
 
 
 def _draw_categories(comparison: Comparison, records: Sequence[CatalogRecord], out_dir: Path) -> None:
