@@ -43,7 +43,7 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="int8: the network quantized by ONNX Runtime, calibrated on photos of this "
-                             "catalogue (faster; offered for the encoders where it keeps P@5, see the README)")
+                             "catalogue (faster; offered for the encoders where it keeps P@5, see docs/runtimes.md)")
     parser.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                         help="photos of the catalogue (a seeded sample) that calibrate int8 "
                              f"(default {DEFAULT_CALIBRATION_IMAGES})")
@@ -56,7 +56,7 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=DEFAULT_INDEX_BACKEND, choices=declared_names(INDEX_BACKENDS),
                         help=f"index backend (default {DEFAULT_INDEX_BACKEND}); recorded in the index folder")
     add_backend_options_flag(parser, "an option of the backend (repeatable), recorded with it, e.g. M=32, "
-                                     "efSearch=128, nlist=1024, uri=http://HOST:19530 (see the README)")
+                                     "efSearch=128, nlist=1024, uri=http://HOST:19530 (see docs/backends.md)")
 
 
 def add_backend_options_flag(parser: argparse.ArgumentParser, help: str) -> None:

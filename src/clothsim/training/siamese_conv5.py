@@ -31,7 +31,7 @@ CONV5_LAYERS = 3  # conv5_1, conv5_2, conv5_3 (each with its ReLU; pool5 after t
 def siamese_conv5_config(*, embedding_dim: int = DEFAULT_CONV5_EMBEDDING_DIM, epochs: int = DEFAULT_CONV5_EPOCHS,
                          patience: int = DEFAULT_CONV5_PATIENCE, views: int = 1, batch_size: int = DEFAULT_TUNE_BATCH_SIZE,
                          m: int = DEFAULT_TUNE_M, lr: float = DEFAULT_SIAMESE_LR, seed: int = DEFAULT_SEED) -> TuneConfig:
-    """Settings of the conv5 fine-tuning (the defaults are those that did best in the README's runs).
+    """Settings of the conv5 fine-tuning (the defaults are those that did best in the runs docs/training.md reports).
 
     One cached view per photo by default: the conv5 block dominates a step, and caching pool4 for more
     views costs a VGG16 forward pass each (about 9 minutes per view of 3,781 photos on two cores).

@@ -226,7 +226,7 @@ class TunedMembers(nn.Module):
 
     Their unit embeddings are concatenated and scaled by ``1/sqrt(n)``: the result is a unit vector and
     the cosine of two images is the mean of the members' cosines. Members that learnt differently make
-    different mistakes, so the mean ranks better than any one of them (measured in the README).
+    different mistakes, so the mean ranks better than any one of them (docs/training.md has the figures).
     """
 
     def __init__(self, members: list[TunedNetwork]) -> None:
