@@ -277,3 +277,45 @@ def test_an_approximate_backend_groups_as_the_exact_scan_does(planted, tmp_path,
     assert {frozenset(g.members) for g in approximate.groups} == {frozenset(g.members) for g in exact.groups}
     np.testing.assert_allclose(sorted(s for g in approximate.groups for s in g.scores),
                                sorted(s for g in exact.groups for s in g.scores), atol=1e-5)
+
+
+def test_the_server_collapses_copies_and_checks_an_upload_for_them(planted):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clothsim.web.app import create_app
+
+    index = SimilarityIndex.open(planted["index_dir"])
+    original = planted["shop"] / planted["originals"][0]
+    with TestClient(create_app(index)) as client:
+        def search(**fields):
+            answer = client.post("/api/search", files={"image": ("q.jpg", original.read_bytes(), "image/jpeg")},
+                                 data={"k": "5", **fields})
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        plain, collapsed = search(), search(collapse="true")
+        assert not plain["collapse"] and collapsed["collapse"]
+        assert sum(h["name"].startswith("copy-0-") for h in plain["results"]) >= 4
+        assert all(h["group_size"] is None for h in plain["results"])
+        # The same answer as the Python API's collapsed search, its group sizes included.
+        expected = index.search(str(original), k=5, collapse=True)
+        assert [(h["id"], h["group_size"]) for h in collapsed["results"]] == [(h.id, h.group_size) for h in expected]
+        assert collapsed["results"][0]["group_size"] == 1 + len(KINDS)
+        by_id = client.post("/api/search", data={"id": str(expected[0].id), "k": "3", "collapse": "true"}).json()
+        assert [h["id"] for h in by_id["results"]] == [h.id for h in index.search_by_id(expected[0].id, 3,
+                                                                                          collapse=True)]
+
+        # An upload checked for copies: a resized copy of a catalogue photo finds it; a new photo finds none.
+        photo = planted["shop"] / planted["identical"][0]
+        copy = photo.parent.parent / "resized.jpg"
+        altered_copies(load_image(photo), 5)["resize"].save(copy, quality=90)
+        found = client.post("/api/duplicates", files={"image": ("c.jpg", copy.read_bytes(), "image/jpeg")}).json()
+        names = {h["name"] for h in found["copies"]}
+        assert {photo.name, f"same-{photo.name}"} <= names and found["threshold"] == pytest.approx(0.90)
+        assert all(h["score"] >= found["threshold"] for h in found["copies"])
+        fresh = sorted(SAMPLE.glob("test/*/*.jpg"))[0]
+        none = client.post("/api/duplicates", files={"image": ("n.jpg", fresh.read_bytes(), "image/jpeg")}).json()
+        assert none["copies"] == []
+        refused = client.post("/api/duplicates", files={"image": ("x.jpg", b"not a photo", "image/jpeg")})
+        assert refused.status_code == 415

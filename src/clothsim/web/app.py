@@ -5,7 +5,9 @@ Routes:
 * ``GET /``: the search page (plain HTML/CSS/JS from ``static/``; nothing is loaded from elsewhere).
 * ``POST /api/search``: multipart form with ``image`` (a file), ``id`` (a catalogue item) or ``text``
   (indexes whose encoder has a text tower; with ``image``, mixed by ``text_weight``), plus ``k`` and
-  ``category``; returns :class:`~clothsim.web.schemas.SearchResponse`.
+  ``category``, and ``collapse`` (one result per group of near-duplicates); returns
+  :class:`~clothsim.web.schemas.SearchResponse`.
+* ``POST /api/duplicates``: multipart form with ``image``: the catalogue items it is a near-duplicate of.
 * ``GET /api/items/{id}/image``: the image of an indexed item (the path comes from the store).
 * ``GET /api/categories``, ``GET /health`` (alive), ``GET /ready`` (the index is open and warmed),
   ``GET /metrics`` (Prometheus), and FastAPI's ``/openapi.json``, ``/docs``, ``/redoc``.

@@ -26,6 +26,7 @@ from clothsim.web.schemas import (
     AddedItem,
     CategoriesResponse,
     CategoryCount,
+    CopiesResponse,
     DeletedItem,
     ErrorBody,
     Health,
@@ -62,7 +63,7 @@ def _image_url(request: Request, item_id: int) -> str:
 def _hit(request: Request, hit: SearchHit) -> Hit:
     return Hit(rank=hit.rank, id=hit.id, score=round(float(hit.score), 6), category=hit.record.category,
                name=Path(hit.record.path).name, split=hit.record.split, item_id=hit.record.item_id,
-               image_url=_image_url(request, hit.id))
+               image_url=_image_url(request, hit.id), group_size=hit.group_size)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -170,6 +171,7 @@ def add_search_route(app: FastAPI, service: SearchService, max_k: int) -> None:
         text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description="or: a text (indexes whose encoder "
                                          "has a text tower); with image, the two are mixed")] = None,
         text_weight: Annotated[float, Form(ge=0, le=1, description="with image and text: the text's share")] = 0.5,
+        collapse: Annotated[bool, Form(description="one result per group of near-duplicates, with its size")] = False,
     ) -> SearchResponse:
         """The ``k`` catalogue items most similar to an uploaded photo, a catalogue item, a text, or a photo
         and a text together.
@@ -182,9 +184,9 @@ def add_search_route(app: FastAPI, service: SearchService, max_k: int) -> None:
         if text is not None and item_id is not None:
             raise QueryRejected("bad_request", "the form field 'text' goes alone or with 'image', not with 'id'")
         if text is not None and image is None:
-            hits = service.search_text(text, k, category)
+            hits = service.search_text(text, k, category, collapse=collapse)
             return SearchResponse(query=QueryInfo(kind="text", text=text), k=k, category=category,
-                                  results=[_hit(request, h) for h in hits],
+                                  results=[_hit(request, h) for h in hits], collapse=collapse,
                                   took_ms=round((time.perf_counter() - started) * 1000.0, 2))
         if (image is None) == (item_id is None):
             which = "both" if image is not None else "neither"
@@ -192,11 +194,9 @@ def add_search_route(app: FastAPI, service: SearchService, max_k: int) -> None:
                                                f"'id' (a catalogue item); got {which}")
         service.check_query(k, category)
         if image is not None:
-            size = image.size
-            if size is None:
-                size = image.file.seek(0, 2)
-                image.file.seek(0)
-            result = service.search_upload(image.file, size, k, category, text=text, text_weight=text_weight)
+            result = service.search_upload(image.file, _upload_size(image), k, category, text=text,
+                                           text_weight=text_weight,
+                                           collapse=collapse)
             hits = result.hits
             name = image.filename
             if name is not None and len(name) > FILENAME_CHARS:
@@ -204,11 +204,35 @@ def add_search_route(app: FastAPI, service: SearchService, max_k: int) -> None:
             query = QueryInfo(kind="upload", filename=name, size_bytes=result.size_bytes,
                               width=result.width, height=result.height, text=text)
         else:
-            hits, record = service.search_item(item_id, k, category)
+            hits, record = service.search_item(item_id, k, category, collapse=collapse)
             query = QueryInfo(kind="item", id=item_id, category=record.category,
                               image_url=_image_url(request, item_id))
         return SearchResponse(query=query, k=k, category=category, results=[_hit(request, h) for h in hits],
+                              collapse=collapse, took_ms=round((time.perf_counter() - started) * 1000.0, 2))
+
+    @app.post("/api/duplicates", response_model=CopiesResponse, tags=["search"], responses=_ERRORS,
+              summary="Whether a photo already has near-duplicates in the catalogue")
+    def duplicates(
+        request: Request,
+        image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, ...)")],
+        limit: Annotated[int, Form(ge=1, le=max_k, description="at most this many copies")] = 10,
+    ) -> CopiesResponse:
+        """The catalogue items an uploaded photo is a near-duplicate of (a resized, re-compressed, cropped,
+        mirrored or slightly recoloured copy, or the same file), best first, at the threshold calibrated
+        for the index (`clothsim duplicates --calibrate`), else the default."""
+        started = time.perf_counter()
+        copies, threshold = service.copies_of_upload(image.file, _upload_size(image), limit)
+        return CopiesResponse(threshold=threshold, copies=[_hit(request, h) for h in copies],
                               took_ms=round((time.perf_counter() - started) * 1000.0, 2))
+
+
+def _upload_size(image: UploadFile) -> int:
+    """The uploaded file's size in bytes (measured when the form parser did not say)."""
+    if image.size is not None:
+        return image.size
+    size = image.file.seek(0, 2)
+    image.file.seek(0)
+    return size
 
 
 def add_write_routes(app: FastAPI, service: SearchService, writes: WriteSettings) -> None:

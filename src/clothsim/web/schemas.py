@@ -18,6 +18,8 @@ class Hit(BaseModel):
     split: str | None = None
     item_id: str | None = Field(default=None, description="garment identity, where the catalogue has one")
     image_url: str = Field(description="where to fetch the item's image")
+    group_size: int | None = Field(default=None, description="with `collapse`: how many catalogue items this "
+                                                             "result stands for (itself and its near-duplicates)")
 
 
 class QueryInfo(BaseModel):
@@ -39,7 +41,16 @@ class SearchResponse(BaseModel):
     k: int
     category: str | None = Field(description="the category filter, or null for all")
     results: list[Hit]
+    collapse: bool = Field(default=False, description="whether near-duplicates were folded into one result")
     took_ms: float = Field(description="server time for decoding, encoding and ranking")
+
+
+class CopiesResponse(BaseModel):
+    """The catalogue items an uploaded photo is a near-duplicate of."""
+
+    threshold: float = Field(description="the cosine at or above which two photos count as near-duplicates")
+    copies: list[Hit] = Field(description="best first; empty when the photo has no copy in the catalogue")
+    took_ms: float
 
 
 class CategoryCount(BaseModel):

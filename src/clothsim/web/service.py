@@ -44,6 +44,8 @@ from PIL import Image, UnidentifiedImageError
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
+from clothsim.duplicates.collapse import collapsed_search
+from clothsim.duplicates.finder import recorded_threshold
 from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import StoreIntegrityError
 from clothsim.images import ImageDecodeError, load_image
@@ -540,7 +542,7 @@ class SearchService:
         return ticket.encode(item), width, height
 
     def search_upload(self, stream: BinaryIO, size_bytes: int, k: int, category: str | None,
-                      text: str | None = None, text_weight: float = 0.5) -> UploadResult:
+                      text: str | None = None, text_weight: float = 0.5, collapse: bool = False) -> UploadResult:
         """Probe, admit (memory budget), read, decode, encode (in a batch) and search one uploaded file,
         mixed with ``text`` where one is given (see :meth:`search_text`).
 
@@ -555,13 +557,30 @@ class SearchService:
             self.check_query(k, category, snapshot)
             if text is not None:
                 vector = mix_query(vector, self._text_vector(snapshot, text), text_weight)
-            hits = self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
+            hits = self._rank(snapshot, vector, k, category, collapse)
         return UploadResult(width, height, size_bytes, hits)
 
     def _prepare(self, data: bytes) -> Any:
         """Decode an upload and transform it to the encoder's input (on a compute thread)."""
         upload = self.decode_upload(data)
         return self.encoder.transform(upload.image)
+
+    def _rank(self, snapshot: Snapshot, vector: np.ndarray, k: int, category: str | None,
+              collapse: bool) -> list[SearchHit]:
+        """The ``k`` best items for one query vector; with ``collapse``, one per group of near-duplicates."""
+        if collapse:
+            return self.compute.run(collapsed_search, snapshot.index, vector[0], k, category)
+        return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
+
+    def copies_of_upload(self, stream: BinaryIO, size_bytes: int, limit: int) -> tuple[list[SearchHit], float]:
+        """The catalogue items an uploaded photo is a near-duplicate of (at most ``limit``, best first), and
+        the threshold used (the one calibrated for the index, else the default)."""
+        vector, _, _ = self.embed_upload(stream, size_bytes)
+        with self.snapshot() as snapshot:
+            threshold, _ = recorded_threshold(snapshot.index.store)
+            n = min(limit, len(snapshot.index))
+            hits = self.compute.run(snapshot.index.backend.search, vector, n)[0] if n else []
+        return [h for h in hits if h.score >= threshold], threshold
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""
@@ -572,7 +591,7 @@ class SearchService:
             self.check_query(k, category, snapshot)
             return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
 
-    def search_text(self, text: str, k: int, category: str | None) -> list[SearchHit]:
+    def search_text(self, text: str, k: int, category: str | None, collapse: bool = False) -> list[SearchHit]:
         """The ``k`` items closest to ``text`` (the index's text tower, on ONNX Runtime).
 
         Raises:
@@ -584,7 +603,7 @@ class SearchService:
         with self.snapshot() as snapshot:
             self.check_query(k, category, snapshot)
             vector = self._text_vector(snapshot, text)
-            return self.compute.run(snapshot.index.backend.search, vector, k, category=category)[0]
+            return self._rank(snapshot, vector, k, category, collapse)
 
     @staticmethod
     def _check_text(text: str, text_weight: float = 0.5) -> None:
@@ -604,13 +623,14 @@ class SearchService:
         except UsageError as exc:
             raise QueryRejected("bad_request", str(exc)) from None
 
-    def search_item(self, item_id: int, k: int, category: str | None) -> tuple[list[SearchHit], CatalogRecord]:
+    def search_item(self, item_id: int, k: int, category: str | None,
+                    collapse: bool = False) -> tuple[list[SearchHit], CatalogRecord]:
         """The ``k`` items most similar to catalogue item ``item_id`` (the item itself left out), and the
         item's record, both from one state of the index."""
         with self.snapshot() as snapshot:
             self.check_query(k, category, snapshot)
             record = self._record(snapshot, item_id)  # 404 before any work
-            hits = self.compute.run(snapshot.index.search_by_id, item_id, k, category=category)
+            hits = self.compute.run(snapshot.index.search_by_id, item_id, k, category=category, collapse=collapse)
         return hits, record
 
 

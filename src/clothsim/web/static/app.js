@@ -8,7 +8,7 @@
     info: $("index-info"), drop: $("drop-zone"), file: $("file-input"), k: $("k-input"),
     category: $("category-select"), error: $("error"), status: $("status"), query: $("query"),
     queryImage: $("query-image"), queryCaption: $("query-caption"), resultsTitle: $("results-title"),
-    results: $("results"), textForm: $("text-form"), text: $("text-input"), textWithPhoto: $("text-with-photo"),
+    results: $("results"), collapse: $("collapse-input"), textForm: $("text-form"), text: $("text-input"), textWithPhoto: $("text-with-photo"),
     results: $("results"), writes: $("writes"), apiKey: $("api-key"), addForm: $("add-form"),
     addFile: $("add-file"), addCategory: $("add-category"), addItemId: $("add-item-id"),
     deleteForm: $("delete-form"), deleteId: $("delete-id"), writeStatus: $("write-status"),
@@ -195,6 +195,12 @@
     category.className = "category";
     category.textContent = hit.category || "";  // null in a catalogue without categories
     button.append(img, meta, category);
+    if (hit.group_size && hit.group_size > 1) {  // a collapsed result standing for its copies too
+      const group = document.createElement("span");
+      group.className = "group";
+      group.textContent = `×${hit.group_size} copies`;
+      button.appendChild(group);
+    }
     button.addEventListener("click", () => search({ kind: "item", id: hit.id }));
     li.appendChild(button);
     return li;
@@ -236,6 +242,7 @@
     if (query.text) form.append("text", query.text);
     form.append("k", String(k));
     if (els.category.value) form.append("category", els.category.value);
+    if (els.collapse.checked) form.append("collapse", "true");
 
     const serial = ++requestSerial;
     els.results.setAttribute("aria-busy", "true");
@@ -306,6 +313,7 @@
 
   els.k.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
   els.category.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
+  els.collapse.addEventListener("change", () => { if (lastQuery) search(lastQuery); });
 
   loadIndexInfo();
   loadApi();
