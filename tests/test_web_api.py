@@ -251,11 +251,23 @@ def test_a_declared_oversize_body_is_refused_before_the_app_runs():
     (b"this is plain text, not a photo", "not an image"),
     (b"", "empty"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
+    # PostScript, which Pillow would hand to Ghostscript: photos are read in picture formats only.
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n", "not an image"),
 ])
 def test_a_file_that_is_not_an_image_is_415(client, data, reason):
     response = upload(client, data, name="notes.png")
     assert response.status_code == 415
     assert reason in response.json()["detail"]
+
+
+def test_postscript_is_never_handed_to_an_outside_program(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript was called"))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)  # as on a host that has it
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n"
+    response = upload(client, eps, name="look.eps")
+    assert response.status_code == 415 and "Ghostscript" not in response.text
 
 
 def test_a_truncated_image_is_415(client, awkward_images):

@@ -167,3 +167,36 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_invented_http_methods_share_one_metric_label(catalog):
+    with TestClient(create_app(catalog)) as client:
+        for number in range(30):
+            client.request(f"M{number}X", "/api/search")
+        client.get("/health")
+        text = client.get("/metrics").text
+    methods = {sample.labels["method"] for family in text_string_to_metric_families(text)
+               if family.name == "clothsim_http_requests" for sample in family.samples}
+    assert methods == {"GET", "other"}  # 30 invented methods, one label: the metrics stay bounded
+
+
+def test_damage_found_while_serving_is_a_503_and_the_server_stops_being_ready(catalog):
+    import numpy as np
+
+    from clothsim.features.store import FeatureStore
+
+    with TestClient(create_app(catalog)) as client:
+        assert client.get("/ready").status_code == 200
+        store = FeatureStore.open(catalog.store.root)
+        segment = store.segments[0].vectors_path
+        row = 5
+        vectors = np.load(segment, mmap_mode="r+")
+        vectors[row] = 0.0  # the bytes of one row scribbled in place, after the start-up check
+        vectors.flush()
+        del vectors
+        answer = client.post("/api/search", data={"id": str(row + 1), "k": "23"})
+        assert answer.status_code == 503 and answer.headers["retry-after"]
+        assert "damaged" in answer.json()["detail"] and str(catalog.store.root) not in answer.text
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["detail"] == "the index is damaged"
+        assert client.get("/health").json()["ready"] is False

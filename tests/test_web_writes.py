@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.server
+import io
 import os
 import socket
 import threading
@@ -164,9 +165,12 @@ def test_an_item_named_by_path_must_be_under_an_allowed_folder(writable, catalog
 
 def test_an_item_named_by_url_is_fetched_only_under_an_allowed_prefix(catalog, tmp_path):
     photo = png_bytes(GREEN, (20, 20))
+    fetched_outside: list[str] = []
 
     class Photos(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the standard library's name
+            if self.path in ("/private/g.png", "/shop/../private/g.png", "/shop/%2e%2e/private/g.png"):
+                fetched_outside.append(self.path)  # must never happen: the server may fetch under /shop/ only
             if self.path == "/shop/g.png":
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(photo)))
@@ -193,18 +197,41 @@ def test_an_item_named_by_url_is_fetched_only_under_an_allowed_prefix(catalog, t
             assert response.status_code == 201, response.text
             assert client.get(response.json()["image_url"]).content == photo
             for url, words in ((base + "/private/g.png", "prefix"), (base + "/shop/moved.png", "redirected"),
-                               (base + "/shop/none.png", "404"), ("file:///etc/passwd", "prefix")):
+                               (base + "/shop/none.png", "404"), ("file:///etc/passwd", "prefix"),
+                               # A path that leaves the prefix once the fetching side resolves it.
+                               (base + "/shop/../private/g.png", "prefix"),
+                               (base + "/shop/%2e%2e/private/g.png", "prefix"), (base + "/shop%2f..%2fprivate", "prefix"),
+                               (base.replace("127.0.0.1", "127.0.0.1@localhost") + "/shop/g.png", "prefix"),
+                               (base + "/shop/a b.png", "prefix"), (base + "/shop/g.png\r\nX: y", "prefix")):
                 refused = client.post("/api/items", data={"url": url, "category": "green"}, headers=AUTH)
                 assert refused.status_code == 422 and words in refused.json()["detail"], (url, refused.text)
     finally:
         origin.shutdown()
-    assert len(live_store(catalog)) == 25
+    assert len(live_store(catalog)) == 25 and fetched_outside == []
+
+
+def test_url_prefixes_compare_scheme_host_port_and_path():
+    from clothsim.web.writes import url_under_prefix
+
+    allowed = ["http://cdn.example.com/shop/"]
+    assert url_under_prefix("http://cdn.example.com/shop/a/b.jpg", allowed)
+    assert url_under_prefix("http://CDN.example.com/shop/a.jpg?v=2", allowed)
+    for url in ("https://cdn.example.com/shop/a.jpg", "http://cdn.example.com:8080/shop/a.jpg",
+                "http://cdn.example.com.evil.test/shop/a.jpg", "http://cdn.example.com/shopping/a.jpg",
+                "http://cdn.example.com/shop/./../a.jpg", "http://cdn.example.com/shop/%2E%2E/a.jpg",
+                "http://cdn.example.com/shop/..%5ca.jpg", "http://x@cdn.example.com/shop/a.jpg", "", "shop/a.jpg"):
+        assert not url_under_prefix(url, allowed), url
 
 
 @pytest.mark.parametrize("fields, files, status, words", [
     ({}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "category: required"),
     ({"category": "green", "split": "later"}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "split"),
     ({"category": "a/b"}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "category"),
+    ({"category": "new\nline"}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "category"),
+    ({"category": ".."}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "category"),
+    ({"category": "green", "attributes": "a\x00b"}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422,
+     "attributes"),
+    ({"category": "green", "path": "/tmp/a\x00.png"}, None, 422, "path"),
     ({"category": "green", "item_id": "x" * 500}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "item_id"),
     ({"category": "green", "path": "/x.png"}, {"image": ("a.png", png_bytes(GREEN), "image/png")}, 422, "exactly one"),
     ({"category": "green"}, None, 422, "exactly one"),
@@ -303,3 +330,20 @@ def test_writes_wait_while_a_clothsim_index_run_is_half_way(writable, catalog):
     assert FeatureStore.open(catalog.store.root, allow_unfinished=True).total_rows == 24
     store.commit(sync=None)  # the run finished
     assert add(writable, png_bytes(GREEN), category="green").status_code == 201
+
+
+def test_a_photo_under_any_file_name_is_served_only_as_an_image(writable, tmp_path):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    polyglot = io.BytesIO()
+    solid_image(GREEN).save(polyglot, "GIF")
+    (shop / "look.html").write_bytes(polyglot.getvalue() + b"<script>alert(document.domain)</script>")
+    added = writable.post("/api/items", data={"path": str(shop / "look.html"), "category": "green"}, headers=AUTH)
+    assert added.status_code == 201, added.text
+    served = writable.get(added.json()["image_url"])
+    # A page of this origin must never come out of a photo: no HTML type, no sniffing, no scripts.
+    assert served.status_code == 200 and served.headers["content-type"] == "application/octet-stream"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in served.headers["content-security-policy"]
+    photo = writable.get(f"/api/items/{added.json()['id'] - 1}/image")
+    assert photo.headers["content-type"] == "image/png" and photo.headers["x-content-type-options"] == "nosniff"

@@ -22,6 +22,12 @@ from clothsim.errors import ClothsimError
 
 logger = logging.getLogger(__name__)
 
+#: The formats a photo is read in. Pillow can open more, but some hand the file to an outside program
+#: (EPS runs Ghostscript), and photos come from the public through the server: only picture formats are
+#: tried. JPEG and PNG come first, so the usual photo never makes Pillow load its other plug-ins.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO", "TGA", "JPEG2000", "DIB", "PCX",
+                 "SGI", "PSD")
+
 
 # What Pillow raises for files that are not images, are cut short or lie about their size.
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
@@ -194,7 +200,7 @@ def load_image(
     try:
         # Image.open reads only the header, so the size check below runs before any pixel is decoded.
         # (No warnings filter here: warnings.catch_warnings is process-wide and request threads share it.)
-        with Image.open(source) as img:
+        with Image.open(source, formats=PHOTO_FORMATS) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageDecodeError(
                     name, f"{img.width}x{img.height} pixels is over the limit of {max_pixels}")

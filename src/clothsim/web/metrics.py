@@ -64,6 +64,9 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+#: HTTP methods kept as they are in metric labels; any other counts as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 class ServerMetrics(ServiceObserver):
     """The server's metrics, in a registry of their own (one per application, so several applications in one
     process, as in tests, do not collide); the search service reports to it as its observer."""
@@ -181,6 +184,8 @@ class RequestObserver:
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or self._route_of(scope)
             method = scope.get("method", "")
+            # A label per method a client invents would grow the metrics without bound.
+            method = method if method in KNOWN_METHODS else "other"
             self.metrics.requests.labels(route, method, str(state["status"])).inc()
             self.metrics.latency.labels(route, method).observe(seconds)
             if self.access_log:

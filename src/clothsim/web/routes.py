@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from clothsim.features.store import StoreIntegrityError
 from clothsim.index.base import BackendUnavailable
 from clothsim.index.base import SearchHit
 from clothsim.web.metrics import ServerMetrics
@@ -80,6 +81,15 @@ def add_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return JSONResponse({"detail": exc.message}, status_code=_WRITE_STATUS.get(exc.kind, 400), headers=headers)
 
+    @app.exception_handler(StoreIntegrityError)
+    async def _damaged(request: Request, exc: StoreIntegrityError) -> JSONResponse:
+        # Damage found while answering (a row's checksum): refused, never served. The server stops being
+        # ready so a load balancer sends traffic elsewhere; the file and the repair go to the log only.
+        request.app.state.service.mark_damaged(exc)
+        return JSONResponse({"detail": "the index is damaged and this server stopped answering from it; "
+                                       "its operator has been told how to repair it"},
+                            status_code=503, headers={"Retry-After": "30"})
+
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
         # The index's database server is down or restarting: the same request may succeed shortly. Its
@@ -126,7 +136,8 @@ def add_service_routes(app: FastAPI, service: SearchService, metrics: ServerMetr
         """Readiness: 200 once the index is open and warmed (searches are answered at full speed), 503
         before. A load balancer sends searches only to a ready server."""
         if not service.ready:
-            reason = "the index failed to load" if service.startup_error is not None else "warming up"
+            reason = ("the index failed to load" if service.startup_error is not None else
+                      "the index is damaged" if service.damage is not None else "warming up")
             return JSONResponse(Readiness(ready=False, detail=reason).model_dump(), status_code=503,
                                 headers={"Retry-After": "2"})
         snapshot = service.follower.current
@@ -153,8 +164,14 @@ def add_service_routes(app: FastAPI, service: SearchService, metrics: ServerMetr
     def item_image(item_id: int) -> FileResponse:
         """The image file of an indexed item. Only files recorded in the index are ever served."""
         path = service.item_path(item_id)
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=60"})
+        # Only an image type is ever declared, and browsers are told not to guess: a file named .html
+        # that was indexed as an image must never run as a page of this origin.
+        media_type = mimetypes.guess_type(path.name)[0] or ""
+        if not media_type.startswith("image/") or media_type == "image/svg+xml":
+            media_type = "application/octet-stream"
+        return FileResponse(path, media_type=media_type, headers={
+            "Cache-Control": "max-age=60", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox"})
 
 
 def add_search_route(app: FastAPI, service: SearchService, max_k: int) -> None:

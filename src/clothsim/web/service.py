@@ -48,7 +48,7 @@ from clothsim.duplicates.collapse import collapsed_search
 from clothsim.duplicates.finder import recorded_threshold
 from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import StoreIntegrityError
-from clothsim.images import ImageDecodeError, load_image
+from clothsim.images import PHOTO_FORMATS, ImageDecodeError, load_image
 from clothsim.index.base import SearchHit
 from clothsim.defaults import (
     DEFAULT_BATCH_WAIT_S,
@@ -302,6 +302,8 @@ class SearchService:
         self._decode_slot_count = decode_slots
         self._ready = threading.Event()
         self._text_lock = threading.Lock()
+        #: Damage found while answering from the state being served (see :meth:`mark_damaged`).
+        self.damage: BaseException | None = None
         self.follower: IndexFollower | None = None
         self.write_settings = writes
         self.writer: CatalogueWriter | None = None
@@ -354,7 +356,7 @@ class SearchService:
         self.budget = self._make_budget(self.memory_budget_bytes, self.max_pixels, self.max_upload_bytes,
                                         self._decode_slot_count, self.observer.observe_budget)
         self.follower = IndexFollower(index, backend_options=self.backend_options, poll_s=self.follow_s,
-                                      on_swap=self.observer.observe_snapshot)
+                                      on_swap=self._swapped)
         self._first_index = None  # the follower holds it from now on
         if self.write_settings is not None:
             self.writer = CatalogueWriter(self.root, self.encoder, self.follower, backend_options=self.backend_options,
@@ -367,8 +369,20 @@ class SearchService:
 
     @property
     def ready(self) -> bool:
-        """Whether the index is open and warmed (searches are answered)."""
-        return self._ready.is_set()
+        """Whether the index is open and warmed (searches are answered), and no damage was found in the
+        state being served."""
+        return self._ready.is_set() and self.damage is None
+
+    def mark_damaged(self, error: BaseException) -> None:
+        """Damage was found in the state being served (a row that fails its checksum): searches that reach
+        it are refused, and the server reports not ready until a repaired state replaces it."""
+        if self.damage is None:
+            logger.error("the index is damaged; not ready until it is repaired: %s", error)
+        self.damage = error
+
+    def _swapped(self, snapshot: Snapshot, reload: bool = True) -> None:
+        self.damage = None  # a new state of the folder, checked as it was opened
+        self.observer.observe_snapshot(snapshot, reload)
 
     def close(self) -> None:
         """Stop following the folder and stop the encoder and compute threads (the application calls it
@@ -426,9 +440,17 @@ class SearchService:
         """Live item count per category, of the state new requests search."""
         if self.follower is None:
             return {}
+        self._follow()
         return dict(self.follower.current.categories)
 
+    def _follow(self) -> None:
+        """Switch to the folder's newest committed state first, as searches do (a write another worker
+        process acknowledged is then counted too)."""
+        if self.follower is not None and self.follow_s > 0 and self._ready.is_set():
+            self.follower.check()
+
     def __len__(self) -> int:
+        self._follow()
         return len(self.index)
 
     def item_path(self, item_id: int) -> Path:
@@ -507,7 +529,7 @@ class SearchService:
         # No warnings.catch_warnings(): it swaps process-wide state and request threads would race on it;
         # Pillow's bomb warning is caught in case the application's warning filters made it an error.
         try:
-            with Image.open(stream) as img:
+            with Image.open(stream, formats=PHOTO_FORMATS) as img:
                 return img.size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise QueryRejected("too_large", f"the image has too many pixels ({str(exc)[:200]})") from exc
@@ -617,11 +639,17 @@ class SearchService:
     def _text_vector(self, snapshot: Snapshot, text: str) -> np.ndarray:
         """The ``(1, dim)`` vector of ``text`` by the snapshot's text tower (one text tower run at a time:
         it has the encoder's share of the cores)."""
+        if not self.text_search:  # said without the server's folders, which stay out of public answers
+            from clothsim.runtimes.onnx_text import text_refusal
+
+            raise QueryRejected("bad_request", text_refusal(recorded_spec(snapshot.index.store), "this index"))
         try:
             with self._text_lock:
                 return snapshot.index.embed_text([text])
         except UsageError as exc:
-            raise QueryRejected("bad_request", str(exc)) from None
+            logger.warning("text search failed: %s", exc)
+            raise QueryRejected("bad_request", "this index's text tower cannot be used; its operator has been "
+                                               "told why") from None
 
     def search_item(self, item_id: int, k: int, category: str | None,
                     collapse: bool = False) -> tuple[list[SearchHit], CatalogRecord]:

@@ -31,7 +31,9 @@ import io
 import logging
 import threading
 import time
+import http.client
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
@@ -46,6 +48,7 @@ from clothsim.data.records import SPLITS, CatalogRecord
 from clothsim.errors import ClothsimError
 from clothsim.features.store import StoreBusyError, UnfinishedStoreError
 from clothsim.fileio import write_bytes
+from clothsim.images import PHOTO_FORMATS
 from clothsim.similarity_index import SimilarityIndex
 from clothsim.web.auth import ApiKey
 from clothsim.web.snapshot import IndexFollower, manifest_signature, warm_snapshot
@@ -120,6 +123,8 @@ def read_path(value: str, roots: Sequence[Path], limit: int) -> tuple[bytes, Pat
     if not roots:
         raise WriteRefused("forbidden_source", "this server takes no file paths (start it with "
                                                "--write-path-root DIR); upload the photo instead")
+    if _has_control(value):
+        raise WriteRefused("bad_request", "path: holds a control character")
     path = Path(value)
     if not path.is_absolute():
         raise WriteRefused("bad_request", "path: must be an absolute path on the server")
@@ -144,9 +149,39 @@ class _PrefixRedirects(urllib.request.HTTPRedirectHandler):
         self.prefixes = tuple(prefixes)
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        if not newurl.startswith(self.prefixes):
+        if not url_under_prefix(newurl, self.prefixes):
             raise WriteRefused("forbidden_source", "url: redirected outside the prefixes this server may fetch")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def url_under_prefix(url: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``url`` names a resource under one of ``prefixes``, compared part by part (scheme, host and
+    port, then path), never as plain strings: ``/ok/../private``, ``/ok/%2e%2e/private``, an encoded
+    slash or backslash, a different host that starts with the same letters, user info, whitespace and
+    control characters are all refused, since the fetching side would resolve them elsewhere."""
+    if not url or any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return False
+    lowered = parts.path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in parts.path:
+        return False
+    segments = urllib.parse.unquote(parts.path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return False
+    for prefix in prefixes:
+        allowed = urllib.parse.urlsplit(prefix)
+        same_place = (allowed.scheme == parts.scheme and (allowed.hostname or "") == parts.hostname
+                      and allowed.port == port)
+        base = allowed.path if allowed.path.endswith("/") else allowed.path + "/"
+        if same_place and (parts.path + ("/" if not parts.path.endswith("/") else "")).startswith(base):
+            return True
+    return False
 
 
 def fetch_url(url: str, prefixes: Sequence[str], limit: int, timeout: float) -> bytes:
@@ -158,7 +193,7 @@ def fetch_url(url: str, prefixes: Sequence[str], limit: int, timeout: float) -> 
     if not prefixes:
         raise WriteRefused("forbidden_source", "this server fetches no URLs (start it with --write-url-prefix); "
                                                "upload the photo instead")
-    if not url.startswith(tuple(prefixes)):
+    if not url_under_prefix(url, prefixes):
         raise WriteRefused("forbidden_source", "url: not under a prefix this server may fetch (--write-url-prefix)")
     opener = urllib.request.build_opener(_PrefixRedirects(prefixes))
     try:
@@ -169,7 +204,7 @@ def fetch_url(url: str, prefixes: Sequence[str], limit: int, timeout: float) -> 
             data = response.read(limit + 1)
     except urllib.error.HTTPError as exc:
         raise WriteRefused("bad_request", f"url: the server answered {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise WriteRefused("bad_request", f"url: could not be fetched ({type(exc).__name__})") from None
     if len(data) > limit:
         raise WriteRefused("too_large", f"url: the file is over the limit of {limit} bytes")
@@ -179,7 +214,7 @@ def fetch_url(url: str, prefixes: Sequence[str], limit: int, timeout: float) -> 
 def image_format(data: bytes) -> str | None:
     """Pillow's name for the format of an image file's bytes (``"JPEG"``...), from its header alone."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as img:
             return img.format
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
@@ -218,19 +253,25 @@ def item_fields(category: str | None, split: str | None, item_id: str | None, at
     category = (category or "").strip() or None
     if category is None and needs_category:
         raise WriteRefused("bad_request", "category: required, as every item of this index has one")
-    if category is not None and (len(category) > MAX_TEXT_CHARS or "/" in category):
-        raise WriteRefused("bad_request", f"category: at most {MAX_TEXT_CHARS} characters, without '/'")
+    if category is not None and (len(category) > MAX_TEXT_CHARS or "/" in category or category in (".", "..")
+                                 or _has_control(category)):
+        raise WriteRefused("bad_request", f"category: at most {MAX_TEXT_CHARS} characters, without '/' or control "
+                                          "characters, and not '.' or '..' (a category names a folder too)")
     split = (split or "").strip() or None
     if split is not None and split not in SPLITS:
         raise WriteRefused("bad_request", f"split: one of {', '.join(SPLITS)}")
     item_id = (item_id or "").strip() or None
-    if item_id is not None and len(item_id) > MAX_TEXT_CHARS:
-        raise WriteRefused("bad_request", f"item_id: at most {MAX_TEXT_CHARS} characters")
+    if item_id is not None and (len(item_id) > MAX_TEXT_CHARS or _has_control(item_id)):
+        raise WriteRefused("bad_request", f"item_id: at most {MAX_TEXT_CHARS} characters, without control characters")
     names = tuple(a.strip() for a in (attributes or "").split(",") if a.strip())
-    if len(names) > MAX_ATTRIBUTES or any(len(a) > MAX_TEXT_CHARS for a in names):
+    if len(names) > MAX_ATTRIBUTES or any(len(a) > MAX_TEXT_CHARS or _has_control(a) for a in names):
         raise WriteRefused("bad_request", f"attributes: at most {MAX_ATTRIBUTES} comma-separated names of at most "
                                           f"{MAX_TEXT_CHARS} characters")
     return ItemFields(category, split, item_id, names)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 # ----- the writer ------------------------------------------------------------------------------------------
