@@ -16,8 +16,9 @@ from clothsim.encoders.factory import build_network, create_encoder  # noqa: E40
 from clothsim.encoders.hub_files import manual_path  # noqa: E402
 from clothsim.errors import DataError, UnknownEncoderError, UsageError, WeightsUnavailableError  # noqa: E402
 from clothsim.images import load_image  # noqa: E402
+from helpers import REPO  # noqa: E402
 
-SAMPLE_PHOTOS = sorted((__import__("conftest").REPO / "src/clothsim/assets/clothing_sample/test").glob("*/*.jpg"))
+SAMPLE_PHOTOS = sorted((REPO / "src/clothsim/assets/clothing_sample/test").glob("*/*.jpg"))
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
