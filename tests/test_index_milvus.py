@@ -72,6 +72,29 @@ def test_odd_category_names_are_quoted_in_filters(tmp_path, opened):
         assert all(len(r) == 5 and {h.record.category for h in r} == {name} for r in hits)
 
 
+def test_categories_with_control_characters_added_later_filter_exactly(tmp_path, opened):
+    # A REST add accepts any category text; a newline left raw in a filter literal is a Milvus syntax error.
+    store = data.make_store(tmp_path / "s", n=300, dim=DIM)
+    index = build_index(store, "milvus", exact_below=0)  # filters go through Milvus filter expressions
+    opened.append(index)
+    odd = ("new\nline", 'quo"te', "back\\slash", "tab\there", "cr\rhere", "bell\x07\x1f\b\f\v\x7f", "mixed\\\n\"")
+    assert "\n" not in category_filter(list(odd)) and "\t" not in category_filter(list(odd))
+    rng = np.random.default_rng(3)
+    added = {}
+    for name in odd:
+        vectors = rng.standard_normal((3, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        added[name] = set(index.add(vectors, [CatalogRecord(f"odd/{len(added)}/{i}.jpg", name, split="train")
+                                              for i in range(3)]).tolist())
+    q = data.queries(4, DIM)
+    for name in odd:
+        hits = index.search(q, 5, category=name)
+        assert all({h.id for h in row} == added[name] for row in hits), name
+        assert all(h.record.category == name for row in hits for h in row)
+    both = index.search(q, 10, category=[odd[0], odd[1]])
+    assert all({h.id for h in row} == added[odd[0]] | added[odd[1]] for row in both)
+
+
 def test_add_visible_without_rebuild_and_reopen_identical(tmp_path, opened, monkeypatch):
     root = tmp_path / "s"
     index = build_index(data.make_store(root, n=1000, dim=DIM), "milvus")
