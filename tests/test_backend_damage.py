@@ -332,3 +332,62 @@ def test_a_full_disk_while_faiss_writes_is_one_line_and_leaves_the_index(capsys,
     monkeypatch.delenv(fileio.FAULT_AT_ENV)
     index(capsys, catalogue, out, "--backend", "faiss-hnsw")  # the same command again completes
     assert_searches(capsys, catalogue, out)
+
+
+# ----- state.json: the commit record carries a checksum of its own --------------------------------------------
+def _edit_state(out: Path, backend: str, key: str, change) -> Path:
+    """Change the first ``"key": N`` in the backend's state.json text in place, as a flipped bit would."""
+    path = out / "backends" / backend / "state.json"
+    text = path.read_text()
+    found = re.search(rf'"{key}": (\d+)', text)
+    assert found, text
+    path.write_text(text[:found.start(1)] + str(change(int(found.group(1)))) + text[found.end(1):])
+    return path
+
+
+@pytest.mark.parametrize("key, change", [("covered_next_id", lambda n: n - 10), ("ntotal", lambda n: n + 1)])
+def test_a_changed_number_in_faiss_state_is_refused_and_the_named_command_repairs_it(capsys, photos, tmp_path,
+                                                                                    key, change):
+    out = tmp_path / "index"
+    index(capsys, photos, out, "--backend", "faiss-hnsw")
+    state = _edit_state(out, "faiss-hnsw", key, change)
+    code, verified, _ = run(capsys, "verify", str(out))
+    assert code == 1 and f"DAMAGED backend faiss-hnsw: {state} does not match its own checksum" in verified
+    code, stdout, err = search(capsys, photos, out)
+    assert code == 1 and not stdout and str(state) in err and "Traceback" not in err
+    code, _, rerr = run(capsys, *repair_command(err, photos))
+    assert code == 0, rerr
+    assert_searches(capsys, photos, out)
+
+
+def test_a_faiss_state_without_a_checksum_still_opens_and_verify_checks_its_count(capsys, photos, tmp_path):
+    out = tmp_path / "index"
+    index(capsys, photos, out, "--backend", "faiss-hnsw")
+    path = out / "backends" / "faiss-hnsw" / "state.json"
+    record = json.loads(path.read_text())
+    assert ann_state.STATE_CHECKSUM in record
+    older = {k: v for k, v in record.items() if k != ann_state.STATE_CHECKSUM}  # as written before checksums
+    path.write_text(json.dumps(older))
+    assert_searches(capsys, photos, out)
+    path.write_text(json.dumps({**older, "ntotal": older["ntotal"] + 1}))
+    code, verified, _ = run(capsys, "verify", str(out))
+    assert code == 1 and f"holds {older['ntotal']} vectors" in verified
+
+
+def test_a_changed_number_in_milvus_state_is_refused_not_caught_up(capsys, photos, tmp_path):
+    pytest.importorskip("pymilvus")
+    out = tmp_path / "index"
+    index(capsys, photos, out, "--backend", "milvus")
+    state = _edit_state(out, "milvus", "covered_next_id", lambda n: n - 10)
+    damaged = state.read_bytes()
+    code, verified, _ = run(capsys, "verify", str(out))
+    assert code == 1 and f"DAMAGED backend milvus: {state} does not match its own checksum" in verified
+    code, stdout, err = search(capsys, photos, out)
+    assert code == 1 and not stdout and str(state) in err and "Traceback" not in err
+    assert state.read_bytes() == damaged  # a search never rewrites the record
+    code, _, rerr = run(capsys, *repair_command(err, photos))
+    assert code == 0, rerr
+    assert_searches(capsys, photos, out)
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({k: v for k, v in record.items() if k != ann_state.STATE_CHECKSUM}))
+    assert_searches(capsys, photos, out)  # a record written before checksums still opens

@@ -23,6 +23,7 @@ from clothsim.data.records import CatalogRecord  # noqa: E402
 from clothsim.errors import ClothsimError, UsageError  # noqa: E402
 from clothsim.features.store import FeatureStore  # noqa: E402
 from clothsim.index import build_index, open_index  # noqa: E402
+from clothsim.index.ann_state import state_checksum  # noqa: E402
 from clothsim.index.base import BackendIndexError  # noqa: E402
 from clothsim.index.milvus_backend import category_filter  # noqa: E402
 from clothsim.index.registry import check_backends  # noqa: E402
@@ -70,6 +71,29 @@ def test_odd_category_names_are_quoted_in_filters(tmp_path, opened):
     for name in odd:
         hits = index.search(q, 5, category=name)
         assert all(len(r) == 5 and {h.record.category for h in r} == {name} for r in hits)
+
+
+def test_categories_with_control_characters_added_later_filter_exactly(tmp_path, opened):
+    # A REST add accepts any category text; a newline left raw in a filter literal is a Milvus syntax error.
+    store = data.make_store(tmp_path / "s", n=300, dim=DIM)
+    index = build_index(store, "milvus", exact_below=0)  # filters go through Milvus filter expressions
+    opened.append(index)
+    odd = ("new\nline", 'quo"te', "back\\slash", "tab\there", "cr\rhere", "bell\x07\x1f\b\f\v\x7f", "mixed\\\n\"")
+    assert "\n" not in category_filter(list(odd)) and "\t" not in category_filter(list(odd))
+    rng = np.random.default_rng(3)
+    added = {}
+    for name in odd:
+        vectors = rng.standard_normal((3, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        added[name] = set(index.add(vectors, [CatalogRecord(f"odd/{len(added)}/{i}.jpg", name, split="train")
+                                              for i in range(3)]).tolist())
+    q = data.queries(4, DIM)
+    for name in odd:
+        hits = index.search(q, 5, category=name)
+        assert all({h.id for h in row} == added[name] for row in hits), name
+        assert all(h.record.category == name for row in hits for h in row)
+    both = index.search(q, 10, category=[odd[0], odd[1]])
+    assert all({h.id for h in row} == added[odd[0]] | added[odd[1]] for row in both)
 
 
 def test_add_visible_without_rebuild_and_reopen_identical(tmp_path, opened, monkeypatch):
@@ -138,10 +162,10 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     assert check.name == "milvus" and check.checked and f"{parquet[0]} is missing" in check.problems[0]
     # --quick checks the recorded files' sizes without starting Milvus.
     assert "is missing" in check_backends(FeatureStore.open(root), full=False)[0].problems[0]
-    # A state saved before the files were recorded: the row count is what tells.
+    # A state saved before the files were recorded (nor its own checksum): the row count is what tells.
     state_path = root / "backends" / "milvus" / "state.json"
     recorded = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "files"}))
+    state_path.write_text(json.dumps({k: v for k, v in recorded.items() if k not in ("files", "state_sha256")}))
     with pytest.raises(BackendIndexError, match=rf"{db}.*holds 0 items.*the store 500.*--backend milvus`"):
         open_index(FeatureStore.open(root))
     state_path.write_text(json.dumps(recorded))
@@ -164,7 +188,8 @@ def test_damaged_or_missing_database_is_refused(tmp_path):
     assert check_backends(FeatureStore.open(root))[0].ok
     # A server that cannot be reached is not damage: verify says it could not check.
     good = state.read_text()
-    state.write_text(json.dumps({**json.loads(good), "uri": "http://127.0.0.1:9"}))
+    elsewhere = {**json.loads(good), "uri": "http://127.0.0.1:9"}
+    state.write_text(json.dumps({**elsewhere, "state_sha256": state_checksum(elsewhere)}))  # as clothsim writes it
     [unreachable] = check_backends(FeatureStore.open(root))
     assert not unreachable.checked and unreachable.ok and "could not reach Milvus" in unreachable.note
     state.write_text(good)

@@ -91,7 +91,15 @@ DAMAGE = {
     "cut short": lambda p: p.write_bytes(p.read_bytes()[:-100]),
     "zero bytes": lambda p: p.write_bytes(b""),
     "deleted": lambda p: p.unlink(),
+    # One bit in the header's dict text: numpy's header parser then raises tokenize.TokenError.
+    "header bit flipped": lambda p: p.write_bytes(_flip(p.read_bytes(), 10)),
 }
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[at] ^= 1
+    return bytes(damaged)
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -117,7 +125,8 @@ def test_a_large_store_unverified_at_open_still_never_ranks_damage(index, damage
         ExactIndex(store).search(l2_normalize(np.ones((1, store.dim))), k=3)
 
 
-@pytest.mark.parametrize("damage", ["random bytes in vectors", "shuffled rows", "cut short", "zero bytes", "deleted"])
+@pytest.mark.parametrize("damage", ["random bytes in vectors", "shuffled rows", "cut short", "zero bytes", "deleted",
+                                    "header bit flipped"])
 def test_index_again_repairs_by_re_encoding_only_the_damaged_segment(capsys, catalogue, index, pristine, damage):
     DAMAGE[damage](segment(index, 1))
     code, out, err = run(capsys, "-q", "index", str(catalogue), "--out", str(index), *ENCODER)

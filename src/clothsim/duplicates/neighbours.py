@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from clothsim.features.store.format import NPY_ERRORS
 from clothsim.fileio import atomic_path, write_json
 from clothsim.index.base import NeighbourSearch
 
@@ -150,7 +151,7 @@ def _read_block(path: Path) -> np.ndarray | None:
         return None
     try:
         block = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except NPY_ERRORS as exc:  # a damaged header can raise TokenError/SyntaxError too: re-search, never crash
         logger.info("re-searching %s (%s)", path.name, exc)
         return None
     return block if block.ndim == 2 and block.shape[1] == 3 else None

@@ -13,6 +13,7 @@ Nothing here imports FAISS or pymilvus; each backend module imports its engine i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -32,6 +33,16 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
+#: The key of ``state.json``'s checksum of its own content: a changed digit in it (``covered_next_id``,
+#: ``ntotal``) would otherwise pass every check and give wrong answers. Records written before it lack it.
+STATE_CHECKSUM = "state_sha256"
+
+
+def state_checksum(state: Mapping[str, Any]) -> str:
+    """SHA-256 of the record's canonical JSON, its own checksum left out (as the store manifest's)."""
+    body = {k: v for k, v in state.items() if k != STATE_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+                          ).hexdigest()
 
 
 def quiet_faiss_loader() -> None:
@@ -70,6 +81,10 @@ def read_state(store: "FeatureStore", name: str) -> dict[str, Any]:
         raise BackendIndexError(
             f"{path} was written by a newer clothsim (backend format {state['format_version']}, this one reads "
             f"up to {STATE_FORMAT}); upgrade clothsim, or " + rebuild_hint(store, name))
+    # After the format check: a newer clothsim may checksum its records another way.
+    if STATE_CHECKSUM in state and state[STATE_CHECKSUM] != state_checksum(state):
+        raise BackendIndexError(f"{path} does not match its own checksum ({STATE_CHECKSUM}): it was damaged or "
+                                "edited; " + rebuild_hint(store, name))
     if state.get("backend") != name:
         raise BackendIndexError(f"{path} belongs to backend {state.get('backend')!r}, not {name!r}; "
                                 + rebuild_hint(store, name))
@@ -83,6 +98,7 @@ def write_state(store: "FeatureStore", name: str, state: dict[str, Any]) -> None
     """Switch to ``state`` with one atomic rename (the commit point of a backend's save)."""
     record = {**state, "format_version": STATE_FORMAT, "backend": name, "store": store_identity(store),
               "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record[STATE_CHECKSUM] = state_checksum(record)
     write_json(backend_dir(store, name) / STATE_FILE, record)
 
 

@@ -554,12 +554,20 @@ class _FaissPlugin:
         raise NotImplementedError
 
     def check_saved(self, store: "FeatureStore", *, full: bool = True) -> list[str]:
-        """``state.json`` (format, owner store) and the index file's size and, with ``full``, SHA-256."""
+        """``state.json`` (format, own checksum, owner store) and the index file's size and, with ``full``, its
+        checksum and the vector count FAISS reads from it."""
         try:
             state = read_state(store, self.name)
         except BackendIndexError as exc:
             return [str(exc)]
-        return _check_file(store, self.name, state, full)
+        problems = _check_file(store, self.name, state, full)
+        if full and not problems:  # the engine's own count against the record (cheap once checksummed)
+            try:
+                _read_engine(store, self.name, backend_dir(store, self.name) / str(state["file"]),
+                             mapped=self.name == HNSW, ntotal=state.get("ntotal"))
+            except BackendIndexError as exc:
+                problems = [str(exc)]
+        return problems
 
     def open(self, store: "FeatureStore", **options: Any) -> FaissIndex:
         """Reopen the saved index (memory-mapped for HNSW); refuses missing, damaged or foreign files."""

@@ -116,9 +116,14 @@ MILVUS_OPTIONS: dict[str, OptionSpec] = {
     "chunk_rows": OptionSpec(int, 16384, False, "store rows read at a time"),
 }
 
+# Milvus's expression grammar forbids a raw newline or carriage return inside a string literal and knows only
+# the escapes \n \r \t \" \\ here (\x, \u and octal are refused); other control characters may stand raw.
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def _quote(text: str) -> str:
-    """A Milvus expression string literal (backslashes and double quotes escaped)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A Milvus expression string literal (quotes, backslashes, newlines, returns and tabs escaped)."""
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def category_filter(category: str | Sequence[str] | None) -> str:

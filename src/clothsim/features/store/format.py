@@ -11,6 +11,7 @@ import json
 import os
 import re
 import stat
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -217,15 +218,27 @@ def _row_to_record(row: dict[str, Any]) -> CatalogRecord:
                          bbox=tuple(int(v) for v in bbox) if bbox is not None else None)  # type: ignore[arg-type]
 
 
+# What numpy raises on a damaged .npy header: its parser tokenizes the header's dict text, so a flipped bit
+# there surfaces as SyntaxError or tokenize.TokenError (not a ValueError subclass), besides the usual ones.
+NPY_ERRORS = (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError)
+
+
 def _read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """Shape, dtype, Fortran order and data offset of a .npy file; a damaged header raises ValueError
+    (a missing or unreadable file, OSError)."""
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except OSError:
+            raise
+        except NPY_ERRORS as exc:
+            raise ValueError(f"damaged .npy header: {exc}") from None
         return shape, dtype, fortran, fh.tell()
 
 

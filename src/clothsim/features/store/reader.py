@@ -28,6 +28,7 @@ from clothsim.features.store.format import (
     UnfinishedStoreError,
     _as_id,
     _load_manifest,
+    NPY_ERRORS,
     _read_npy_header,
 )
 from clothsim.features.store.metadata import MetadataMixin
@@ -301,7 +302,7 @@ class StoreReader(MetadataMixin, VerifyMixin):
         path = segment.vectors_path
         try:
             shape, dtype, fortran, offset = _read_npy_header(path)
-        except (ValueError, OSError, SyntaxError, EOFError) as exc:
+        except (ValueError, OSError) as exc:
             raise StoreIntegrityError(path, f"is not a readable .npy file ({exc})", self.root) from None
         expected = (segment.rows, self.dim)
         if tuple(shape) != expected or dtype != np.dtype(self.dtype) or fortran:
@@ -344,7 +345,7 @@ class StoreReader(MetadataMixin, VerifyMixin):
             raise StoreIntegrityError(path, "does not match its checksum (damaged)", self.root)
         try:
             deleted = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except NPY_ERRORS as exc:
             raise StoreIntegrityError(path, f"is not a readable .npy file ({exc})", self.root) from None
         if deleted.ndim != 1 or deleted.dtype.kind not in "iu":
             raise StoreIntegrityError(path, f"holds {deleted.dtype} of shape {deleted.shape}, not a list of ids",
