@@ -266,6 +266,7 @@ def test_text_in_the_rest_api(clip_index, tmp_path, catalogue):
         assert client.get("/health").json()["text_search"] is False
         refused = client.post("/api/search", data={"text": "a red dress"})
         assert refused.status_code == 422 and "no text tower" in refused.json()["detail"]
+        assert str(folder) not in refused.text  # the server's folders stay out of public answers
 
 
 # ----- labels from a list --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 from _live_server import live_server  # noqa: E402
 from clothsim.errors import UsageError  # noqa: E402
 from clothsim.features.store import FeatureStore  # noqa: E402
+from clothsim.similarity_index import SimilarityIndex  # noqa: E402
 from clothsim.web.app import create_app  # noqa: E402
 from clothsim.web.auth import ApiKey  # noqa: E402
 from clothsim.web.writes import WriteSettings  # noqa: E402
@@ -347,3 +348,14 @@ def test_a_photo_under_any_file_name_is_served_only_as_an_image(writable, tmp_pa
     assert "sandbox" in served.headers["content-security-policy"]
     photo = writable.get(f"/api/items/{added.json()['id'] - 1}/image")
     assert photo.headers["content-type"] == "image/png" and photo.headers["x-content-type-options"] == "nosniff"
+
+
+def test_counts_follow_a_write_another_server_process_acknowledged(writable, catalog):
+    # A second application over the same folder stands for another worker process: the counts it
+    # reports follow the folder at each request, as its searches do, not at its next idle look.
+    with TestClient(create_app(SimilarityIndex.open(catalog.store.root, encoder=catalog.encoder))) as other:
+        assert other.get("/api/categories").json()["total"] == 24
+        for expected in (25, 26, 27):
+            assert add(writable, png_bytes(GREEN), category="green").status_code == 201
+            assert other.get("/api/categories").json()["total"] == expected
+            assert other.get("/health").json()["items"] == expected
