@@ -184,6 +184,7 @@ MANIFESTS = {
     "zero bytes": b"",
     "binary": bytes(range(256)),
     "edited by hand": None,
+    "format number damaged": None,
 }
 
 
@@ -198,6 +199,8 @@ def test_a_broken_manifest_is_refused_and_overwrite_rebuilds_over_it(capsys, cat
         manifest = json.loads(path.read_text())
         manifest["segments"][0]["rows"] -= 1
         path.write_text(json.dumps(manifest))
+    elif case == "format number damaged":  # 3 read as 1, the format that had no checksum
+        path.write_text(path.read_text().replace('"format_version": 3', '"format_version": 1'))
     else:
         path.write_bytes(MANIFESTS[case])
     for argv in (["search", str(catalogue / "red" / "0.png"), "--index", str(index), "--runtime", "torch"],

@@ -265,7 +265,9 @@ def _load_manifest(path: Path, root: Path) -> dict[str, Any]:
                               f"CATALOGUE --out {root} --overwrite`")
     if version not in (LEGACY_FORMAT, ROWLESS_FORMAT, FORMAT_VERSION) or isinstance(version, bool):
         raise bad(f"has format_version {str(version)[:40]!r}; expected {LEGACY_FORMAT} to {FORMAT_VERSION}")
-    if version != LEGACY_FORMAT:
+    # A manifest of the first format has no checksum; one that carries a checksum is checked whatever
+    # format it says, so a damaged format number is reported as damage, not as an old store.
+    if version != LEGACY_FORMAT or "manifest_sha256" in manifest:
         recorded = manifest.get("manifest_sha256")
         if not isinstance(recorded, str) or hashlib.sha256(_canonical(manifest)).hexdigest() != recorded:
             raise bad("does not match its own checksum (edited by hand or damaged)")
