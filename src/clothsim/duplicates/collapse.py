@@ -98,12 +98,18 @@ def check_photos(index: "SimilarityIndex", photos: Sequence[str], threshold: flo
     """For each photo, the catalogue items it is a near-duplicate of (at most ``limit``)."""
     if threshold is None:
         threshold, _ = recorded_threshold(index.store)
-    checks = []
-    vectors = index.embed(list(photos))
-    results = index.backend.search(vectors, min(limit, max(1, len(index))))
-    for photo, hits in zip(photos, results):
-        checks.append(PhotoCheck(str(photo), [h for h in hits if h.score >= threshold], threshold))
-    return checks
+    found = copies_of_vectors(index, index.embed(list(photos)), threshold, limit)
+    return [PhotoCheck(str(photo), hits, threshold) for photo, hits in zip(photos, found)]
+
+
+def copies_of_vectors(index: "SimilarityIndex", vectors: np.ndarray, threshold: float,
+                      limit: int) -> list[list[SearchHit]]:
+    """For each query vector, the catalogue items at least ``threshold`` from it (at most ``limit``,
+    best first)."""
+    if len(index) == 0:
+        return [[] for _ in range(len(vectors))]
+    results = index.backend.search(vectors, min(limit, len(index)))
+    return [[h for h in hits if h.score >= threshold] for hits in results]
 
 
 def copies_among(index: "SimilarityIndex", ids: Sequence[int], threshold: float | None = None,

@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clothsim.data.records import CatalogRecord
 from clothsim.errors import ClothsimError, UsageError
-from clothsim.duplicates.collapse import collapsed_search
+from clothsim.duplicates.collapse import collapsed_search, copies_of_vectors
 from clothsim.duplicates.finder import recorded_threshold
 from clothsim.features.model_files import recorded_spec
 from clothsim.features.store import StoreIntegrityError
@@ -600,9 +600,8 @@ class SearchService:
         vector, _, _ = self.embed_upload(stream, size_bytes)
         with self.snapshot() as snapshot:
             threshold, _ = recorded_threshold(snapshot.index.store)
-            n = min(limit, len(snapshot.index))
-            hits = self.compute.run(snapshot.index.backend.search, vector, n)[0] if n else []
-        return [h for h in hits if h.score >= threshold], threshold
+            copies = self.compute.run(copies_of_vectors, snapshot.index, vector, threshold, limit)[0]
+        return copies, threshold
 
     def search_image(self, image: Image.Image, k: int, category: str | None) -> list[SearchHit]:
         """The ``k`` items most similar to a decoded image."""
